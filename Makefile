@@ -1,0 +1,26 @@
+# The two commands: `make demo` (set up, then build the embedded synthetic demo dataset) and
+# `make test` (set up, then run the test suite). Both work on a fresh machine with no data.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test clean
+
+$(BIN)/occgen: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,align]'
+	touch $@
+
+setup: $(BIN)/occgen
+
+demo: setup
+	$(BIN)/occgen build --src demo --scales 1:0.5:5 --out out/shards --name occ-demo --K 5
+	$(BIN)/occgen label --K 4 manifests/occ-demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out manifests/occ-demo*

@@ -1,0 +1,3 @@
+from occgen.cli import main
+
+main()

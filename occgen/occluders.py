@@ -1,0 +1,116 @@
+"""Occluder libraries in the PDSN/FROM layout: ``<category>/NNNN.png`` plus an optional ``occluder.txt``.
+
+A library may carry ``catalog.csv`` (columns: file, category, source, licence, width, height) giving each
+occluder's calibrated size in pixels on a 112x96 face; without it an occluder's native pixel size is its size,
+as in the authors' release, whose PDSN photographs are already cut to face scale. The project's own library
+lives in the repo's ``occluders/`` folder and is the default.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from occgen.errors import UserError
+
+#: The nine FROM categories (PDSN folder names).
+CATEGORIES: tuple[str, ...] = (
+    "book_cover", "cup", "eye_mask", "eyeglasses", "hand", "mouth_mask", "phone", "scarf", "sunglasses",
+)
+#: Where the project's own library lives (the repo's top-level ``occluders/``).
+DEFAULT_LIBRARY = Path(__file__).resolve().parent.parent / "occluders"
+#: Face size the catalog's calibrated sizes refer to (W, H).
+REFERENCE_FACE = (96, 112)
+
+
+@dataclass(frozen=True)
+class Occluder:
+    name: str  # path relative to the library root, e.g. "hand/0003.png"
+    category: str
+    image: Image.Image  # RGBA
+    size: tuple[int, int]  # calibrated (w, h) on a REFERENCE_FACE face, before Algorithm 1's scale
+
+
+@dataclass(frozen=True)
+class OccluderLibrary:
+    root: Path
+    occluders: tuple[Occluder, ...]
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(sorted({o.category for o in self.occluders}))
+
+    def choose(self, rng: np.random.Generator) -> int:
+        """A category uniformly, then an occluder of it uniformly: categories stay balanced
+        however many files each holds. Returns the occluder's index."""
+        by_cat = self._by_category()
+        cats = sorted(by_cat)
+        members = by_cat[cats[int(rng.integers(len(cats)))]]
+        return members[int(rng.integers(len(members)))]
+
+    def _by_category(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        for i, o in enumerate(self.occluders):
+            groups.setdefault(o.category, []).append(i)
+        return groups
+
+
+def _listed_files(root: Path) -> list[str]:
+    listing = root / "occluder.txt"
+    if listing.is_file():
+        names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise UserError(f"{listing}: lists {len(missing)} missing file(s), e.g. {missing[0]!r}; fix the list or the folder")
+        return names
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.glob("*/*")
+        if p.is_file() and p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+    )
+
+
+def _read_catalog(root: Path) -> dict[str, tuple[int, int]]:
+    path = root / "catalog.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        try:
+            return {row["file"]: (int(row["width"]), int(row["height"])) for row in csv.DictReader(f)}
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{path}: needs columns file, width, height with integer sizes ({exc})") from None
+
+
+def load_library(
+    root: str | Path | None = None,
+    categories: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> OccluderLibrary:
+    """Load every occluder of a PDSN-layout folder as RGBA (RGB files get an opaque alpha)."""
+    root = Path(root) if root is not None else DEFAULT_LIBRARY
+    if not root.is_dir():
+        raise UserError(f"occluder folder {root} does not exist; pass --occluders DIR with <category>/NNNN.png files")
+    names = _listed_files(root)
+    present = {n.split("/")[0] for n in names}
+    for label, chosen in (("--categories", categories or ()), ("--exclude-categories", exclude)):
+        unknown = sorted(set(chosen) - present)
+        if unknown:
+            raise UserError(f"{label}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                            f"{root} has {', '.join(sorted(present)) or 'none'}")
+    keep = [n for n in names if (not categories or n.split("/")[0] in categories) and n.split("/")[0] not in exclude]
+    if not keep:
+        raise UserError(f"no occluder images in {root} (after category selection); expected <category>/NNNN.png files")
+    sizes = _read_catalog(root)
+    occluders = []
+    for name in keep:
+        try:
+            with Image.open(root / name) as im:
+                rgba = im.convert("RGBA")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"occluder {root / name} cannot be read ({exc}); replace or remove it") from None
+        occluders.append(Occluder(name, name.split("/")[0], rgba, sizes.get(name, rgba.size)))
+    return OccluderLibrary(root, tuple(occluders))
