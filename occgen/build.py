@@ -1,0 +1,231 @@
+"""``occgen build``: the source's images, times copies, through Algorithm 1 into WebDataset shards.
+
+Samples are laid out in a fixed order (sorted inputs, copies inner) and cut into shards of ``shard_size``;
+each shard is one task for a worker process, which renders its samples and writes the shard's tar, its manifest
+part, its errors part and finally its stats file (the completion mark). A rerun skips shards whose stats file and
+tar are present and rebuilds the rest. Results come back in shard order, so outputs are identical for any -j.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from occgen import __version__
+from occgen.errors import UserError
+from occgen.images import decode_rgb
+from occgen.occluders import OccluderLibrary, load_library
+from occgen.plan import draw, sample_key, sample_seed
+from occgen.render import Compat, ScaledOccluder, occlude, scaled_size
+from occgen.runner import Summary, parallel_map
+from occgen.sources import Item, Source, read_bytes
+from occgen.writer import (
+    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, tar_bytes,
+)
+
+FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything that decides the bytes of a build (and so must match when a build is resumed)."""
+
+    scales: tuple[float, ...]
+    copies: int = 1
+    clean_ratio: float = 0.0
+    seed: int = 0
+    compat: Compat = "paper"
+    fmt: str = "jpg"
+    quality: int = 95
+    shard_size: int = 1000
+    occluders: str | None = None  # library folder; None = the project's own
+    categories: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    name: str
+    tar_path: Path
+    manifest_dir: Path
+    source_root: Path | None
+    samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
+    options: BuildOptions
+
+    @property
+    def shard(self) -> str:
+        return f"{self.name}-{self.index:06d}"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.manifest_dir / "shards" / f"{self.shard}.json"
+
+
+@dataclass
+class BuildResult:
+    name: str
+    manifest_dir: Path
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    summary: Summary = field(default_factory=lambda: Summary("build"))
+
+
+@lru_cache(maxsize=4)
+def _library(root: str | None, categories: tuple[str, ...] | None, exclude: tuple[str, ...]) -> OccluderLibrary:
+    """Loaded once per worker process and reused by every shard it renders."""
+    return load_library(root, categories, exclude)
+
+
+@lru_cache(maxsize=4096)
+def _scaled(root: str | None, categories: tuple[str, ...] | None, exclude: tuple[str, ...], index: int,
+            size: tuple[int, int], compat: Compat) -> ScaledOccluder:
+    return ScaledOccluder(_library(root, categories, exclude).occluders[index].image, size, compat)
+
+
+def _encode(img: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    else:
+        img.save(buf, format=FORMATS[fmt], quality=quality)
+    return buf.getvalue()
+
+
+def render_sample(face: Image.Image, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions) -> tuple[dict[str, Any], bytes]:
+    """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
+    lib_args = (opts.occluders, opts.categories, opts.exclude)
+    lib = _library(*lib_args)
+    W, H = face.size
+    choice = draw(seed, (W, H), opts.scales, opts.clean_ratio, lib.choose)
+    row: dict[str, Any] = {
+        "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
+        "src": item.rel, "copy": copy, "occluded": choice.occluded, "seed": seed, "width": W, "height": H,
+        "format": opts.fmt,
+    }
+    if choice.occluded:
+        occ = lib.occluders[choice.occluder]
+        size = scaled_size(occ.size, choice.scale, (W, H), opts.compat)
+        result = occlude(face, _scaled(*lib_args, choice.occluder, size, opts.compat), choice.center)
+        face = result.image
+        row.update(
+            scale=choice.scale, occluder=occ.name, occluder_category=occ.category,
+            center_x=choice.center[0], center_y=choice.center[1],
+            raw_x0=result.raw_box.x0, raw_y0=result.raw_box.y0, raw_x1=result.raw_box.x1, raw_y1=result.raw_box.y1,
+            box_x0=result.box.x0, box_y0=result.box.y0, box_x1=result.box.x1, box_y1=result.box.y1,
+            box_area_ratio=result.box.area / (W * H), pixel_area_ratio=result.pixel_area / (W * H),
+        )
+    data = _encode(face, opts.fmt, opts.quality)
+    row.update(bytes=len(data), sha256=sha256(data))
+    return row, data
+
+
+def render_shard(task: ShardTask) -> dict[str, Any]:
+    """Worker: render every sample of one shard and write its tar and manifest parts atomically."""
+    rows, samples, errors = [], [], []
+    face, face_rel = None, None
+    for key, seed, item, copy in task.samples:
+        if item.rel != face_rel:  # copies of one input are adjacent: decode it once
+            face_rel, face = item.rel, None
+            try:
+                face = decode_rgb(read_bytes(task.source_root, item.rel), item.rel)
+            except UserError as exc:
+                if copy == 0:  # recorded once, by the shard that holds the input's first copy
+                    errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: ")})
+        if face is None:
+            continue
+        row, data = render_sample(face, key, seed, item, copy, task.shard, task.options)
+        meta = json.dumps(row, sort_keys=True, separators=(",", ":")).encode()
+        rows.append(row)
+        samples.append({"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta})
+    tar = tar_bytes(samples)
+    atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, SAMPLES_SCHEMA))
+    atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
+    atomic_write(task.tar_path, tar)
+    stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows), "errors": len(errors),
+             "bytes": len(tar), "sha256": sha256(tar)}
+    atomic_write(task.stats_path, json_bytes(stats))
+    return stats
+
+
+def _complete(task: ShardTask) -> dict[str, Any] | None:
+    """The stats of a shard finished by an earlier run, or None if it must be (re)built."""
+    try:
+        stats = json.loads(task.stats_path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = task.tar_path.is_file() and task.tar_path.stat().st_size == stats.get("bytes")
+    return stats if ok else None
+
+
+def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions) -> list[ShardTask]:
+    """Cut the ordered samples (inputs sorted, copies inner) into shard tasks."""
+    samples = []
+    for item in source.items:
+        for copy in range(opts.copies):
+            key = sample_key(item.rel, copy)
+            samples.append((key, sample_seed(opts.seed, key), item, copy))
+    n = opts.shard_size
+    return [
+        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root, tuple(samples[i:i + n]), opts)
+        for i in range(0, len(samples), n)
+    ]
+
+
+def _fingerprint(source: Source, opts: BuildOptions) -> dict[str, Any]:
+    listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
+    opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
+    return {"occgen": __version__, "src": source.spec, "inputs": len(source.items), "inputs_sha256": sha256(listing.encode()),
+            "options": opts_dict}
+
+
+def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to resume a build made with other inputs or options, unless told to start over."""
+    build_json = manifest_dir / "build.json"
+    if build_json.is_file() and not overwrite:
+        previous = json.loads(build_json.read_text())
+        if previous != fingerprint:
+            changed = sorted(k for k in fingerprint["options"] if previous.get("options", {}).get(k) != fingerprint["options"][k])
+            what = ", ".join(changed) if changed else "the inputs"
+            raise UserError(f"{manifest_dir} holds a build of {name} made with different {what}; "
+                            "rerun with --overwrite to replace it, or choose another --name")
+    if overwrite:
+        shutil.rmtree(manifest_dir, ignore_errors=True)
+        for old in out.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+            old.unlink()
+    atomic_write(build_json, json_bytes(fingerprint))
+
+
+def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOptions, jobs: int,
+          overwrite: bool = False, quiet: bool = False) -> BuildResult:
+    """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary."""
+    if opts.fmt not in FORMATS:
+        raise UserError(f"--format {opts.fmt}: choose one of {', '.join(FORMATS)}")
+    _library(opts.occluders, opts.categories, opts.exclude)  # fail fast on a bad library, before forking
+    manifest_dir = manifests / name
+    _prepare(manifest_dir, out, name, _fingerprint(source, opts), overwrite)
+    atomic_write(manifest_dir / "errors.parquet" / "listing.parquet",
+                 parquet_bytes([{"input": i, "reason": r} for i, r in source.skipped], ERRORS_SCHEMA))
+    result = BuildResult(name, manifest_dir)
+    result.summary.errors = len(source.skipped)
+    tasks = plan_shards(source, name, out, manifest_dir, opts)
+    done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
+    todo = [t for t in tasks if t.index not in done]
+    for t in tasks:
+        if t.index in done:
+            result.summary.skipped += done[t.index]["samples"]
+    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet)
+    for task, stats in zip(todo, fresh):
+        done[task.index] = stats
+        result.summary.done += stats["samples"]
+        result.summary.errors += stats["errors"]
+    result.shards = [done[t.index] for t in tasks]
+    atomic_write(manifest_dir / "shards.json", json_bytes({"name": name, "shards": result.shards}))
+    return result

@@ -1,0 +1,159 @@
+"""Where input faces come from: a folder tree, a list file, a named source, or the built-in demo.
+
+A source is just an ordered list of items (relative path, identity) plus a way to read an item's bytes; decoding
+happens in the workers. Identities are numbered 0..N-1 in sorted order of their names.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from occgen import demo
+from occgen.errors import UserError
+from occgen.images import IMAGE_EXTENSIONS
+
+#: Config files that register named sources (first found wins), INI sections like ``[webface] path = ...``.
+CONFIG_ENV = "OCCGEN_SOURCES"
+DEFAULT_CONFIGS = (Path("occgen-sources.ini"), Path.home() / ".config" / "occgen" / "sources.ini")
+
+
+@dataclass(frozen=True)
+class Item:
+    rel: str  # posix path relative to the source root: the stable name a sample's key derives from
+    identity: int
+    identity_name: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """An ordered, identity-labelled list of input images."""
+
+    spec: str  # what the user passed to --src
+    root: Path | None  # None for the demo source
+    items: tuple[Item, ...]
+    identities: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
+
+    def read(self, item: Item) -> bytes:
+        return read_bytes(self.root, item.rel)
+
+
+def read_bytes(root: Path | None, rel: str) -> bytes:
+    """The raw bytes of one input (``root`` None: the demo source, drawn on the fly)."""
+    if root is None:
+        return demo.face_bytes(rel)
+    try:
+        return (root / rel).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{rel}: cannot read ({exc.strerror})") from None
+
+
+def _labelled(spec: str, root: Path | None, pairs: list[tuple[str, str]], skipped: list[tuple[str, str]]) -> Source:
+    """Number identity names contiguously in sorted order (numerically when all are integers)."""
+    names = {name for _, name in pairs}
+    key = (lambda n: (int(n), n)) if all(n.lstrip("-").isdigit() for n in names) else (lambda n: (0, n))
+    ordered = tuple(sorted(names, key=key))
+    index = {n: i for i, n in enumerate(ordered)}
+    items = tuple(Item(rel, index[name], name) for rel, name in pairs)
+    return Source(spec, root, items, ordered, tuple(skipped))
+
+
+def from_tree(root: Path, spec: str | None = None) -> Source:
+    """``<identity>/<image>`` (deeper nesting allowed). Known image extensions of any case are taken; files
+    with no or an unknown extension are taken too and decoded by content (failures are recorded, not fatal)."""
+    pairs: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for fn in sorted(filenames):
+            if fn.startswith("."):
+                continue
+            rel = (rel_dir / fn).as_posix()
+            if rel_dir == Path("."):
+                skipped.append((rel, "file is not inside an <identity>/ folder"))
+                continue
+            pairs.append((rel, rel_dir.parts[0]))
+    pairs.sort()
+    if not pairs:
+        raise UserError(f"--src {root}: no images found; expected <identity>/<image> files "
+                        f"({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})")
+    return _labelled(spec or str(root), root, pairs, skipped)
+
+
+def from_list(path: Path, root: Path | None, spec: str | None = None) -> Source:
+    """CASIA-WebFace style list: ``relative/path label`` per line, paths relative to ``root``
+    (default: the list file's folder). Missing files are recorded as errors, not dropped."""
+    root = root or path.parent
+    if not root.is_dir():
+        raise UserError(f"--root {root} is not a folder; it must hold the paths listed in {path}")
+    pairs: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise UserError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        rel, label = fields
+        if rel in seen:
+            skipped.append((rel, f"listed again on line {n}"))
+            continue
+        seen.add(rel)
+        if not (root / rel).is_file():
+            skipped.append((rel, f"listed on line {n} but missing under {root}"))
+            continue
+        pairs.append((rel, label))
+    if not pairs:
+        raise UserError(f"--src {path}: the list names no existing images under {root}")
+    return _labelled(spec or str(path), root, pairs, skipped)
+
+
+def env_name(name: str) -> str:
+    """The environment variable that registers a named source: OCCGEN_SRC_<NAME>."""
+    return "OCCGEN_SRC_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def _registered(name: str) -> tuple[Path, Path | None] | None:
+    """(path, root) for a named source from $OCCGEN_SRC_<NAME> or the first config file that has it."""
+    env = os.environ.get(env_name(name))
+    if env:
+        return Path(env).expanduser(), None
+    configs = [Path(os.environ[CONFIG_ENV])] if os.environ.get(CONFIG_ENV) else list(DEFAULT_CONFIGS)
+    for cfg_path in configs:
+        if cfg_path.is_file():
+            cfg = configparser.ConfigParser()
+            cfg.read(cfg_path)
+            if cfg.has_section(name):
+                sec = cfg[name]
+                if "path" not in sec:
+                    raise UserError(f"{cfg_path}: [{name}] needs a 'path = ...' line")
+                root = Path(sec["root"]).expanduser() if "root" in sec else None
+                return Path(sec["path"]).expanduser(), root
+    return None
+
+
+def open_source(spec: str, root: Path | None = None) -> Source:
+    """Resolve ``--src``: ``demo``, an existing folder (tree) or file (list), or a registered name."""
+    if spec == "demo":
+        return _labelled("demo", None, demo.items(), [])
+    path = Path(spec).expanduser()
+    if not path.exists():
+        found = _registered(spec) if "/" not in spec else None
+        if found is None:
+            raise UserError(
+                f"--src {spec}: no such folder or list file, and no source of that name is registered. "
+                f"Register it with `export {env_name(spec)}=/path/to/aligned-faces` or a "
+                f"section [{spec}] path = ... in ./occgen-sources.ini or ~/.config/occgen/sources.ini"
+            )
+        path, reg_root = found
+        root = root or reg_root
+        if not path.exists():
+            raise UserError(f"--src {spec} is registered as {path}, which does not exist")
+    if path.is_dir():
+        return from_tree(path, spec)
+    return from_list(path, root, spec)
