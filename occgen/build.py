@@ -142,7 +142,7 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
         if face is None:
             continue
         row, data = render_sample(face, key, seed, item, copy, task.shard, task.options)
-        meta = json.dumps(row, sort_keys=True, separators=(",", ":")).encode()
+        meta = json.dumps(row, separators=(",", ":")).encode()  # row order is fixed by render_sample
         rows.append(row)
         samples.append({"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta})
     tar = tar_bytes(samples)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-
-import numpy as np
+from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 
 from occgen.errors import UserError
@@ -25,6 +25,10 @@ CATEGORIES: tuple[str, ...] = (
 DEFAULT_LIBRARY = Path(__file__).resolve().parent.parent / "occluders"
 #: Face size the catalog's calibrated sizes refer to (W, H).
 REFERENCE_FACE = (96, 112)
+
+
+class RandomSource(Protocol):
+    def integers(self, n: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -44,19 +48,16 @@ class OccluderLibrary:
     def categories(self) -> tuple[str, ...]:
         return tuple(sorted({o.category for o in self.occluders}))
 
-    def choose(self, rng: np.random.Generator) -> int:
+    @cached_property
+    def by_category(self) -> tuple[tuple[int, ...], ...]:
+        """Occluder indices of each category, categories in sorted order."""
+        return tuple(tuple(i for i, o in enumerate(self.occluders) if o.category == c) for c in self.categories)
+
+    def choose(self, rng: RandomSource) -> int:
         """A category uniformly, then an occluder of it uniformly: categories stay balanced
         however many files each holds. Returns the occluder's index."""
-        by_cat = self._by_category()
-        cats = sorted(by_cat)
-        members = by_cat[cats[int(rng.integers(len(cats)))]]
+        members = self.by_category[int(rng.integers(len(self.by_category)))]
         return members[int(rng.integers(len(members)))]
-
-    def _by_category(self) -> dict[str, list[int]]:
-        groups: dict[str, list[int]] = {}
-        for i, o in enumerate(self.occluders):
-            groups.setdefault(o.category, []).append(i)
-        return groups
 
 
 def _listed_files(root: Path) -> list[str]:

@@ -46,7 +46,8 @@ def read_bytes(root: Path | None, rel: str) -> bytes:
     if root is None:
         return demo.face_bytes(rel)
     try:
-        return (root / rel).read_bytes()
+        with open(os.path.join(root, rel), "rb") as f:
+            return f.read()
     except OSError as exc:
         raise UserError(f"{rel}: cannot read ({exc.strerror})") from None
 
