@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Build throughput on 112x96 JPEG faces: `occgen build` with 1 and 2 processes beside the simple way.
+
+The simple way is what the authors' script does: one process, one output file per image, the occluder file
+decoded again for every image, global random state. Both run in this process's run on the same inputs.
+
+    python tools/bench_build.py [--images 4000] [--src DIR]
+
+Inputs default to ../shared/data/lfw-112x96 (real aligned LFW faces); without it, demo faces saved as JPEG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from occgen import demo  # noqa: E402
+from occgen.build import BuildOptions, build  # noqa: E402
+from occgen.occluders import DEFAULT_LIBRARY, load_library  # noqa: E402
+from occgen.plan import parse_scales  # noqa: E402
+from occgen.sources import from_tree  # noqa: E402
+
+
+def make_inputs(src: Path | None, n: int, tmp: Path) -> Path:
+    """A tree of n 112x96 JPEG faces: a slice of the real folder if given, else demo faces."""
+    root = tmp / "in"
+    if src is not None and src.is_dir():
+        files = sorted(p for p in src.rglob("*.jpg"))[:n]
+        for p in files:
+            dst = root / p.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(p.read_bytes())
+    else:
+        for i in range(n):
+            dst = root / f"person{i % 50:02d}" / f"{i:05d}.jpg"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            demo.face(i % 50, i).save(dst, quality=95)
+    return root
+
+
+def simple_way(root: Path, library: Path, out: Path, scales: tuple[float, ...]) -> int:
+    """One process, one file per image, occluder decoded per image (the authors' approach)."""
+    random.seed(100)
+    names = [p.relative_to(library).as_posix() for p in sorted(library.glob("*/*.png"))]
+    sizes = {o.name: o.size for o in load_library(library).occluders}
+    count = 0
+    for path in sorted(root.rglob("*.jpg")):
+        img = Image.open(path).convert("RGB")
+        name = random.choice(names)
+        occ = Image.open(library / name).convert("RGBA")
+        s = random.choice(scales)
+        w, h = sizes[name]
+        occ = occ.resize((min(img.width, round(s * w)), min(img.height, round(s * h))))
+        cx, cy = random.randrange(img.width), random.randrange(img.height)
+        img.paste(occ, (cx - occ.width // 2, cy - occ.height // 2), occ)
+        dst = out / path.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        img.save(dst, quality=95)
+        count += 1
+    return count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--src", type=Path, default=REPO.parent / "shared" / "data" / "lfw-112x96")
+    args = ap.parse_args()
+    scales = parse_scales("1:0.5:5")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        root = make_inputs(args.src, args.images, tmp)
+        source = from_tree(root)
+        n = len(source.items)
+        print(f"inputs: {n} JPEG faces {'from ' + str(args.src) if args.src.is_dir() else '(demo, synthetic)'}")
+
+        t = time.perf_counter()
+        simple_way(root, DEFAULT_LIBRARY, tmp / "simple", scales)
+        simple = n / (time.perf_counter() - t)
+        print(f"simple way (1 process, file per image):  {simple:8,.0f} images/s")
+
+        rates = {}
+        for jobs in (1, 2):
+            opts = BuildOptions(scales=scales, shard_size=500)
+            result = build(source, f"bench{jobs}", tmp / f"out{jobs}", tmp / f"m{jobs}", opts, jobs, quiet=True)
+            rates[jobs] = result.summary.done / result.summary.seconds
+            print(f"occgen build -j {jobs} (shards + manifest):  {rates[jobs]:8,.0f} images/s "
+                  f"({rates[jobs] / simple:.2f}x simple)")
+        print(f"scaling 1 -> 2 processes: {rates[2] / rates[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
