@@ -15,6 +15,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from PIL import Image
@@ -28,7 +29,7 @@ from occgen.render import Compat, ScaledOccluder, occlude, scaled_size
 from occgen.runner import Summary, parallel_map
 from occgen.sources import Item, Source, read_bytes
 from occgen.writer import (
-    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, tar_bytes,
+    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar,
 )
 
 FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -129,7 +130,19 @@ def render_sample(face: Image.Image, key: str, seed: int, item: Item, copy: int,
 
 def render_shard(task: ShardTask) -> dict[str, Any]:
     """Worker: render every sample of one shard and write its tar and manifest parts atomically."""
-    rows, samples, errors = [], [], []
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    size, digest = write_tar(task.tar_path, _render_samples(task, rows, errors))
+    atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, SAMPLES_SCHEMA))
+    atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
+    stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows),
+             "errors": len(errors), "bytes": size, "sha256": digest}
+    atomic_write(task.stats_path, json_bytes(stats))  # written last: marks the shard complete
+    return stats
+
+
+def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
+    """The shard's WebDataset samples, appending each manifest row and each unreadable input as it goes."""
     face, face_rel = None, None
     for key, seed, item, copy in task.samples:
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
@@ -144,15 +157,7 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
         row, data = render_sample(face, key, seed, item, copy, task.shard, task.options)
         meta = json.dumps(row, separators=(",", ":")).encode()  # row order is fixed by render_sample
         rows.append(row)
-        samples.append({"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta})
-    tar = tar_bytes(samples)
-    atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, SAMPLES_SCHEMA))
-    atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
-    atomic_write(task.tar_path, tar)
-    stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows), "errors": len(errors),
-             "bytes": len(tar), "sha256": sha256(tar)}
-    atomic_write(task.stats_path, json_bytes(stats))
-    return stats
+        yield {"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta}
 
 
 def _complete(task: ShardTask) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{name}: cannot decode image ({exc})") from None
     if img.mode != "RGB":
         img = img.convert("RGB")
