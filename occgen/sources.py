@@ -37,9 +37,6 @@ class Source:
     identities: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
 
-    def read(self, item: Item) -> bytes:
-        return read_bytes(self.root, item.rel)
-
 
 def read_bytes(root: Path | None, rel: str) -> bytes:
     """The raw bytes of one input (``root`` None: the demo source, drawn on the fly)."""
