@@ -100,7 +100,10 @@ class Canvas:
         return self._mask(draw)
 
     def paint(self, mask: Mask, fill: Fill, opacity: float = 1.0) -> None:
-        layer = Image.new("RGBA", self.img.size, fill) if isinstance(fill, tuple) else fill(self.img.size).convert("RGBA")
+        if isinstance(fill, tuple):
+            layer = Image.new("RGBA", self.img.size, fill)
+        else:
+            layer = fill(self.img.size).convert("RGBA")
         alpha = ImageChops.multiply(layer.getchannel("A"), mask)
         if opacity < 1.0:
             alpha = alpha.point(lambda v: round(v * opacity))
@@ -220,10 +223,6 @@ def speckle(base: RGBA, spots: Sequence[RGBA], n: int, r: tuple[float, float], s
     return make
 
 
-def _mirror(pts: Sequence[Point], width: float) -> list[Point]:
-    return [(width - x, y) for x, y in pts]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Drawn occluders. Each returns an RGBA image at most MAX_SIDE on its long side.
 
@@ -249,7 +248,7 @@ def draw_spectacles(spec: Spectacles) -> Image.Image:
     a, b = spec.lens_size
     cy = h / 2
     if spec.shield:
-        top = [(6 + 148 * i / 20, 10 + 5 * math.sin(math.pi * i / 20) * -1) for i in range(21)]
+        top = [(6 + 148 * i / 20, 10 - 5 * math.sin(math.pi * i / 20)) for i in range(21)]
         bottom = [(154 - 148 * i / 20, 52 + 4 * math.sin(math.pi * i / 20)) for i in range(21)]
         lens = minus(cv.poly(top + bottom), cv.ellipse((68, 38, 92, 70)))
         cv.paint(union(cv.stroke(top + bottom, spec.frame_width, closed=True), cv.rrect((0, 12, 12, 20), 3),
@@ -319,7 +318,8 @@ def draw_sleep_mask(spec: SleepMask) -> Image.Image:
             for i in (3, 6, 9):
                 x, y = lid[i]
                 cv.paint(cv.stroke([(x, y), (x + (i - 6) * 0.8, y + 6)], 1.6), (70, 30, 90, 255))
-        cv.paint(cv.stroke(superellipse(cx, cy, 57, 22, 2.6, n_pts=60)[::2], 1.0, closed=True), (250, 250, 250, 255), 0.7)
+        stitches = superellipse(cx, cy, 57, 22, 2.6, n_pts=60)[::2]
+        cv.paint(cv.stroke(stitches, 1.0, closed=True), (250, 250, 250, 255), 0.7)
     return cv.done()
 
 
@@ -600,7 +600,8 @@ def load_source(spec: Spec, openclipart: Path, fluent: Path) -> Image.Image:
 def describe(spec: Spec, versions: Mapping[str, str]) -> tuple[str, str]:
     """(source, licence) columns of the catalog."""
     if spec.source == "openclipart":
-        return f"Debian openclipart-png {versions['openclipart']}: /usr/share/openclipart/png/{spec.ref}", OPENCLIPART_LICENCE
+        source = f"Debian openclipart-png {versions['openclipart']}: /usr/share/openclipart/png/{spec.ref}"
+        return source, OPENCLIPART_LICENCE
     if spec.source == "fluent":
         return f"npm fluentui-emoji {versions['fluent']}: icons/modern/{spec.ref}.svg", FLUENT_LICENCE
     return f"drawn by tools/make_occluders.py ({spec.ref})", DRAWN_LICENCE
