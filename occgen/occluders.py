@@ -10,16 +10,13 @@ face scale. The project's own library lives in the repo's ``occluders/`` folder 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from occgen.errors import UserError
-from occgen.render import Compat, scaled_size
 
 #: The nine FROM categories (PDSN folder names).
 CATEGORIES: tuple[str, ...] = (
@@ -51,51 +48,16 @@ class OccluderLibrary:
     def choose(self, rng: np.random.Generator) -> int:
         """A category uniformly, then an occluder of it uniformly: categories stay balanced
         however many files each holds. Returns the occluder's index."""
-        groups = self._groups
-        members = groups[int(rng.integers(len(groups)))]
+        by_cat = self._by_category()
+        cats = sorted(by_cat)
+        members = by_cat[cats[int(rng.integers(len(cats)))]]
         return members[int(rng.integers(len(members)))]
 
-    @cached_property
-    def _groups(self) -> tuple[tuple[int, ...], ...]:
-        """Occluder indices per category, categories sorted; computed once, as choose runs per sample."""
-        by_cat: dict[str, list[int]] = {}
+    def _by_category(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
         for i, o in enumerate(self.occluders):
-            by_cat.setdefault(o.category, []).append(i)
-        return tuple(tuple(by_cat[c]) for c in sorted(by_cat))
-
-
-@lru_cache(maxsize=None)
-def _mean_clipped_length(n: int, compat: Compat) -> np.ndarray:
-    """Entry L: the mean length, over all n centres, of a length-L span placed as render.place does and
-    clipped to the image; index 0 is unused."""
-    centre = np.arange(n)[:, None]
-    length = np.arange(n + 1)[None, :]
-    start = centre - length // 2
-    end = np.minimum(start + length, n - 1 if compat == "from" else n)
-    return np.clip(end - np.maximum(start, 0), 0, None).mean(axis=0)
-
-
-def expected_box_fraction(
-    members: Iterable[tuple[str, tuple[int, int]]],
-    scale: float,
-    face: tuple[int, int] = REFERENCE_FACE,
-    compat: Compat = "paper",
-) -> float:
-    """Exact mean of clipped-box area / (W*H) for Algorithm 1 at one scale, with the centre uniform over
-    every pixel and the occluder drawn as OccluderLibrary.choose draws it.
-
-    ``members`` are (category, calibrated size) pairs. The centre's x and y are independent, so a box's mean
-    area is the product of its mean clipped width and height: exact, with no sampling.
-    """
-    W, H = face
-    mean_x, mean_y = _mean_clipped_length(W, compat), _mean_clipped_length(H, compat)
-    per_category: dict[str, list[float]] = {}
-    for category, size in members:
-        w, h = scaled_size(size, scale, face, compat)
-        per_category.setdefault(category, []).append(mean_x[w] * mean_y[h])
-    if not per_category:
-        raise ValueError("expected_box_fraction needs at least one occluder")
-    return float(np.mean([np.mean(areas) for areas in per_category.values()]) / (W * H))
+            groups.setdefault(o.category, []).append(i)
+        return groups
 
 
 def _listed_files(root: Path) -> list[str]:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from occgen.coverage import expected_box_fraction
 from occgen.errors import UserError
 from occgen.images import load_rgb
-from occgen.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, expected_box_fraction, load_library
+from occgen.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
 from occgen.render import ScaledOccluder, occlude, place, scaled_size
 from tests.conftest import REPO, shared
 
