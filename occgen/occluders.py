@@ -1,9 +1,10 @@
 """Occluder libraries in the PDSN/FROM layout: ``<category>/NNNN.png`` plus an optional ``occluder.txt``.
 
 A library may carry ``catalog.csv`` (columns: file, category, source, licence, width, height) giving each
-occluder's calibrated size in pixels on a 112x96 face; without it an occluder's native pixel size is its size,
-as in the authors' release, whose PDSN photographs are already cut to face scale. The project's own library
-lives in the repo's ``occluders/`` folder and is the default.
+occluder's calibrated size in pixels on a 112x96 face, and must cover every file loaded; without it an
+occluder's native pixel size is its size, as in the authors' release, whose PDSN photographs are already cut to
+face scale. The project's own library lives in the repo's ``occluders/`` folder (made by
+``tools/make_occluders.py``) and is the default.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _listed_files(root: Path) -> list[str]:
     listing = root / "occluder.txt"
     if listing.is_file():
         names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        flat = [n for n in names if "/" not in n.strip("/")]
+        if flat:
+            raise UserError(f"{listing}: {flat[0]!r} is not in a category folder; list files as <category>/NNNN.png")
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
             raise UserError(f"{listing}: lists {len(missing)} missing file(s), e.g. {missing[0]!r}; fix the list or the folder")
@@ -81,9 +85,13 @@ def _read_catalog(root: Path) -> dict[str, tuple[int, int]]:
         return {}
     with path.open(newline="") as f:
         try:
-            return {row["file"]: (int(row["width"]), int(row["height"])) for row in csv.DictReader(f)}
+            sizes = {row["file"]: (int(row["width"]), int(row["height"])) for row in csv.DictReader(f)}
         except (KeyError, ValueError) as exc:
             raise UserError(f"{path}: needs columns file, width, height with integer sizes ({exc})") from None
+    bad = [name for name, (w, h) in sizes.items() if w < 1 or h < 1]
+    if bad:
+        raise UserError(f"{path}: {bad[0]!r} has a size below 1 pixel; widths and heights must be positive")
+    return sizes
 
 
 def load_library(
@@ -96,6 +104,9 @@ def load_library(
     if not root.is_dir():
         raise UserError(f"occluder folder {root} does not exist; pass --occluders DIR with <category>/NNNN.png files")
     names = _listed_files(root)
+    if not names:
+        raise UserError(f"no occluder images in {root}; expected <category>/NNNN.png files "
+                        "(or an occluder.txt listing them)")
     present = {n.split("/")[0] for n in names}
     for label, chosen in (("--categories", categories or ()), ("--exclude-categories", exclude)):
         unknown = sorted(set(chosen) - present)
@@ -104,14 +115,20 @@ def load_library(
                             f"{root} has {', '.join(sorted(present)) or 'none'}")
     keep = [n for n in names if (not categories or n.split("/")[0] in categories) and n.split("/")[0] not in exclude]
     if not keep:
-        raise UserError(f"no occluder images in {root} (after category selection); expected <category>/NNNN.png files")
+        raise UserError(f"--categories/--exclude-categories leave no occluders of {root}; keep at least one of "
+                        f"{', '.join(sorted(present))}")
     sizes = _read_catalog(root)
+    uncatalogued = [n for n in keep if sizes and n not in sizes]
+    if uncatalogued:
+        raise UserError(f"{root / 'catalog.csv'} has no row for {uncatalogued[0]!r} "
+                        f"({len(uncatalogued)} file(s) in all); add their width and height, or remove the catalog "
+                        "to use native pixel sizes")
     occluders = []
     for name in keep:
         try:
             with Image.open(root / name) as im:
                 rgba = im.convert("RGBA")
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise UserError(f"occluder {root / name} cannot be read ({exc}); replace or remove it") from None
         occluders.append(Occluder(name, name.split("/")[0], rgba, sizes.get(name, rgba.size)))
     return OccluderLibrary(root, tuple(occluders))
