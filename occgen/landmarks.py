@@ -2,8 +2,8 @@
 
 Two formats, told apart by the first line:
 
-* SphereFace: ``path x1 y1 x2 y2 x3 y3 x4 y4 x5 y5``, no header, split on tabs when the line has one, else on
-  any whitespace.
+* SphereFace: ``path x1 y1 x2 y2 x3 y3 x4 y4 x5 y5``, no header, whitespace separated (tab- or
+  comma-separated rows work too, and let paths hold spaces).
 * Delimited with a header naming the columns (tab, comma or whitespace separated; a leading ``#`` on the
   header is allowed), such as the project's MediaPipe files: a path column (``image``, ``path``, ``file``,
   ``filename`` or ``name``), ``<point>_x`` / ``<point>_y`` for each point, and optional ``status``, ``n_faces``
@@ -69,15 +69,28 @@ def read_landmarks(file: str | Path) -> dict[str, LandmarkRow]:
     if not lines:
         raise UserError(f"{file}: landmark file is empty")
     first = lines[0][1]
-    if first.lstrip().startswith("#") or not all(_is_number(f) for f in _split(first)[1:]):
+    fields = _sphereface_fields(first)
+    if first.lstrip().startswith("#") or len(fields) < 2 or not all(_is_number(f) for f in fields[1:]):
         return _read_delimited(file, lines)
     return _read_sphereface(file, lines)
 
 
-def _split(line: str, sep: str | None = None) -> list[str]:
-    if sep is None:
-        sep = "\t" if "\t" in line else None
+def _separator(line: str) -> str | None:
+    """Tab if the line has one, else comma if it has one, else None (any whitespace)."""
+    return "\t" if "\t" in line else "," if "," in line else None
+
+
+def _split(line: str, sep: str | None) -> list[str]:
     return [f.strip() for f in line.split(sep)] if sep else line.split()
+
+
+def _sphereface_fields(line: str) -> list[str]:
+    """Split a SphereFace row on tabs or commas where that gives its 11 fields (paths may hold spaces), else on
+    whitespace."""
+    for sep in ("\t", ","):
+        if sep in line and len(fields := _split(line, sep)) == 11:
+            return fields
+    return line.split()
 
 
 def _is_number(text: str) -> bool:
@@ -110,7 +123,7 @@ def _add(rows: dict[str, LandmarkRow], file: Path, path: str, row: LandmarkRow) 
 def _read_sphereface(file: Path, lines: list[tuple[int, str]]) -> dict[str, LandmarkRow]:
     rows: dict[str, LandmarkRow] = {}
     for line_no, line in lines:
-        fields = _split(line)
+        fields = _sphereface_fields(line)
         if len(fields) != 11:
             raise UserError(
                 f"{file} line {line_no}: {len(fields)} fields, expected 11 (path x1 y1 ... x5 y5; a path with "
@@ -129,7 +142,7 @@ def _find(columns: dict[str, int], names: tuple[str, ...]) -> int | None:
 def _read_delimited(file: Path, lines: list[tuple[int, str]]) -> dict[str, LandmarkRow]:
     header_no, header = lines[0]
     header = header.lstrip().lstrip("#")
-    sep = "\t" if "\t" in header else "," if "," in header else None
+    sep = _separator(header)
     names = [n.strip().lower() for n in _split(header, sep)]
     columns = {n: i for i, n in enumerate(names)}
     path_col = _find(columns, _PATH_COLUMNS)
