@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ SETTINGS = "align.json"
 PARTS = "align-parts"
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _floats = pa.list_(pa.float64())
 SCHEMA = pa.schema(
     [
@@ -126,6 +128,12 @@ def _num(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def _stable_reason(exc: UserError, src: Path) -> str:
+    """A decode error's message without what varies between runs (src's location, Python object addresses),
+    so the record stays byte-identical."""
+    return _ADDRESS.sub("", str(exc).replace(f"{src}/", "", 1))
+
+
 def _write(image: Image.Image, path: Path, settings: AlignSettings) -> None:
     """Write under a temporary name in the same folder, then rename: a present file is a complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +176,7 @@ def _align_one(src: Path, out: Path, settings: AlignSettings, rel: str, entry: L
     try:
         image = load_rgb(src / rel)
     except UserError as exc:
-        row.update(problem="unreadable", reason=str(exc))
+        row.update(problem="unreadable", reason=_stable_reason(exc, src))
         return row
     row.update(width=image.width, height=image.height)
     points = _landmarks_for(image, entry, row, settings)
