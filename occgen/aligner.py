@@ -286,6 +286,45 @@ def make_settings(size: str, landmarks: str | Path | None, detector: str | None,
     return AlignSettings(size, "landmarks", str(path), digest, fmt, quality, max_residual)
 
 
+def _plan_images(src: Path, out: Path, fmt: str) -> tuple[list[str], int]:
+    """The images to align (sorted relative paths) and the count of other files; UserError for a bad layout."""
+    if not src.is_dir():
+        raise UserError(f"--src {src}: not a folder (give the folder of raw <identity>/<image> files)")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out} lies inside --src {src}: choose a folder outside it")
+    images, other_files = scan(src)
+    if not images:
+        raise UserError(f"--src {src}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    outputs: dict[str, str] = {}
+    for rel in images:
+        name = output_name(rel, fmt)
+        if name in outputs:
+            raise UserError(f"{src}: {outputs[name]} and {rel} would both be written as {name}; rename one")
+        outputs[name] = rel
+    return images, other_files
+
+
+def _plan_landmarks(src: Path, images: list[str], settings: AlignSettings,
+                    ignore_missing: bool) -> tuple[dict[str, LandmarkRow], int]:
+    """The landmark file's rows (empty for the detector, which is loaded here to fail early) and how many rows
+    name images that are not under ``src``."""
+    if settings.method == "mtcnn":
+        from occgen.detect import require_detector
+
+        require_detector()
+        return {}, 0
+    entries = read_landmarks(settings.landmarks)
+    known = set(images)
+    missing = [p for p in entries if p not in known]
+    if missing and not ignore_missing:
+        raise UserError(
+            f"{settings.landmarks}: {len(missing)} row(s) name images not under {src}, e.g. "
+            f"{', '.join(missing[:3])}: paths must be relative to --src (or pass --ignore-missing to align "
+            "only the images that are there)"
+        )
+    return entries, len(missing)
+
+
 def run_align(
     src: str | Path,
     out: str | Path,
@@ -300,42 +339,14 @@ def run_align(
     src, out, record_dir = Path(src), Path(out), Path(record_dir)
     if fallback not in ("none", "mean"):
         raise UserError(f"unknown --fallback {fallback!r}: choose none or mean")
-    if not src.is_dir():
-        raise UserError(f"--src {src}: not a folder (give the folder of raw <identity>/<image> files)")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise UserError(f"--out {out} lies inside --src {src}: choose a folder outside it")
-    images, other_files = scan(src)
-    if not images:
-        raise UserError(f"--src {src}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    outputs: dict[str, str] = {}
-    for rel in images:
-        name = output_name(rel, settings.fmt)
-        if name in outputs:
-            raise UserError(f"{src}: {outputs[name]} and {rel} would both be written as {name}; rename one")
-        outputs[name] = rel
-
-    entries: dict[str, LandmarkRow] = {}
-    ignored = 0
-    if settings.method == "mtcnn":
-        from occgen.detect import require_detector
-
-        require_detector()
-    else:
-        entries = read_landmarks(settings.landmarks)
-        known = set(images)
-        missing = [p for p in entries if p not in known]
-        if missing and not ignore_missing:
-            raise UserError(
-                f"{settings.landmarks}: {len(missing)} row(s) name images not under {src}, e.g. "
-                f"{', '.join(missing[:3])}: paths must be relative to --src (or pass --ignore-missing to align "
-                "only the images that are there)"
-            )
-        ignored = len(missing)
+    images, other_files = _plan_images(src, out, settings.fmt)
+    entries, ignored = _plan_landmarks(src, images, settings, ignore_missing)
 
     record_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(record_dir, out, settings)
     _write_settings(record_dir, settings, {})
-    rows = {p: r for p, r in _load_rows(record_dir).items() if p in outputs.values()}
+    known = set(images)
+    rows = {p: r for p, r in _load_rows(record_dir).items() if p in known}
     done = {p for p, r in rows.items() if r["status"] in ("ok", "fallback") and (out / r["out_path"]).is_file()}
     summary = Summary("align", skipped=len(done))
     parts = record_dir / PARTS
