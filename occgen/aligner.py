@@ -198,7 +198,9 @@ def _align_one(src: Path, out: Path, settings: AlignSettings, rel: str, entry: L
     return row
 
 
-def _fallback_one(src: Path, out: Path, settings: AlignSettings, row: dict[str, Any], mean: np.ndarray) -> dict[str, Any]:
+def _fallback_one(
+    src: Path, out: Path, settings: AlignSettings, row: dict[str, Any], mean: np.ndarray
+) -> dict[str, Any]:
     image = load_rgb(src / row["path"])
     out_rel = output_name(row["path"], settings.fmt)
     _write(align.warp(image, mean, settings.template), out / out_rel, settings)
@@ -369,8 +371,8 @@ def run_align(
     mean = None
     fallback_count = 0
     if fallback == "mean":
-        ok = [np.reshape(rows[p]["landmarks"], (5, 2)) for p in images if p in rows and rows[p]["status"] == "ok"]
-        redo = [rows[p] for p in images if p in rows and rows[p]["status"] == "failed" and rows[p]["problem"] != "unreadable"]
+        ok = [np.reshape(rows[p]["landmarks"], (5, 2)) for p in images if rows[p]["status"] == "ok"]
+        redo = [rows[p] for p in images if rows[p]["status"] == "failed" and rows[p]["problem"] != "unreadable"]
         if ok:
             mean = align.mean_transform(np.stack(ok), settings.template)
         if redo and mean is None:

@@ -55,7 +55,8 @@ def test_sphereface_format_tabs_spaces_and_na(tmp_path):
 
 def test_csv_header_with_aliases_and_score(tmp_path):
     cols = [f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in "xy"]
-    file = write(tmp_path, "path," + ",".join(cols) + ",confidence\n" + "x/y.png," + ",".join(map(str, range(10))) + ",0.98\n", "lm.csv")
+    text = "path," + ",".join(cols) + ",confidence\n" + "x/y.png," + ",".join(map(str, range(10))) + ",0.98\n"
+    file = write(tmp_path, text, "lm.csv")
     row = read_landmarks(file)["x/y.png"]
     np.testing.assert_allclose(row.points.ravel(), range(10))
     assert row.score == 0.98 and row.n_faces is None

@@ -12,11 +12,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from occgen import align
 from occgen.aligner import PARTS, RECORD, SETTINGS, make_settings, run_align
 from occgen.errors import UserError
 from tests.conftest import shared
 
-HEADER = "# image\tleye_x\tleye_y\treye_x\treye_y\tnose_x\tnose_y\tlmouth_x\tlmouth_y\trmouth_x\trmouth_y\tn_faces\tstatus\n"
+HEADER = "# image\t" + "\t".join(f"{p}_{c}" for p in ("leye", "reye", "nose", "lmouth", "rmouth") for c in "xy")
+HEADER += "\tn_faces\tstatus\n"
 GOOD = ["Amelia_Vega/Amelia_Vega_0001.jpg", "Amelia_Vega/Amelia_Vega_0002.jpg", "Geoff_Hoon/Geoff_Hoon_0001.jpg"]
 
 
@@ -33,7 +35,8 @@ def messy(tmp_path) -> tuple[Path, Path]:
     """A small raw tree: three good LFW images and one of each kind of trouble, with a landmark file."""
     lfw = shared("lfw-mini")
     raw = lfw / "raw-250x250-deepfunneled"
-    rows = {line.split("\t")[0]: line.split("\t")[1:11] for line in (lfw / "landmarks_mediapipe.txt").read_text().splitlines()[1:]}
+    table = (lfw / "landmarks_mediapipe.txt").read_text().splitlines()[1:]
+    rows = {line.split("\t")[0]: line.split("\t")[1:11] for line in table}
     src = tmp_path / "raw"
     lines = []
     for rel in GOOD:
@@ -125,11 +128,10 @@ def test_every_bad_image_is_recorded_with_its_reason_and_fallback_fills_them(mes
     rows = record(rec)
     mean = json.loads((rec / SETTINGS).read_text())["mean_transform"]
     ok_points = np.stack([np.reshape(rows[p]["landmarks"], (5, 2)) for p in GOOD])
-    from occgen import align
-
     np.testing.assert_allclose(mean, align.mean_transform(ok_points, align.TEMPLATES["112x96"]).ravel())
     for p in ("Bad/no_row.jpg", "Bad/na.jpg", "Bad/outlier.jpg", "Bad/swapped.jpg"):
-        assert rows[p]["status"] == "fallback" and rows[p]["transform"] == mean and (out / rows[p]["out_path"]).is_file()
+        assert rows[p]["status"] == "fallback" and rows[p]["transform"] == mean
+        assert (out / rows[p]["out_path"]).is_file()
     assert {p for p, r in rows.items() if r["status"] == "failed"} == {"Bad/corrupt.jpg", "Bad/truncated.jpg"}
 
 

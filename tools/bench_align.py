@@ -103,10 +103,12 @@ def main() -> None:
             src = subset(args.src, rels, tmp / f"src-{label}")
             print(f"{label}: {len(rels)} images, 112x96 JPEG q95")
             if method == "landmarks":
-                simple = timed("simple loop, 1 process", len(rels), lambda: simple_landmarks(src, rels, landmarks, tmp / "s1"))
+                simple = timed("simple loop, 1 process", len(rels),
+                               lambda: simple_landmarks(src, rels, landmarks, tmp / "s1"))
                 settings = make_settings("112x96", landmarks, None)
             else:
-                simple = timed("simple loop (detect_faces), 1 process", len(rels), lambda: simple_detector(src, rels, tmp / "s2"))
+                simple = timed("simple loop (detect_faces), 1 process", len(rels),
+                               lambda: simple_detector(src, rels, tmp / "s2"))
                 settings = make_settings("112x96", None, "mtcnn")
             for jobs in sorted({1, args.jobs}):
                 rate = timed(f"occgen align -j {jobs}", len(rels), lambda: run_align(
