@@ -2,7 +2,8 @@
 
 Coordinates follow the landmark convention of MTCNN, OpenCV and the published templates: the centre of pixel
 (i, j) is at (x=i, y=j). A transform is a 2x3 matrix ``M`` mapping source pixel coordinates to crop coordinates,
-``crop = M @ [x, y, 1]``. The warp converts it to Pillow's convention (pixel centres at +0.5) internally.
+``crop = M @ [x, y, 1]``. Landmarks are (5, 2) arrays in the order left eye, right eye, nose, left mouth corner,
+right mouth corner. ``warp`` converts M to Pillow's convention (pixel centres at +0.5) internally.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import numpy as np
 from PIL import Image
 
 from occgen.errors import UserError
-
-#: Landmark order everywhere in occgen.
-LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 #: Defaults for the plausibility checks (see ``fit_face``).
 MAX_RESIDUAL = 10.0  # RMS px in the crop; the eyes are ~35 px apart, so 10 px means the points disagree badly
