@@ -8,6 +8,7 @@ right mouth corner. ``warp`` converts M to Pillow's convention (pixel centres at
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,10 +93,17 @@ def point_errors(points: np.ndarray, m: np.ndarray, template: Template) -> np.nd
     return np.linalg.norm(apply(m, points) - template.points, axis=1)
 
 
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(width: int, height: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width]
+    grid = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64)
+    grid.setflags(write=False)
+    return grid
+
+
 def outside_fraction(m: np.ndarray, image_size: tuple[int, int], template: Template) -> float:
     """Share of crop pixels whose source position lies outside the image (they come out black)."""
-    ys, xs = np.mgrid[0 : template.height, 0 : template.width]
-    src = apply(invert(m), np.column_stack([xs.ravel(), ys.ravel()]))
+    src = apply(invert(m), _pixel_grid(template.width, template.height))
     w, h = image_size
     inside = (src[:, 0] >= -0.5) & (src[:, 0] <= w - 0.5) & (src[:, 1] >= -0.5) & (src[:, 1] <= h - 0.5)
     return float(1.0 - inside.mean())

@@ -109,10 +109,11 @@ def output_name(rel: str, fmt: str) -> str:
 def scan(src: Path) -> tuple[list[str], int]:
     """Relative paths of the images under ``src`` (sorted), and how many other files were passed over."""
     images, others = [], 0
-    for path in src.rglob("*"):
-        if path.is_file():
-            if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-                images.append(path.relative_to(src).as_posix())
+    for folder, _, files in os.walk(src, followlinks=True):
+        rel_folder = Path(folder).relative_to(src)
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                images.append((rel_folder / name).as_posix())
             else:
                 others += 1
     return sorted(images), others
@@ -136,7 +137,8 @@ def _stable_reason(exc: UserError, src: Path) -> str:
 
 def _write(image: Image.Image, path: Path, settings: AlignSettings) -> None:
     """Write under a temporary name in the same folder, then rename: a present file is a complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     options = {"quality": settings.quality} if settings.fmt == "jpg" else {}
     image.save(tmp, format=FORMATS[settings.fmt], **options)
