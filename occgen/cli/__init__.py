@@ -28,7 +28,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from occgen.cli import build  # noqa: F401  (each module adds its command to `main`)
+    from occgen.cli import build, label, patterns  # noqa: F401  (each module adds its command to `main`)
 
 
 _register()
