@@ -16,8 +16,13 @@ it to a brute-force dense reference):
 - IoU factorises: a box and a pattern overlap in ``ox * oy`` pixels, where ``ox`` and ``oy`` are the 1-D overlaps
   of their x and y intervals, and their union is ``area(box) + area(pattern) - overlap``. So each box needs only
   K(K+1)/2 interval overlaps per axis; the P pattern scores are one outer product away.
-- All counts are small integers, exact in float64, and two different ratios with denominators <= H*W differ by far
-  more than float64 resolution, so comparing float64 quotients orders (and ties) patterns exactly.
+- All counts are small integers, exact in float64. Paper mode ranks patterns by the float64 quotient
+  overlap / (area(box) + area(pattern)): two different such ratios differ by at least 1/(2HW)^2, far more than
+  float64 resolution for any face-sized image (HW up to ~10^7), so float comparison orders and ties patterns
+  exactly as exact arithmetic does. From mode evaluates the release's own float64 expression with the same IEEE
+  operations on the same integer values, so it gets the same bits.
+- The first maximum in release order is found without reordering the scores: each cell carries a priority
+  (higher = earlier in release order), and the winner is the highest priority among the cells equal to the max.
 
 Two modes (``compat``):
 
@@ -200,16 +205,30 @@ def _overlaps(lo: np.ndarray, hi: np.ndarray, edge_lo: np.ndarray, edge_hi: np.n
 
 @dataclass
 class _Buffers:
-    """Scratch arrays for one chunk, reused across chunks: fresh multi-MB arrays per chunk cost page faults."""
+    """Scratch arrays for one chunk, reused across chunks (fresh multi-MB arrays per chunk cost page faults).
+
+    Pattern areas and priorities are stored spread over all n columns: adding or multiplying a per-row constant
+    by broadcasting is a slow loop in numpy, while two contiguous arrays are a fast one.
+    """
 
     inter: np.ndarray  # (Q*Q, n) float64
     key: np.ndarray  # (Q*Q, n) float64
     equal: np.ndarray  # (Q*Q, n) bool
     first: np.ndarray  # (Q*Q, n) int16
+    area: np.ndarray  # (Q*Q, n) float64, constant: lay.area down each column
+    priority: np.ndarray  # (Q*Q, n) int16, constant: lay.priority down each column
 
     @classmethod
-    def make(cls, cells: int, n: int) -> "_Buffers":
-        return cls(np.empty((cells, n)), np.empty((cells, n)), np.empty((cells, n), bool), np.empty((cells, n), np.int16))
+    def make(cls, lay: _Layout, n: int) -> "_Buffers":
+        cells = len(lay.area)
+        return cls(
+            np.empty((cells, n)),
+            np.empty((cells, n)),
+            np.empty((cells, n), bool),
+            np.empty((cells, n), np.int16),
+            np.repeat(lay.area[:, None], n, axis=1),
+            np.repeat(lay.priority[:, None], n, axis=1),
+        )
 
 
 def _label_chunk(b: np.ndarray, lay: _Layout, compat: Compat, buf: _Buffers) -> tuple[np.ndarray, np.ndarray]:
@@ -227,14 +246,14 @@ def _label_chunk(b: np.ndarray, lay: _Layout, compat: Compat, buf: _Buffers) -> 
     inter, key = buf.inter, buf.key
     np.multiply(oy[:, None, :], ox[None, :, :], out=inter.reshape(q, q, n))
     box_area = ((x1 - x0) * (y1 - y0)).astype(np.float64)
-    np.add(lay.area[:, None], box_area[None, :], out=key)
+    np.add(buf.area, box_area[None, :], out=key)
     if compat == "from":
         key -= inter
         key += FROM_EPSILON
     np.divide(inter, key, out=key)
     top = key.max(axis=0)
     np.equal(key, top[None, :], out=buf.equal)
-    np.multiply(buf.equal, lay.priority[:, None], out=buf.first)
+    np.multiply(buf.equal, buf.priority, out=buf.first)
     rank = q * q - buf.first.max(axis=0).astype(np.intp)
     pattern = np.where(top > 0, rank + 1, 0)
     if compat == "from":
@@ -264,11 +283,11 @@ def label_boxes(
     iou = np.full(len(b), empty_iou)
     rows = np.flatnonzero(occluded)
     step = max(64, CHUNK_CELLS // len(lay.area))
-    buf = _Buffers.make(len(lay.area), min(step, len(rows)))
+    buf = _Buffers.make(lay, min(step, len(rows)))
     for start in range(0, len(rows), step):
         idx = rows[start : start + step]
         if len(idx) < buf.key.shape[1]:
-            buf = _Buffers.make(len(lay.area), len(idx))
+            buf = _Buffers.make(lay, len(idx))
         p, s = _label_chunk(b[idx], lay, compat, buf)
         pattern[idx] = p
         iou[idx] = np.where(p > 0, s, empty_iou)
