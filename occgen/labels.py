@@ -95,15 +95,14 @@ def _image_size(table: pa.Table, path: Path) -> tuple[int, int]:
             f"{path}: {int(bad.sum())} sample(s) have an unknown image size (first: height={height[n]}, "
             f"width={width[n]}); every sample needs a positive whole width and height"
         )
-    distinct = np.unique(sizes.astype(np.int64), axis=0)
-    if len(distinct) > 1:
+    if (sizes != sizes[0]).any():
+        distinct = np.unique(sizes.astype(np.int64), axis=0)
         shown = ", ".join(f"{h}x{w}" for h, w in distinct[:5].tolist())
         raise UserError(
             f"{path} mixes image sizes (HxW: {shown}); pattern labels need one size per manifest, so build each "
             "size as its own manifest"
         )
-    h, w = distinct[0].tolist()
-    return h, w
+    return int(sizes[0, 0]), int(sizes[0, 1])
 
 
 def label_table(samples: Samples, K: int, compat: Compat = "paper") -> pa.Table:

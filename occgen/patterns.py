@@ -61,7 +61,9 @@ CHUNK_CELLS = 1 << 18
 def check_k(K: int) -> None:
     """K out of range is a user mistake (an option), so it raises UserError."""
     if not isinstance(K, (int, np.integer)) or not K_MIN <= K <= K_MAX:
-        raise UserError(f"K must be an integer from {K_MIN} to {K_MAX} (the face is split into K x K blocks); got {K!r}")
+        raise UserError(
+            f"K must be an integer from {K_MIN} to {K_MAX} (the face is split into K x K blocks); got {K!r}"
+        )
 
 
 def check_size(height: int, width: int, K: int) -> None:
@@ -159,7 +161,9 @@ def _as_boxes(boxes: np.ndarray, occluded: np.ndarray, height: int, width: int) 
     boxes = np.asarray(boxes)
     occluded = np.asarray(occluded)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or occluded.shape != (boxes.shape[0],):
-        raise ValueError(f"expected boxes of shape (N, 4) and occluded of shape (N,); got {boxes.shape} and {occluded.shape}")
+        raise ValueError(
+            f"expected boxes of shape (N, 4) and occluded of shape (N,); got {boxes.shape} and {occluded.shape}"
+        )
     occluded = occluded.astype(bool)
     occ_rows = boxes[occluded]
     if occ_rows.dtype.kind == "f":
@@ -294,7 +298,9 @@ def label_boxes(
     return pattern, iou
 
 
-def regression_target(boxes: np.ndarray, occluded: np.ndarray, height: int, width: int, compat: Compat = "paper") -> np.ndarray:
+def regression_target(
+    boxes: np.ndarray, occluded: np.ndarray, height: int, width: int, compat: Compat = "paper"
+) -> np.ndarray:
     """(N, 4) float32 box corners normalised by the image size, (x0/W, y0/H, x1/W, y1/H); clean rows are 0.
 
     The box is the one the mode scores (in ``from`` mode, right and bottom edges clipped to W-1 and H-1).

@@ -29,7 +29,9 @@ def reference_grids(K: int, H: int, W: int) -> np.ndarray:
     return np.stack(grids).reshape(len(grids), H * W)
 
 
-def reference_labels(boxes: np.ndarray, K: int, H: int, W: int, compat: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_labels(
+    boxes: np.ndarray, K: int, H: int, W: int, compat: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels of occluded boxes by counting pixels of dense masks (intersection and union both by counting).
 
     Returns the first maximum, its IoU, and whether other patterns share that maximum (a tie).
@@ -72,8 +74,8 @@ def random_boxes(rng: np.random.Generator, n: int, H: int, W: int) -> np.ndarray
     x0, y0 = cx - w // 2, cy - h // 2
     alg1 = np.stack([np.maximum(x0, 0), np.maximum(y0, 0), np.minimum(x0 + w, W), np.minimum(y0 + h, H)], axis=1)
     # Small boxes anywhere, including single pixels and the last row/column.
-    sx, sy = rng.integers(0, W, n // 4), rng.integers(0, H, n // 4)
-    small = np.stack([sx, sy, np.minimum(sx + rng.integers(1, 4, n // 4), W), np.minimum(sy + rng.integers(1, 4, n // 4), H)], 1)
+    sx, sy, sw, sh = (rng.integers(0, top, n // 4) for top in (W, H, 4, 4))
+    small = np.stack([sx, sy, np.minimum(sx + sw + 1, W), np.minimum(sy + sh + 1, H)], 1)
     special = np.array(
         [
             (0, 0, W, H),  # whole image
@@ -142,7 +144,8 @@ def test_labels_equal_the_dense_reference(compat, H, W):
         expected, expected_iou, _ = reference_labels(boxes, K, H, W, compat)
         pattern, iou = label_boxes(boxes, np.ones(len(boxes), bool), K, H, W, compat)
         mismatch = np.flatnonzero(pattern != expected)
-        assert mismatch.size == 0, f"K={K}: {boxes[mismatch[:5]].tolist()} -> {pattern[mismatch[:5]]} != {expected[mismatch[:5]]}"
+        first = mismatch[:5]
+        assert mismatch.size == 0, f"K={K}: {boxes[first].tolist()} -> {pattern[first]} != {expected[first]}"
         assert np.array_equal(iou, expected_iou)  # bit for bit
 
 
@@ -199,7 +202,8 @@ def test_regression_target():
     assert paper.dtype == np.float32
     assert paper[0].tolist() == [0, 0, 0, 0]
     assert paper[1].tolist() == pytest.approx([12 / 96, 28 / 112, 1.0, 1.0])
-    assert regression_target(boxes, occluded, 112, 96, "from")[1].tolist() == pytest.approx([12 / 96, 28 / 112, 95 / 96, 111 / 112])
+    from_target = regression_target(boxes, occluded, 112, 96, "from")
+    assert from_target[1].tolist() == pytest.approx([12 / 96, 28 / 112, 95 / 96, 111 / 112])
 
 
 @pytest.mark.parametrize("K", [0, 9, -1])

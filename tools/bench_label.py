@@ -79,8 +79,8 @@ def main() -> None:
     occluded = np.ones(len(boxes), bool)
     label_boxes(boxes[:1000], occluded[:1000], args.K, height, width)  # warm the catalog cache
     rates = {
-        compat: best_rate(lambda c=compat: label_boxes(boxes, occluded, args.K, height, width, c), len(boxes), args.repeats)
-        for compat in ("paper", "from")
+        c: best_rate(lambda c=c: label_boxes(boxes, occluded, args.K, height, width, c), len(boxes), args.repeats)
+        for c in ("paper", "from")
     }
 
     few = boxes[: args.dense_n]
@@ -91,7 +91,9 @@ def main() -> None:
     fast, _ = label_boxes(few, occluded[: len(few)], args.K, height, width, "from")
     agree = int((fast == np.array(dense)).sum())
 
-    print(f"K={args.K}, {height}x{width} (HxW), {len(grids)} patterns, one core (pid {os.getpid()} pinned)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"K={args.K}, {height}x{width} (HxW), {len(grids)} patterns, one pinned core; "
+          f"load average {load} on {os.cpu_count()} CPUs")
     print(f"  label_boxes paper : {rates['paper']:>12,.0f} boxes/s  ({len(boxes):,} boxes, best of {args.repeats})")
     print(f"  label_boxes from  : {rates['from']:>12,.0f} boxes/s")
     print(f"  dense per image   : {dense_rate:>12,.0f} boxes/s  ({len(few):,} boxes)")
