@@ -55,7 +55,7 @@ def read_samples(manifest_dir: Path) -> Samples:
     if not path.exists():
         raise UserError(f"no manifest at {manifest_dir}: {path} is missing (build one with `occgen build`)")
     try:
-        dataset = ds.dataset(path, format="parquet")
+        dataset = _open_dataset(path)
         missing = [c for c in NEEDED_COLUMNS if c not in dataset.schema.names]
         if missing:
             raise UserError(
@@ -77,6 +77,16 @@ def read_samples(manifest_dir: Path) -> Samples:
     boxes = np.stack([_floats(table[c]) for c in BOX_COLUMNS], axis=1)
     height, width = _image_size(table, path)
     return Samples(keys, occluded, boxes, height, width)
+
+
+def _open_dataset(path: Path) -> ds.Dataset:
+    """The shards as one dataset, their schemas unified: a shard of only clean samples may store its box columns
+    as type null when written from Python None values, which the first-shard schema alone would not accept."""
+    dataset = ds.dataset(path, format="parquet")
+    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
+    if not schemas:
+        return dataset
+    return ds.dataset(path, format="parquet", schema=pa.unify_schemas(schemas, promote_options="permissive"))
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray:

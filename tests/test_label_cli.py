@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -86,6 +87,19 @@ def test_output_is_independent_of_sharding_and_box_dtype(tmp_path):
     as_float = frame.astype({c: "float64" for c in BOX})  # NaN instead of null
     b = write_labels(write_manifest(tmp_path / "b", as_float.iloc[::-1], shards=4), 4)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_shards_of_only_clean_samples_with_untyped_boxes(tmp_path):
+    # Written from Python None values, an all-clean shard stores its box columns as type null.
+    manifest = tmp_path / "m"
+    (manifest / "samples.parquet").mkdir(parents=True)
+    common = {"width": [96], "height": [112]}
+    clean = pa.table({"key": ["a"], "occluded": [False], **{c: [None] for c in BOX}, **common})
+    occluded = pa.table({"key": ["b"], "occluded": [True], **dict(zip(BOX, ([19], [22], [38], [44]))), **common})
+    pq.write_table(clean, manifest / "samples.parquet" / "shard-00000.parquet")
+    pq.write_table(occluded, manifest / "samples.parquet" / "shard-00001.parquet")
+    labels = pd.read_parquet(write_labels(manifest, 5))
+    assert labels["pattern"].tolist() == [0, 96] and labels["iou"].tolist() == [1.0, 1.0]
 
 
 def test_real_geometry_from_real_occluders(tmp_path):
