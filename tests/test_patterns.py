@@ -150,7 +150,9 @@ def test_labels_equal_the_dense_reference(compat, H, W):
 
 
 @pytest.mark.parametrize("compat", ["paper", "from"])
-@pytest.mark.parametrize("H,W,K", [(9, 9, 1), (5, 7, 2), (6, 6, 3), (8, 6, 4), (12, 10, 5), (12, 12, 6), (14, 11, 5)])
+@pytest.mark.parametrize(
+    "H,W,K", [(9, 9, 1), (5, 7, 2), (6, 6, 3), (8, 6, 4), (12, 10, 5), (12, 12, 6), (14, 11, 5), (10, 10, 7), (11, 10, 8)]
+)
 def test_every_box_of_a_small_image(compat, H, W, K):
     # Small images make exact ties common: every possible box, against the dense reference.
     xs = [(a, b) for a in range(W + 1) for b in range(a, W + 1)]
