@@ -28,8 +28,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from occgen.cli import align  # noqa: F401
-    from occgen.cli import build  # noqa: F401  (each module adds its command to `main`)
+    from occgen.cli import align, build, label, patterns  # noqa: F401  (each module adds its command to `main`)
 
 
 _register()
