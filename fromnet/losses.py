@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fromnet.models.net import FromOutput
+
 _EPS = 1e-7  # keeps acos away from +-1, where its gradient is infinite
 
 
@@ -125,9 +127,9 @@ class FromLoss(nn.Module):
         self.classifier = MarginClassifier(embedding_dim, num_classes, margin or Margin.preset("cosface"))
         self.lam = lam
 
-    def forward(self, out, labels: torch.Tensor, patterns: torch.Tensor | None = None,
+    def forward(self, out: FromOutput, labels: torch.Tensor, patterns: torch.Tensor | None = None,
                 boxes: torch.Tensor | None = None) -> LossParts:
-        """`out` is a model's FromOutput; give `patterns` or `boxes` for variants that predict them."""
+        """Give `patterns` (class indices) or `boxes` (normalized corners) for variants that predict them."""
         logits = self.classifier(out.embedding, labels)
         main = margin_loss(logits, labels)
         pred = None

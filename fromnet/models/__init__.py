@@ -43,6 +43,7 @@ def build_model(
     """A freshly initialised variant; `overrides` are NetConfig fields (widths, depths, ...) for other sizes.
 
     `channels_last` converts the weights (feed channels_last inputs too); `compile` wraps it in torch.compile.
+    On CPU, keep >= 16 channels into the strided 1x1 shortcuts with channels_last (oneDNN#6035 corrupts memory below).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")

@@ -109,6 +109,8 @@ class FromNet(nn.Module):
             else:
                 channels = top if c.mask == "3d" else 1
                 self.decoder = MaskDecoder(c.pyramid_width, channels, c.decoder_width)
+                # A 2D mask is predicted from its H*W values; the release repeats it C times first, which adds
+                # parameters but no information.
                 mask_features = channels * gh * gw
             if c.predictor is not None:
                 self.predictor = PatternPredictor(mask_features, c.num_outputs, c.dropout,
