@@ -1,0 +1,59 @@
+"""The `fromnet` command line. For now: `fromnet summary`, the size and cost of a model variant."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fromnet import __version__
+from fromnet.models import VARIANTS
+from occgen.errors import UserError
+
+
+class Group(click.Group):
+    """Turns UserError into a one-line message and exit code 2; never a traceback for user mistakes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'112x96' -> (112, 96): height x width, as face crops are named."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--size must be HEIGHTxWIDTH in pixels, like 112x96 or 112x112; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fromnet")
+def main() -> None:
+    """Train and evaluate FROM (occlusion-robust face recognition) on occgen shards."""
+
+
+@main.command("summary")
+@click.option("--variant", default="from", show_default=True,
+              type=click.Choice(list(VARIANTS)), help="Model variant.")
+@click.option("--K", "K", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Blocks per side of the occlusion pattern grid.")
+@click.option("--size", default="112x96", show_default=True, help="Input HEIGHTxWIDTH.")
+def summary(variant: str, K: int, size: str) -> None:
+    """Print a variant's parameters (per part and total) and forward GFLOPs per image."""
+    from fromnet.models.summary import summarize
+
+    input_size = parse_size(size)
+    result = summarize(variant, K, input_size)
+    config = result.config
+    gh, gw = config.grid
+    click.echo(f"{variant}: {VARIANTS[variant].description}")
+    click.echo(f"input {input_size[0]}x{input_size[1]}, top map {config.widths[-1]}x{gh}x{gw}, K={K}"
+               + (f", {config.num_outputs} predictor outputs" if config.predictor else ""))
+    for name, count in result.parts.items():
+        click.echo(f"  {name:<10} {count / 1e6:8.2f}M params")
+    click.echo(f"  {'total':<10} {result.params / 1e6:8.2f}M params ({result.params:,})")
+    click.echo(f"forward: {result.flops / 1e9:.2f} GFLOPs per image (2 FLOPs per multiply-add)")

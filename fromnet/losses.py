@@ -1,0 +1,145 @@
+"""Training losses: the unified margin softmax (FROM Eq. 1), pattern softmax (Eq. 4), box L2 (Eq. 5), total (Eq. 6).
+
+Eq. 1 replaces the target class's cos(theta) by delta = cos(m1 * theta + m2) - m3 before scaling by s. Following the
+paper's notation, m1 = 0 means "no multiplicative margin" (it acts as 1), so CosFace is (0, 0, m3) and ArcFace
+(0, m2, 0). Where m1 * theta + m2 passes pi, cos() stops decreasing and the margin would reward a worse angle:
+ArcFace then uses its usual threshold fallback cos(theta) - m2 * sin(m2), and a multiplicative margin uses
+SphereFace's monotone psi extension (-1)^k cos(phi) - 2k. Cosines are computed in fp32 even under autocast: bf16
+cosines are only good to ~0.004, coarser than the margins that matter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fromnet.models.net import FromOutput
+
+_EPS = 1e-7  # keeps acos away from +-1, where its gradient is infinite
+
+
+@dataclass(frozen=True)
+class Margin:
+    """(m1, m2, m3) of Eq. 1 and the scale s."""
+
+    m1: float = 0.0
+    m2: float = 0.0
+    m3: float = 0.0
+    s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.m1 < 0 or self.m2 < 0 or self.m3 < 0 or self.s <= 0:
+            raise ValueError(f"margins must be >= 0 and s > 0, got {self}")
+        if self.m2 >= math.pi / 2:
+            raise ValueError(f"m2 = {self.m2} is an angle in radians and must be below pi/2")
+
+    @classmethod
+    def preset(cls, name: str, s: float | None = None) -> Margin:
+        """CosFace/ArcFace/SphereFace with the margins the FROM release trains with; `s` overrides the scale."""
+        if name not in MARGIN_PRESETS:
+            raise ValueError(f"unknown margin preset {name!r}; choose one of {', '.join(MARGIN_PRESETS)}")
+        base = MARGIN_PRESETS[name]
+        return base if s is None else cls(base.m1, base.m2, base.m3, s)
+
+
+MARGIN_PRESETS: dict[str, Margin] = {
+    "cosface": Margin(0.0, 0.0, 0.35, s=30.0),
+    "arcface": Margin(0.0, 0.5, 0.0, s=30.0),
+    "sphereface": Margin(1.5, 0.0, 0.0, s=64.0),
+}
+
+
+def target_cosine(cos: torch.Tensor, margin: Margin) -> torch.Tensor:
+    """delta of Eq. 1 for the target-class cosines `cos`, made monotone in theta over [0, pi]."""
+    m1 = margin.m1 if margin.m1 > 0 else 1.0
+    if m1 == 1.0 and margin.m2 == 0.0:
+        return cos - margin.m3  # CosFace: no angle needed, so no acos rounding either
+    theta = torch.acos(cos.clamp(-1.0 + _EPS, 1.0 - _EPS))
+    phi = m1 * theta + margin.m2
+    if m1 == 1.0:
+        fallback = cos - margin.m2 * math.sin(margin.m2)
+        delta = torch.where(phi <= math.pi, torch.cos(phi), fallback)
+    else:
+        k = torch.floor(phi / math.pi)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
+        delta = sign * torch.cos(phi) - 2.0 * k
+    return delta - margin.m3
+
+
+def margin_logits(cos: torch.Tensor, labels: torch.Tensor, margin: Margin) -> torch.Tensor:
+    """Scaled logits of Eq. 1: the target column gets delta, the others keep cos(theta_j)."""
+    idx = labels.view(-1, 1)
+    target = target_cosine(cos.gather(1, idx), margin)
+    return margin.s * cos.scatter(1, idx, target)
+
+
+class MarginClassifier(nn.Module):
+    """Class centres on the unit sphere; cosines with the embedding, margin on the true class (training only)."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, margin: Margin) -> None:
+        super().__init__()
+        self.margin = margin
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(embedding.device.type, enabled=False):
+            return F.linear(F.normalize(embedding.float()), F.normalize(self.weight.float()))
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return margin_logits(self.cosine(embedding), labels, self.margin)
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 given `margin_logits`: softmax cross-entropy, averaged over the batch."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def pattern_loss(logits: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: softmax cross-entropy of the predicted occlusion pattern."""
+    return F.cross_entropy(logits.float(), patterns)
+
+
+def box_loss(pred: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: Euclidean distance between predicted and true normalized corners (x0, y0, x1, y1), batch mean."""
+    return torch.linalg.vector_norm(pred.float() - boxes.float(), dim=1).mean()
+
+
+@dataclass
+class LossParts:
+    """The total that is back-propagated, and its terms for logging (pred is None for variants without one)."""
+
+    total: torch.Tensor
+    margin: torch.Tensor
+    pred: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class FromLoss(nn.Module):
+    """Eq. 6: margin loss on the embedding + lambda * the predictor's loss (pattern softmax or box L2)."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, margin: Margin | None = None, lam: float = 1.0) -> None:
+        super().__init__()
+        self.classifier = MarginClassifier(embedding_dim, num_classes, margin or Margin.preset("cosface"))
+        self.lam = lam
+
+    def forward(self, out: FromOutput, labels: torch.Tensor, patterns: torch.Tensor | None = None,
+                boxes: torch.Tensor | None = None) -> LossParts:
+        """Give `patterns` (class indices) or `boxes` (normalized corners) for variants that predict them."""
+        logits = self.classifier(out.embedding, labels)
+        main = margin_loss(logits, labels)
+        pred = None
+        if out.pattern_logits is not None:
+            if patterns is None:
+                raise ValueError("this model predicts occlusion patterns: pass their labels as `patterns`")
+            pred = pattern_loss(out.pattern_logits, patterns)
+        elif out.box is not None:
+            if boxes is None:
+                raise ValueError("this model regresses occluded boxes: pass the normalized corners as `boxes`")
+            pred = box_loss(out.box, boxes)
+        total = main if pred is None else main + self.lam * pred
+        return LossParts(total=total, margin=main, pred=pred, logits=logits)
