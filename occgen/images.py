@@ -20,7 +20,9 @@ def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: cannot decode image (not in a format Pillow reads)") from None
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{name}: cannot decode image ({exc})") from None
     if img.mode != "RGB":
         img = img.convert("RGB")

@@ -168,11 +168,17 @@ def test_list_file_and_named_sources(tmp_path: Path, odd_tree: Path, monkeypatch
 
 def test_clean_ratio_per_scale_and_compat(tmp_path: Path):
     run("build", "--src", "demo", "--copies", "3", "--clean-ratio", "0.3333", "--out", str(tmp_path / "o"),
-        "--manifests", str(tmp_path / "m"), "--name", "mix", "--shard-size", "1000")
+        "--manifests", str(tmp_path / "m"), "--name", "mix", "--shard-size", "1000", "--K", "5")
     df = pd.read_parquet(tmp_path / "m" / "mix" / "samples.parquet")
     assert abs((~df.occluded).mean() - 1 / 3) < 0.08
     clean = df[~df.occluded]
     assert clean[["box_x0", "scale", "occluder"]].isna().all().all()
+    # --K labels as it goes: the same file `occgen label` writes
+    labels = (tmp_path / "m" / "mix" / "labels-k5.parquet").read_bytes()
+    run("label", "--K", "5", str(tmp_path / "m" / "mix"))
+    assert (tmp_path / "m" / "mix" / "labels-k5.parquet").read_bytes() == labels
+    lab = pd.read_parquet(tmp_path / "m" / "mix" / "labels-k5.parquet").set_index("key").loc[df.key]
+    assert ((lab.pattern.values == 0) == ~df.occluded.values).all()
 
     run("build", "--src", "demo", "--scales", "1,2", "--per-scale", "--compat", "from", "--out", str(tmp_path / "o"),
         "--manifests", str(tmp_path / "m"), "--name", "occ-demo")

@@ -8,7 +8,9 @@ import click
 
 from occgen.build import FORMATS, BuildOptions, build
 from occgen.cli import main
+from occgen.cli.label import label_manifest
 from occgen.errors import UserError
+from occgen.patterns import K_MAX, K_MIN
 from occgen.plan import parse_scales
 from occgen.render import COMPAT_MODES
 from occgen.runner import default_jobs
@@ -45,10 +47,12 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"), show_default=True,
               help="Folder for manifests/NAME/.")
 @click.option("--name", help="Dataset name (default: occ-<source folder name>).")
+@click.option("--K", "ks", type=click.IntRange(K_MIN, K_MAX), multiple=True,
+              help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, categories, exclude_categories, compat,
-              seed, jobs, shard_size, fmt, quality, out, manifests, name, overwrite, quiet) -> None:
+              seed, jobs, shard_size, fmt, quality, out, manifests, name, ks, overwrite, quiet) -> None:
     """Run Algorithm 1 over every input image and write shards plus manifests.
 
     \b
@@ -71,3 +75,5 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
         )
         result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet)
         click.echo(result.summary.line("samples") + f" -> {out}/{run_name}-*.tar, {result.manifest_dir}")
+        if ks:
+            label_manifest(result.manifest_dir, ks, compat)

@@ -26,6 +26,11 @@ def label(ks: tuple[int, ...], compat: str, manifest: Path) -> None:
 
     MANIFEST is a folder made by `occgen build` (e.g. manifests/occ-lfw-2.0); its samples are not rewritten.
     """
+    label_manifest(manifest, ks, compat)
+
+
+def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
+    """Read the manifest's boxes once and write (and describe) the labels file of each K."""
     samples = read_samples(manifest)
     click.echo(f"{manifest}: {len(samples.occluded):,} samples ({int(samples.occluded.sum()):,} occluded), "
                f"{samples.height}x{samples.width} (HxW)")

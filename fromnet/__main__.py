@@ -1,0 +1,3 @@
+from fromnet.cli import main
+
+main()
