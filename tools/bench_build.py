@@ -12,7 +12,6 @@ Inputs default to ../shared/data/lfw-112x96 (real aligned LFW faces); without it
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 import tempfile

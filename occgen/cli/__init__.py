@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
 from occgen import __version__
-from occgen.errors import UserError
+from occgen.clicommon import ErrorGroup
 
 
-class Group(click.Group):
-    """Turns UserError into a one-line message and exit code 2; never a traceback for user mistakes."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="occgen")
 def main() -> None:
     """Build occluded face datasets (FROM's Algorithm 1) as WebDataset shards with Parquet manifests."""

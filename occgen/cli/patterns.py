@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import click
 from PIL import Image, ImageDraw
 
 from occgen.cli import main
+from occgen.clicommon import parse_size
 from occgen.errors import UserError
 from occgen.patterns import K_MAX, K_MIN, block_edges, num_patterns, pattern_catalog
 
 LABEL_H = 12  # pixels above each tile for its index
 GAP = 4
 FACE, GRID, FILL, EDGE, TEXT = (236, 236, 236), (190, 190, 190), (230, 80, 60), (150, 30, 20), (40, 40, 40)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'112x96' -> (112, 96): height first, as the paper writes face sizes."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m or int(m[1]) <= 0 or int(m[2]) <= 0:
-        raise UserError(f"--size must be HEIGHTxWIDTH in pixels, e.g. 112x96; got {text!r}")
-    return int(m[1]), int(m[2])
 
 
 def draw_sheet(K: int, height: int, width: int) -> Image.Image:
