@@ -16,7 +16,7 @@ $(BIN)/occgen: setup.cfg pyproject.toml
 setup: $(BIN)/occgen
 
 demo: setup
-	$(BIN)/occgen build --src demo --scales 1:0.5:5 --out out/shards --name occ-demo --K 5
+	$(BIN)/occgen build --src demo --scales 1:0.5:5 --copies 3 --clean-ratio 0.3333 --shard-size 128 --out out/shards --name occ-demo --K 5
 	$(BIN)/occgen label --K 4 manifests/occ-demo
 
 test: setup
