@@ -8,7 +8,6 @@ tar are present and rebuilds the rest. Results come back in shard order, so outp
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -18,11 +17,11 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from PIL import Image
+import numpy as np
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import decode_rgb
+from occgen.images import decode_array, encode
 from occgen.occluders import OccluderLibrary, load_library
 from occgen.plan import draw, sample_key, sample_seed
 from occgen.render import Compat, ScaledOccluder, occlude, scaled_size
@@ -32,7 +31,7 @@ from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar,
 )
 
-FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+FORMATS = ("jpg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -91,20 +90,11 @@ def _scaled(root: str | None, categories: tuple[str, ...] | None, exclude: tuple
     return ScaledOccluder(_library(root, categories, exclude).occluders[index].image, size, compat)
 
 
-def _encode(img: Image.Image, fmt: str, quality: int) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "png":
-        img.save(buf, format="PNG", compress_level=6)
-    else:
-        img.save(buf, format=FORMATS[fmt], quality=quality)
-    return buf.getvalue()
-
-
-def render_sample(face: Image.Image, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions) -> tuple[dict[str, Any], bytes]:
+def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions) -> tuple[dict[str, Any], bytes]:
     """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
     lib_args = (opts.occluders, opts.categories, opts.exclude)
     lib = _library(*lib_args)
-    W, H = face.size
+    H, W = face.shape[:2]
     choice = draw(seed, (W, H), opts.scales, opts.clean_ratio, lib.choose)
     row: dict[str, Any] = {
         "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
@@ -123,7 +113,7 @@ def render_sample(face: Image.Image, key: str, seed: int, item: Item, copy: int,
             box_x0=result.box.x0, box_y0=result.box.y0, box_x1=result.box.x1, box_y1=result.box.y1,
             box_area_ratio=result.box.area / (W * H), pixel_area_ratio=result.pixel_area / (W * H),
         )
-    data = _encode(face, opts.fmt, opts.quality)
+    data = encode(face, opts.fmt, opts.quality)
     row.update(bytes=len(data), sha256=sha256(data))
     return row, data
 
@@ -148,7 +138,7 @@ def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[di
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
             face_rel, face = item.rel, None
             try:
-                face = decode_rgb(read_bytes(task.source_root, item.rel), item.rel)
+                face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
             except UserError as exc:
                 if copy == 0:  # recorded once, by the shard that holds the input's first copy
                     errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: ")})

@@ -63,22 +63,23 @@ def place(center: tuple[int, int], size: tuple[int, int], face: tuple[int, int],
 class ScaledOccluder:
     """An occluder resized to its final size, with what pasting and pixel counting need precomputed.
 
-    Built once per (occluder, size) and reused: resizing dominates the cost of a paste otherwise.
+    Built once per (occluder, size) and reused: resizing dominates the cost of a paste otherwise. Pasting works
+    on uint8 RGB arrays, so a JPEG face goes from decoder to encoder without a trip through PIL.
     """
 
     def __init__(self, rgba: Image.Image, size: tuple[int, int], compat: Compat = "paper"):
-        scaled = rgba.resize(size, Image.Resampling.BILINEAR)
+        scaled = np.asarray(rgba.convert("RGBA").resize(size, Image.Resampling.BILINEAR))
         self.size = size
         self.compat = compat
-        if compat == "from":
-            self.rgb = scaled.convert("RGB")
-            self.mask = None
-            cover = np.ones((size[1], size[0]), dtype=np.int64)
+        self.rgb = np.ascontiguousarray(scaled[..., :3])
+        alpha = scaled[..., 3:].astype(np.uint16)
+        self._blend: tuple[np.ndarray, np.ndarray] | None = None
+        if compat == "from":  # the release pastes an opaque rectangle
+            cover = np.ones(scaled.shape[:2], dtype=np.int64)
         else:
-            self.rgb = scaled.convert("RGB")
-            alpha = scaled.getchannel("A")
-            self.mask = None if alpha.getextrema()[0] == 255 else alpha
-            cover = (np.asarray(alpha) >= ALPHA_COVER).astype(np.int64)
+            if alpha.min() < 255:  # premultiplied colour and inverse alpha: out = (c*a + f*(255-a)) / 255
+                self._blend = (self.rgb * alpha, 255 - alpha)
+            cover = (alpha[..., 0] >= ALPHA_COVER).astype(np.int64)
         # Summed-area table: covered pixels inside any sub-rectangle in O(1).
         self._sat = np.zeros((size[1] + 1, size[0] + 1), dtype=np.int64)
         self._sat[1:, 1:] = cover.cumsum(0).cumsum(1)
@@ -88,25 +89,43 @@ class ScaledOccluder:
         s = self._sat
         return int(s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0])
 
+    def paste(self, face: np.ndarray, region: Box, origin: tuple[int, int]) -> None:
+        """Paste in place over ``region`` of ``face`` (H x W x 3 uint8); ``origin`` is the raw box's corner."""
+        ox, oy = region.x0 - origin[0], region.y0 - origin[1]
+        local = (slice(oy, oy + region.y1 - region.y0), slice(ox, ox + region.x1 - region.x0))
+        target = face[region.y0:region.y1, region.x0:region.x1]
+        if self._blend is None:
+            target[...] = self.rgb[local]
+        else:
+            premul, inverse = self._blend
+            mixed = target * inverse[local]  # uint16: c*a + f*(255-a) + 128 <= 65153 never overflows
+            mixed += premul[local]
+            mixed += 128  # round, then divide by 255 exactly with shifts: (y + (y >> 8)) >> 8, y = x + 128
+            mixed += mixed >> 8
+            mixed >>= 8
+            target[...] = mixed
+
 
 @dataclass(frozen=True)
 class Occlusion:
-    image: Image.Image
+    image: np.ndarray  # H x W x 3 uint8
     raw_box: Box
     box: Box
     pixel_area: int
 
 
-def occlude(face: Image.Image, occluder: ScaledOccluder, center: tuple[int, int]) -> Occlusion:
-    """Step 5: paste the scaled occluder centred at ``center``; returns the new image and its geometry.
+def occlude(face: np.ndarray, occluder: ScaledOccluder, center: tuple[int, int]) -> Occlusion:
+    """Step 5: paste the scaled occluder centred at ``center`` on a copy of ``face`` (H x W x 3 uint8).
 
-    ``pixel_area`` counts face pixels under the occluder (alpha >= ALPHA_COVER, or the whole box in
-    ``from`` mode).
+    ``pixel_area`` counts face pixels under the occluder (alpha >= ALPHA_COVER, or the whole box in ``from``
+    mode). In ``from`` mode the paste reaches the image border even though the stored box stops one pixel short.
     """
-    W, H = face.size
+    H, W = face.shape[:2]
     raw, box = place(center, occluder.size, (W, H), occluder.compat)
     out = face.copy()
-    out.paste(occluder.rgb, (raw.x0, raw.y0), occluder.mask)
+    visible = Box(max(raw.x0, 0), max(raw.y0, 0), min(raw.x1, W), min(raw.y1, H))
+    if visible.area:
+        occluder.paste(out, visible, (raw.x0, raw.y0))
     if box.area == 0:
         return Occlusion(out, raw, box, 0)
     pixel_area = occluder.covered(box.x0 - raw.x0, box.y0 - raw.y0, box.x1 - raw.x0, box.y1 - raw.y0)

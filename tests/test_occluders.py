@@ -108,14 +108,14 @@ def test_catalog_is_what_the_calibration_of_make_occluders_gives(library, monkey
 
 def test_algorithm1_on_real_faces_occludes_as_in_the_paper(library):
     faces_dir = shared("lfw-mini") / "aligned-112x96"
-    faces = [load_rgb(p) for p in sorted(faces_dir.glob("*/*.jpg"))]
+    faces = [np.asarray(load_rgb(p)) for p in sorted(faces_dir.glob("*/*.jpg"))]
     assert len(faces) == 48
     rng = np.random.default_rng(100)
     scaled: dict[tuple[int, tuple[int, int]], ScaledOccluder] = {}
     for scale, target in PAPER.items():
         fractions = []
         for face in faces:
-            W, H = face.size
+            H, W = face.shape[:2]
             assert (W, H) == REFERENCE_FACE
             for _ in range(100):
                 i = library.choose(rng)
