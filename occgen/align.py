@@ -103,8 +103,13 @@ def _pixel_grid(width: int, height: int) -> np.ndarray:
 
 def outside_fraction(m: np.ndarray, image_size: tuple[int, int], template: Template) -> float:
     """Share of crop pixels whose source position lies outside the image (they come out black)."""
-    src = apply(invert(m), _pixel_grid(template.width, template.height))
+    inverse = invert(m)
     w, h = image_size
+    corners = apply(inverse, [(0, 0), (template.width - 1, 0), (0, template.height - 1),
+                              (template.width - 1, template.height - 1)])
+    if ((corners >= -0.5) & (corners <= (w - 0.5, h - 0.5))).all():
+        return 0.0  # an affine map sends the crop to a parallelogram: corners inside means all inside
+    src = apply(inverse, _pixel_grid(template.width, template.height))
     inside = (src[:, 0] >= -0.5) & (src[:, 0] <= w - 0.5) & (src[:, 1] >= -0.5) & (src[:, 1] <= h - 0.5)
     return float(1.0 - inside.mean())
 
