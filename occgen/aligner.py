@@ -29,6 +29,7 @@ from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS, load_rgb
 from occgen.landmarks import LandmarkRow, read_landmarks
 from occgen.runner import Summary, parallel_map
+from occgen.writer import atomic_write, parquet_bytes
 
 RECORD = "align.parquet"
 SETTINGS = "align.json"
@@ -220,9 +221,7 @@ def _chunked(seq: list[Any], jobs: int) -> list[list[Any]]:
 
 
 def _write_table(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=SCHEMA), tmp)
-    os.replace(tmp, path)
+    atomic_write(path, parquet_bytes(list(rows), SCHEMA))
 
 
 def _load_rows(record_dir: Path) -> dict[str, dict[str, Any]]:
