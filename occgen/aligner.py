@@ -29,7 +29,7 @@ from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS, load_rgb
 from occgen.landmarks import LandmarkRow, read_landmarks
 from occgen.runner import Summary, parallel_map
-from occgen.writer import atomic_write, parquet_bytes
+from occgen.writer import atomic_write, json_bytes, parquet_bytes
 
 RECORD = "align.parquet"
 SETTINGS = "align.json"
@@ -257,9 +257,7 @@ def _check_settings(record_dir: Path, out: Path, settings: AlignSettings) -> Non
 
 
 def _write_settings(record_dir: Path, settings: AlignSettings, extra: dict[str, Any]) -> None:
-    tmp = record_dir / f".{SETTINGS}.tmp"
-    tmp.write_text(json.dumps({"settings": asdict(settings), **extra}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, record_dir / SETTINGS)
+    atomic_write(record_dir / SETTINGS, json_bytes({"settings": asdict(settings), **extra}))
 
 
 def make_settings(size: str, landmarks: str | Path | None, detector: str | None, fmt: str = "jpg",

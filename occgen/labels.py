@@ -13,7 +13,6 @@ The schema metadata ``occgen.labels`` records K, the mode, the image size and th
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from occgen.errors import UserError
 from occgen.patterns import block_edges, check_compat, check_k, label_boxes, num_patterns, regression_target
 from occgen.render import Compat
+from occgen.writer import atomic_write, table_bytes
 
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 NEEDED_COLUMNS = ("key", "occluded", *BOX_COLUMNS, "width", "height")
@@ -135,12 +134,7 @@ def label_table(samples: Samples, K: int, compat: Compat = "paper") -> pa.Table:
 
 def write_atomic(table: pa.Table, out: Path) -> Path:
     """Write ``table`` to ``out`` under a temporary name in the same folder, then rename: no half-written file."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, table_bytes(table))
     return out
 
 

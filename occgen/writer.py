@@ -121,7 +121,11 @@ def write_tar(path: Path, samples: Iterable[Mapping[str, Any]]) -> tuple[int, st
 def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     """Parquet file bytes for ``rows`` under a fixed schema (no pandas metadata: stable bytes)."""
     # Column-wise: Table.from_pylist costs more per row than rendering the sample does.
-    table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
+    return table_bytes(pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema))
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """Parquet file bytes of a table (zstd)."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
