@@ -12,27 +12,23 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import decode_array, encode
+from occgen.images import FORMATS, decode_array, encode
 from occgen.occluders import OccluderLibrary, load_library
 from occgen.plan import draw, sample_key, sample_seed
-from occgen.render import Compat, ScaledOccluder, occlude, scaled_size
+from occgen.render import Compat, occlude, scaled_size
 from occgen.runner import Summary, parallel_map
 from occgen.sources import Item, Source, read_bytes
 from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar,
 )
-
-FORMATS = ("jpg", "png", "webp")
-
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -60,6 +56,7 @@ class ShardTask:
     source_root: Path | None
     samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
     options: BuildOptions
+    library_digest: str  # which occluder library the workers must use (OccluderLibrary.digest)
 
     @property
     def shard(self) -> str:
@@ -78,22 +75,23 @@ class BuildResult:
     summary: Summary = field(default_factory=lambda: Summary("build"))
 
 
-@lru_cache(maxsize=4)
-def _library(root: str | None, categories: tuple[str, ...] | None, exclude: tuple[str, ...]) -> OccluderLibrary:
-    """Loaded once per worker process and reused by every shard it renders."""
-    return load_library(root, categories, exclude)
+#: Occluder libraries a process has loaded, by digest: each worker loads a library once, and a library whose
+#: files changed between two builds in one process is loaded anew.
+_LIBRARIES: dict[str, OccluderLibrary] = {}
 
 
-@lru_cache(maxsize=4096)
-def _scaled(root: str | None, categories: tuple[str, ...] | None, exclude: tuple[str, ...], index: int,
-            size: tuple[int, int], compat: Compat) -> ScaledOccluder:
-    return ScaledOccluder(_library(root, categories, exclude).occluders[index].image, size, compat)
+def _library(opts: BuildOptions, digest: str) -> OccluderLibrary:
+    if digest not in _LIBRARIES:
+        library = load_library(opts.occluders, opts.categories, opts.exclude)
+        if library.digest != digest:
+            raise UserError(f"the occluder library {library.root} changed while the build was running; run it again")
+        _LIBRARIES[digest] = library
+    return _LIBRARIES[digest]
 
 
-def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions) -> tuple[dict[str, Any], bytes]:
+def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions,
+                  lib: OccluderLibrary) -> tuple[dict[str, Any], bytes]:
     """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
-    lib_args = (opts.occluders, opts.categories, opts.exclude)
-    lib = _library(*lib_args)
     H, W = face.shape[:2]
     choice = draw(seed, (W, H), opts.scales, opts.clean_ratio, lib.choose)
     row: dict[str, Any] = {
@@ -104,7 +102,7 @@ def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, 
     if choice.occluded:
         occ = lib.occluders[choice.occluder]
         size = scaled_size(occ.size, choice.scale, (W, H), opts.compat)
-        result = occlude(face, _scaled(*lib_args, choice.occluder, size, opts.compat), choice.center)
+        result = occlude(face, lib.scaled(choice.occluder, size, opts.compat), choice.center)
         face = result.image
         row.update(
             scale=choice.scale, occluder=occ.name, occluder_category=occ.category,
@@ -133,6 +131,7 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
 
 def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
     """The shard's WebDataset samples, appending each manifest row and each unreadable input as it goes."""
+    library = _library(task.options, task.library_digest)
     face, face_rel = None, None
     for key, seed, item, copy in task.samples:
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
@@ -144,7 +143,7 @@ def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[di
                     errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: ")})
         if face is None:
             continue
-        row, data = render_sample(face, key, seed, item, copy, task.shard, task.options)
+        row, data = render_sample(face, key, seed, item, copy, task.shard, task.options, library)
         meta = json.dumps(row, separators=(",", ":")).encode()  # row order is fixed by render_sample
         rows.append(row)
         yield {"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta}
@@ -160,7 +159,8 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
     return stats if ok else None
 
 
-def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions) -> list[ShardTask]:
+def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions,
+                library_digest: str) -> list[ShardTask]:
     """Cut the ordered samples (inputs sorted, copies inner) into shard tasks."""
     samples = []
     for item in source.items:
@@ -169,27 +169,31 @@ def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: 
             samples.append((key, sample_seed(opts.seed, key), item, copy))
     n = opts.shard_size
     return [
-        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root, tuple(samples[i:i + n]), opts)
+        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root, tuple(samples[i:i + n]),
+                  opts, library_digest)
         for i in range(0, len(samples), n)
     ]
 
 
-def _fingerprint(source: Source, opts: BuildOptions) -> dict[str, Any]:
+def _fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions) -> dict[str, Any]:
+    """What a resumed build must share with the first run: inputs, occluders (names and sizes), options."""
     listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
-    return {"occgen": __version__, "src": source.spec, "inputs": len(source.items), "inputs_sha256": sha256(listing.encode()),
+    return {"occgen": __version__, "src": source.spec, "inputs": len(source.items),
+            "inputs_sha256": sha256(listing.encode()), "occluders_sha256": library.digest,
             "options": opts_dict}
 
 
 def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to resume a build made with other inputs or options, unless told to start over."""
+    """Refuse to resume a build made with other inputs, occluders or options, unless told to start over."""
     build_json = manifest_dir / "build.json"
     if build_json.is_file() and not overwrite:
         previous = json.loads(build_json.read_text())
-        if previous != fingerprint:
-            changed = sorted(k for k in fingerprint["options"] if previous.get("options", {}).get(k) != fingerprint["options"][k])
-            what = ", ".join(changed) if changed else "the inputs"
-            raise UserError(f"{manifest_dir} holds a build of {name} made with different {what}; "
+        changed = [f"option {k}" for k, v in fingerprint["options"].items() if previous.get("options", {}).get(k) != v]
+        changed += [what for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"),
+                                           ("occgen", "occgen version")) if previous.get(key) != fingerprint[key]]
+        if changed:
+            raise UserError(f"{manifest_dir} holds a build of {name} with other {', '.join(changed)}; "
                             "rerun with --overwrite to replace it, or choose another --name")
     if overwrite:
         shutil.rmtree(manifest_dir, ignore_errors=True)
@@ -203,19 +207,18 @@ def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOpti
     """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary."""
     if opts.fmt not in FORMATS:
         raise UserError(f"--format {opts.fmt}: choose one of {', '.join(FORMATS)}")
-    _library(opts.occluders, opts.categories, opts.exclude)  # fail fast on a bad library, before forking
+    library = load_library(opts.occluders, opts.categories, opts.exclude)  # fails fast, before any worker starts
+    _LIBRARIES[library.digest] = library
     manifest_dir = manifests / name
-    _prepare(manifest_dir, out, name, _fingerprint(source, opts), overwrite)
+    _prepare(manifest_dir, out, name, _fingerprint(source, library, opts), overwrite)
     atomic_write(manifest_dir / "errors.parquet" / "listing.parquet",
                  parquet_bytes([{"input": i, "reason": r} for i, r in source.skipped], ERRORS_SCHEMA))
     result = BuildResult(name, manifest_dir)
     result.summary.errors = len(source.skipped)
-    tasks = plan_shards(source, name, out, manifest_dir, opts)
+    tasks = plan_shards(source, name, out, manifest_dir, opts, library.digest)
     done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
     todo = [t for t in tasks if t.index not in done]
-    for t in tasks:
-        if t.index in done:
-            result.summary.skipped += done[t.index]["samples"]
+    result.summary.skipped = sum(stats["samples"] for stats in done.values())
     fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet)
     for task, stats in zip(todo, fresh):
         done[task.index] = stats

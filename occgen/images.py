@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from occgen.errors import UserError
 
+#: Formats a build can store samples in.
+FORMATS = ("jpg", "png", "webp")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 
 

@@ -10,6 +10,7 @@ face scale. The project's own library lives in the repo's ``occluders/`` folder 
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 
 from occgen.errors import UserError
+from occgen.render import Compat, ScaledOccluder
 
 #: The nine FROM categories (PDSN folder names).
 CATEGORIES: tuple[str, ...] = (
@@ -59,6 +61,26 @@ class OccluderLibrary:
         however many files each holds. Returns the occluder's index."""
         members = self.by_category[int(rng.integers(len(self.by_category)))]
         return members[int(rng.integers(len(members)))]
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 over every occluder's name, calibrated size and pixels: changes when any file does."""
+        h = hashlib.sha256()
+        for o in self.occluders:
+            h.update(f"{o.name}\t{o.size}\n".encode())
+            h.update(o.image.tobytes())
+        return h.hexdigest()
+
+    def scaled(self, index: int, size: tuple[int, int], compat: Compat) -> ScaledOccluder:
+        """Occluder ``index`` resized for pasting, cached: a library meets few distinct sizes."""
+        key = (index, size, compat)
+        if key not in self._scaled:
+            self._scaled[key] = ScaledOccluder(self.occluders[index].image, size, compat)
+        return self._scaled[key]
+
+    @cached_property
+    def _scaled(self) -> dict[tuple[int, tuple[int, int], str], ScaledOccluder]:
+        return {}
 
 
 def _listed_files(root: Path) -> list[str]:

@@ -77,8 +77,8 @@ class ScaledOccluder:
         if compat == "from":  # the release pastes an opaque rectangle
             cover = np.ones(scaled.shape[:2], dtype=np.int64)
         else:
-            if alpha.min() < 255:  # premultiplied colour and inverse alpha: out = (c*a + f*(255-a)) / 255
-                self._blend = (self.rgb * alpha, 255 - alpha)
+            if alpha.min() < 255:  # premultiplied colour (+128 to round) and inverse alpha
+                self._blend = (self.rgb * alpha + 128, 255 - alpha)
             cover = (alpha[..., 0] >= ALPHA_COVER).astype(np.int64)
         # Summed-area table: covered pixels inside any sub-rectangle in O(1).
         self._sat = np.zeros((size[1] + 1, size[0] + 1), dtype=np.int64)
@@ -99,8 +99,7 @@ class ScaledOccluder:
         else:
             premul, inverse = self._blend
             mixed = target * inverse[local]  # uint16: c*a + f*(255-a) + 128 <= 65153 never overflows
-            mixed += premul[local]
-            mixed += 128  # round, then divide by 255 exactly with shifts: (y + (y >> 8)) >> 8, y = x + 128
+            mixed += premul[local]  # y = x + 128; round(x / 255) == (y + (y >> 8)) >> 8 exactly
             mixed += mixed >> 8
             mixed >>= 8
             target[...] = mixed

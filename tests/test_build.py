@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
+from PIL import Image
 from click.testing import CliRunner
 
 from occgen import demo
@@ -134,9 +135,22 @@ def test_changed_options_need_overwrite(tmp_path: Path):
     args = ["build", "--src", "demo", "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"), "-j", "1"]
     run(*args, "--seed", "1")
     result = run(*args, "--seed", "2", ok=False)
-    assert result.exit_code == 2 and "different seed" in result.output and "--overwrite" in result.output
+    assert result.exit_code == 2 and "other option seed" in result.output and "--overwrite" in result.output
     run(*args, "--seed", "2", "--overwrite")
     assert json.loads((tmp_path / "m" / "occ-demo" / "build.json").read_text())["options"]["seed"] == 2
+    run(*args, "--seed", "2")  # same options: resumes, nothing to do
+
+
+def test_changed_occluder_images_need_overwrite(tmp_path: Path):
+    lib = tmp_path / "lib" / "cup"
+    lib.mkdir(parents=True)
+    Image.new("RGBA", (30, 40), (200, 0, 0, 255)).save(lib / "0001.png")
+    args = ["build", "--src", "demo", "--occluders", str(tmp_path / "lib"), "--out", str(tmp_path / "o"),
+            "--manifests", str(tmp_path / "m"), "-j", "1"]
+    run(*args)
+    Image.new("RGBA", (30, 40), (0, 200, 0, 255)).save(lib / "0001.png")  # same name, other picture
+    result = run(*args, ok=False)
+    assert result.exit_code == 2 and "other occluder images" in result.output
 
 
 def test_odd_formats_and_bad_files_are_recorded(tmp_path: Path, odd_tree: Path):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from occgen.build import FORMATS, BuildOptions, build
+from occgen.build import BuildOptions, build
+from occgen.images import FORMATS
 from occgen.cli import main
 from occgen.cli.label import label_manifest
 from occgen.errors import UserError
