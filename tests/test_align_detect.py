@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import ImageOps
 
-from occgen import align, detect
-from occgen.aligner import RECORD, make_settings, run_align
+from occgen.align import transform
+from occgen.align import detect
+from occgen.align.run import RECORD, make_settings, run_align
 from occgen.errors import UserError
 from occgen.images import load_rgb
 from tests.conftest import shared
@@ -81,9 +82,9 @@ def test_mtcnn_puts_the_eyes_on_the_template(tmp_path):
     run_align(raw, tmp_path / "out2", settings, tmp_path / "rec2", jobs=2, quiet=True)
     assert (tmp_path / "rec" / RECORD).read_bytes() == (tmp_path / "rec2" / RECORD).read_bytes()
     rows = pq.read_table(tmp_path / "rec" / RECORD).to_pylist()
-    template = align.TEMPLATES["112x96"]
+    template = transform.TEMPLATES["112x96"]
     per_eye = np.array([
-        align.point_errors(np.reshape(r["landmarks"], (5, 2)), np.reshape(r["fit"], (2, 3)), template)[:2]
+        transform.point_errors(np.reshape(r["landmarks"], (5, 2)), np.reshape(r["fit"], (2, 3)), template)[:2]
         for r in rows
     ])
     assert (per_eye <= 3).mean() >= 0.95, np.sort(per_eye.ravel())  # the 95%, counted per eye

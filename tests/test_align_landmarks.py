@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from occgen.errors import UserError
-from occgen.landmarks import read_landmarks
+from occgen.align.landmarks import read_landmarks
 from tests.conftest import shared
 
 

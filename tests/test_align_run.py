@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from occgen import align
-from occgen.aligner import PARTS, RECORD, SETTINGS, make_settings, run_align
+from occgen.align import transform
+from occgen.align.run import PARTS, RECORD, SETTINGS, make_settings, run_align
 from occgen.errors import UserError
 from tests.conftest import shared
 
@@ -128,7 +128,7 @@ def test_every_bad_image_is_recorded_with_its_reason_and_fallback_fills_them(mes
     rows = record(rec)
     mean = json.loads((rec / SETTINGS).read_text())["mean_transform"]
     ok_points = np.stack([np.reshape(rows[p]["landmarks"], (5, 2)) for p in GOOD])
-    np.testing.assert_allclose(mean, align.mean_transform(ok_points, align.TEMPLATES["112x96"]).ravel())
+    np.testing.assert_allclose(mean, transform.mean_transform(ok_points, transform.TEMPLATES["112x96"]).ravel())
     for p in ("Bad/no_row.jpg", "Bad/na.jpg", "Bad/outlier.jpg", "Bad/swapped.jpg"):
         assert rows[p]["status"] == "fallback" and rows[p]["transform"] == mean
         assert (out / rows[p]["out_path"]).is_file()

@@ -14,9 +14,9 @@ import webdataset as wds
 from PIL import Image
 from click.testing import CliRunner
 
-from occgen import demo
+from occgen.build import demo
 from occgen.cli import main
-from occgen.plan import parse_scales, sample_key
+from occgen.build.plan import parse_scales, sample_key
 from occgen.errors import UserError
 
 from conftest import REPO, shared

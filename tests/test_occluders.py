@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occgen.coverage import expected_box_fraction
+from occgen.build.coverage import expected_box_fraction
 from occgen.errors import UserError
 from occgen.images import load_rgb
-from occgen.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
-from occgen.render import ScaledOccluder, occlude, place, scaled_size
+from occgen.build.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
+from occgen.build.render import ScaledOccluder, occlude, place, scaled_size
 from tests.conftest import REPO, shared
 
 #: The FROM paper's mean occluded fraction of the face on LFW for s = 1, 2, 3.

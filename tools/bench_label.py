@@ -1,4 +1,4 @@
-"""Label throughput: occgen.patterns.label_boxes against the dense per-image way, in the same run, on one core.
+"""Label throughput: occgen.label.patterns.label_boxes against the dense per-image way, in the same run, on one core.
 
 The dense way is what the authors' release does inside its training loader: per image, a dense H x W mask of the
 occluded box, then IoU against every dense pattern grid (np.sum of products and of clipped sums), then argmax.
@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from occgen.patterns import label_boxes, pattern_catalog  # noqa: E402
+from occgen.label.patterns import label_boxes, pattern_catalog  # noqa: E402
 
 
 def algorithm1_boxes(n: int, height: int, width: int, seed: int) -> np.ndarray:

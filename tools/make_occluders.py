@@ -41,8 +41,8 @@ from PIL import Image, ImageChops, ImageDraw
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from occgen.coverage import expected_box_fraction  # noqa: E402
-from occgen.occluders import CATEGORIES, REFERENCE_FACE  # noqa: E402
+from occgen.build.coverage import expected_box_fraction  # noqa: E402
+from occgen.build.occluders import CATEGORIES, REFERENCE_FACE  # noqa: E402
 
 MAX_SIDE = 160
 #: Mean clipped-box fraction of the face the FROM paper reports for Algorithm 1 on LFW, per scale s.

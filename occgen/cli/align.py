@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from occgen.align import MAX_RESIDUAL, TEMPLATES
-from occgen.aligner import FORMATS, make_settings, run_align
+from occgen.align.transform import MAX_RESIDUAL, TEMPLATES
+from occgen.align.run import FORMATS, make_settings, run_align
 from occgen.cli import main
 from occgen.runner import default_jobs
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from occgen.build import BuildOptions, build
+from occgen.build.run import BuildOptions, build
 from occgen.images import FORMATS
 from occgen.cli import main
 from occgen.cli.label import label_manifest
 from occgen.errors import UserError
-from occgen.patterns import K_MAX, K_MIN
-from occgen.plan import parse_scales
-from occgen.render import COMPAT_MODES
+from occgen.label.patterns import K_MAX, K_MIN
+from occgen.build.plan import parse_scales
+from occgen.build.render import COMPAT_MODES
 from occgen.runner import default_jobs
-from occgen.sources import open_source
+from occgen.build.sources import open_source
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:

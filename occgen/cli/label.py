@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 
 from occgen.cli import main
-from occgen.labels import label_table, labels_path, read_samples, write_atomic
-from occgen.patterns import K_MAX, K_MIN
-from occgen.render import COMPAT_MODES
+from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
+from occgen.label.patterns import K_MAX, K_MIN
+from occgen.build.render import COMPAT_MODES
 
 
 @main.command("label")

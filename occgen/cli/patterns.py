@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from occgen.cli import main
 from occgen.clicommon import parse_size
 from occgen.errors import UserError
-from occgen.patterns import K_MAX, K_MIN, block_edges, num_patterns, pattern_catalog
+from occgen.label.patterns import K_MAX, K_MIN, block_edges, num_patterns, pattern_catalog
 
 LABEL_H = 12  # pixels above each tile for its index
 GAP = 4

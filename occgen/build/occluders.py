@@ -18,14 +18,14 @@ from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 
 from occgen.errors import UserError
-from occgen.render import Compat, ScaledOccluder
+from occgen.build.render import Compat, ScaledOccluder
 
 #: The nine FROM categories (PDSN folder names).
 CATEGORIES: tuple[str, ...] = (
     "book_cover", "cup", "eye_mask", "eyeglasses", "hand", "mouth_mask", "phone", "scarf", "sunglasses",
 )
 #: Where the project's own library lives (the repo's top-level ``occluders/``).
-DEFAULT_LIBRARY = Path(__file__).resolve().parent.parent / "occluders"
+DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "occluders"
 #: Face size the catalog's calibrated sizes refer to (W, H).
 REFERENCE_FACE = (96, 112)
 

@@ -1,11 +1,11 @@
 """Read a manifest's boxes and write its occlusion-pattern labels, ``labels-kK[-from].parquet``, beside it.
 
-Labels are derived data: a pure function (occgen.patterns) of the geometry the manifest already holds, so they are
+Labels are derived data: a pure function (occgen.label.patterns) of the geometry the manifest already holds, so they are
 computed for any K without re-rendering, and ``samples.parquet`` is never rewritten.
 
 The labels file has one row per sample, sorted by key (so its bytes do not depend on how the samples were
 sharded): ``key``, ``pattern`` (int16, 0 = clean), ``iou`` (float64, IoU of the box with that pattern; see
-occgen.patterns for clean samples in each mode) and ``reg_x0, reg_y0, reg_x1, reg_y1`` (float32, the box corners
+occgen.label.patterns for clean samples in each mode) and ``reg_x0, reg_y0, reg_x1, reg_y1`` (float32, the box corners
 normalised by the image size: the target of the paper's pattern-regression variant, zeros for clean samples).
 The schema metadata ``occgen.labels`` records K, the mode, the image size and the block edges.
 """
@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from occgen.errors import UserError
-from occgen.patterns import block_edges, check_compat, check_k, label_boxes, num_patterns, regression_target
-from occgen.render import Compat
+from occgen.label.patterns import block_edges, check_compat, check_k, label_boxes, num_patterns, regression_target
+from occgen.build.render import Compat
 from occgen.writer import atomic_write, table_bytes
 
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")

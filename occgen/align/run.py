@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from occgen import align
+from occgen.align import transform
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS, load_rgb
-from occgen.landmarks import LandmarkRow, read_landmarks
+from occgen.align.landmarks import LandmarkRow, read_landmarks
 from occgen.runner import Summary, parallel_map
 from occgen.writer import atomic_write, json_bytes, parquet_bytes
 
@@ -65,17 +65,17 @@ SCHEMA = pa.schema(
 class AlignSettings:
     """Everything that decides an output's pixels; a resumed run must match the run it continues."""
 
-    size: str  # a key of align.TEMPLATES
+    size: str  # a key of transform.TEMPLATES
     method: str  # "landmarks" | "mtcnn"
     landmarks: str | None = None  # the landmark file (absolute)
     landmarks_sha256: str | None = None
     fmt: str = "jpg"
     quality: int = 95
-    max_residual: float = align.MAX_RESIDUAL
+    max_residual: float = transform.MAX_RESIDUAL
 
     @property
-    def template(self) -> align.Template:
-        return align.template_for(self.size)
+    def template(self) -> transform.Template:
+        return transform.template_for(self.size)
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _landmarks_for(image: Image.Image, entry: LandmarkRow | None, row: dict[str,
     Returns None, with the row's problem set, when there are none.
     """
     if settings.method == "mtcnn":
-        from occgen.detect import choose_face, detect_faces
+        from occgen.align.detect import choose_face, detect_faces
 
         faces = detect_faces(image)
         row["n_faces"] = len(faces)
@@ -183,7 +183,7 @@ def _align_one(src: Path, out: Path, settings: AlignSettings, rel: str, entry: L
     if points is None:
         return row
     template = settings.template
-    fit = align.fit_face(points, image.size, template, settings.max_residual)
+    fit = transform.fit_face(points, image.size, template, settings.max_residual)
     row.update(landmarks=points.ravel().tolist(), residual=_num(fit.residual), outside=_num(fit.outside))
     if fit.matrix is not None:
         row["fit"] = fit.matrix.ravel().tolist()
@@ -193,7 +193,7 @@ def _align_one(src: Path, out: Path, settings: AlignSettings, rel: str, entry: L
         row.update(problem="implausible", reason=fit.problem)
     else:
         out_rel = output_name(rel, settings.fmt)
-        _write(align.warp(image, fit.matrix, template), out / out_rel, settings)
+        _write(transform.warp(image, fit.matrix, template), out / out_rel, settings)
         row.update(status="ok", out_path=out_rel, transform=row["fit"])
     return row
 
@@ -203,7 +203,7 @@ def _fallback_one(
 ) -> dict[str, Any]:
     image = load_rgb(src / row["path"])
     out_rel = output_name(row["path"], settings.fmt)
-    _write(align.warp(image, mean, settings.template), out / out_rel, settings)
+    _write(transform.warp(image, mean, settings.template), out / out_rel, settings)
     return {**row, "status": "fallback", "out_path": out_rel, "transform": mean.ravel().tolist()}
 
 
@@ -261,9 +261,9 @@ def _write_settings(record_dir: Path, settings: AlignSettings, extra: dict[str, 
 
 
 def make_settings(size: str, landmarks: str | Path | None, detector: str | None, fmt: str = "jpg",
-                  quality: int = 95, max_residual: float = align.MAX_RESIDUAL) -> AlignSettings:
+                  quality: int = 95, max_residual: float = transform.MAX_RESIDUAL) -> AlignSettings:
     """Validated settings from the command line's choices (exactly one of ``landmarks`` and ``detector``)."""
-    align.template_for(size)
+    transform.template_for(size)
     if (landmarks is None) == (detector is None):
         raise UserError("give exactly one landmark source: --landmarks FILE or --detector mtcnn")
     if detector is not None and detector != "mtcnn":
@@ -307,7 +307,7 @@ def _plan_landmarks(src: Path, images: list[str], settings: AlignSettings,
     """The landmark file's rows (empty for the detector, which is loaded here to fail early) and how many rows
     name images that are not under ``src``."""
     if settings.method == "mtcnn":
-        from occgen.detect import require_detector
+        from occgen.align.detect import require_detector
 
         require_detector()
         return {}, 0
@@ -370,7 +370,7 @@ def run_align(
         ok = [np.reshape(rows[p]["landmarks"], (5, 2)) for p in images if rows[p]["status"] == "ok"]
         redo = [rows[p] for p in images if rows[p]["status"] == "failed" and rows[p]["problem"] != "unreadable"]
         if ok:
-            mean = align.mean_transform(np.stack(ok), settings.template)
+            mean = transform.mean_transform(np.stack(ok), settings.template)
         if redo and mean is None:
             for row in redo:
                 row["reason"] += "; no face was aligned, so there is no dataset-mean transform to fall back on"

@@ -21,11 +21,11 @@ import numpy as np
 from occgen import __version__
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode
-from occgen.occluders import OccluderLibrary, load_library
-from occgen.plan import draw, sample_key, sample_seed
-from occgen.render import Compat, occlude, scaled_size
+from occgen.build.occluders import OccluderLibrary, load_library
+from occgen.build.plan import draw, sample_key, sample_seed
+from occgen.build.render import Compat, occlude, scaled_size
 from occgen.runner import Summary, parallel_map
-from occgen.sources import Item, Source, read_bytes
+from occgen.build.sources import Item, Source, read_bytes
 from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar,
 )

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from occgen import demo
+from occgen.build import demo
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS
 

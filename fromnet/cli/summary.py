@@ -1,19 +1,12 @@
-"""The `fromnet` command line. For now: `fromnet summary`, the size and cost of a model variant."""
+"""`fromnet summary`: the size and cost of a model variant."""
 
 from __future__ import annotations
 
-
 import click
 
-from fromnet import __version__
+from fromnet.cli import main
 from fromnet.models import VARIANTS
-from occgen.clicommon import ErrorGroup, parse_size
-
-
-@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fromnet")
-def main() -> None:
-    """Train and evaluate FROM (occlusion-robust face recognition) on occgen shards."""
+from occgen.clicommon import parse_size
 
 
 @main.command("summary")
