@@ -140,6 +140,14 @@ class MarginHead(nn.Module):
         with torch.no_grad():
             self.classifier.weight.copy_(weight)
 
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """A per-class tensor (e.g. the weight's momentum) for the checkpoint: already whole on this process."""
+        return rows.detach().clone()
+
+    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """The rows of a full per-class tensor that this head holds: all of them."""
+        return full
+
 
 @dataclass
 class LossParts:

@@ -89,16 +89,13 @@ def _library(opts: BuildOptions, digest: str) -> OccluderLibrary:
     return _LIBRARIES[digest]
 
 
-def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions,
-                  lib: OccluderLibrary) -> tuple[dict[str, Any], bytes]:
-    """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
+def occlude_sample(face: np.ndarray, seed: int, opts: BuildOptions, lib: OccluderLibrary
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Algorithm 1 for one sample: draw its choices from its seed and paste. Returns the face (a new array when
+    occluded) and its geometry columns. The offline build and fromnet's online occlusion both call this."""
     H, W = face.shape[:2]
     choice = draw(seed, (W, H), opts.scales, opts.clean_ratio, lib.choose)
-    row: dict[str, Any] = {
-        "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
-        "src": item.rel, "copy": copy, "occluded": choice.occluded, "seed": seed, "width": W, "height": H,
-        "format": opts.fmt,
-    }
+    row: dict[str, Any] = {"occluded": choice.occluded}
     if choice.occluded:
         occ = lib.occluders[choice.occluder]
         size = scaled_size(occ.size, choice.scale, (W, H), opts.compat)
@@ -111,6 +108,20 @@ def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, 
             box_x0=result.box.x0, box_y0=result.box.y0, box_x1=result.box.x1, box_y1=result.box.y1,
             box_area_ratio=result.box.area / (W * H), pixel_area_ratio=result.pixel_area / (W * H),
         )
+    return face, row
+
+
+def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions,
+                  lib: OccluderLibrary) -> tuple[dict[str, Any], bytes]:
+    """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
+    H, W = face.shape[:2]
+    face, geometry = occlude_sample(face, seed, opts, lib)
+    row: dict[str, Any] = {
+        "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
+        "src": item.rel, "copy": copy, "occluded": geometry.pop("occluded"), "seed": seed, "width": W, "height": H,
+        "format": opts.fmt,
+    }
+    row.update(geometry)
     data = encode(face, opts.fmt, opts.quality)
     row.update(bytes=len(data), sha256=sha256(data))
     return row, data
