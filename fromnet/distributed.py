@@ -58,9 +58,12 @@ def barrier(world: World) -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
-    """Sum over ranks, in place (Gloo and NCCL alike); returns the tensor."""
+    """Sum over ranks, in place, wherever the tensor lives (NCCL only reduces GPU tensors); returns it."""
     if world.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        work = tensor.to(world.device)
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        if work is not tensor:
+            tensor.copy_(work)
     return tensor
 
 
@@ -77,6 +80,7 @@ def all_gather_cat(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Concatenate equal-shaped tensors from every rank along dim 0 (no gradient)."""
     if not world.distributed:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world.size)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    work = tensor.to(world.device).contiguous()
+    parts = [torch.empty_like(work) for _ in range(world.size)]
+    dist.all_gather(parts, work)
+    return torch.cat(parts).to(tensor.device)

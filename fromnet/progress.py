@@ -13,7 +13,8 @@ class Progress:
     """Rank 0's view of a run. On a terminal the bar redraws in place; elsewhere (logs, CI) it prints a line per
     logged step. Every logged step also goes to ``metrics.jsonl`` (one JSON object a line) and TensorBoard."""
 
-    def __init__(self, run: Path, start: int, end: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, run: Path, start: int, end: int, enabled: bool, stream: TextIO | None = None) -> None:
+        stream = stream or sys.stderr
         self.start, self.end, self.enabled, self.stream = start, end, enabled, stream
         self.tty = enabled and stream.isatty()
         self.began = time.perf_counter()
