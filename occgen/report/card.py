@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from occgen.build.occluders import DEFAULT_LIBRARY
 from occgen.report.stats import compute, read_labels, read_manifest, table
 from occgen.writer import atomic_write
@@ -46,7 +48,8 @@ def _catalog(build: dict[str, Any], used: set[str]) -> list[str]:
     if (root / "catalog.csv").is_file():
         with (root / "catalog.csv").open(newline="") as f:
             rows = {r["file"]: r for r in csv.DictReader(f)}
-    lines = [f"Library: `{root}`" + ("" if rows else " (no catalog.csv: sources and licences unknown; sizes are "
+    shown = "occgen's own library (`occluders/` in the project)" if root == DEFAULT_LIBRARY else f"`{root}`"
+    lines = [f"Library: {shown}" + ("; licence texts in its `LICENSES/` and `README.md`" if rows else " (no catalog.csv: sources and licences unknown; sizes are "
                                                        "native pixels)"), "",
              "| file | category | source | licence | size at s=1 |", "|---|---|---|---|---|"]
     for name in sorted(used):
@@ -86,6 +89,17 @@ def render(manifest_dir: Path, command: str) -> str:
         lines.append(f"- occluder images sha256: `{build['occluders_sha256']}`")
     lines += ["", "## Statistics", "", "Areas are fractions of the face image (`occgen stats` draws them).", "",
               "```", table(stats), "```", ""]
+    if "visible_area_ratio" in samples:
+        kept = samples.loc[samples["part"] != "whole", "visible_area_ratio"]
+        lines += [f"Partial faces: the kept rectangle covers {100 * kept.min():.1f}% to {100 * kept.max():.1f}% of "
+                  "the image (grey 128 elsewhere); geometry in `occgen.sets.partial`.", ""]
+    if has_pairs:
+        pairs = pd.read_parquet(manifest_dir / "pairs.parquet", columns=["protocol", "same", "fold"])
+        lines += ["## Pairs", "", "`pairs.parquet`: one row per evaluated pair (keys of this manifest).", "",
+                  "| protocol | pairs | same | folds |", "|---|---|---|---|"]
+        for protocol, g in pairs.groupby("protocol", sort=False):
+            lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {g['fold'].nunique()} |")
+        lines.append("")
     used = set(samples.loc[samples["occluded"].astype(bool), "occluder"].dropna())
     if used:
         lines += ["## Occluders", "", *_catalog(build, used), ""]
@@ -108,7 +122,7 @@ def webdataset_snippet(where: str, fmt: str) -> list[str]:
         "shards = [str(manifest / s[\"path\"]) for s in json.loads((manifest / \"shards.json\").read_text())[\"shards\"]]",
         f"dataset = wds.WebDataset(shards, shardshuffle=False).decode(\"rgb8\").to_tuple({fmt!r}, \"cls\", \"json\")",
         "image, identity, meta = next(iter(dataset))  # HxWx3 uint8, int, the sample's manifest row",
-        "print(image.shape, identity, meta[\"key\"], meta[\"box_x0\"] if meta[\"occluded\"] else \"clean\")",
+        "print(image.shape, identity, meta[\"key\"], meta[\"src\"])",
     ]
 
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from occgen.build.calibrate import TARGETS  # noqa: E402
 from occgen.writer import atomic_write  # noqa: E402
 
 
@@ -28,13 +29,19 @@ def area_plot(samples: pd.DataFrame, stats: dict[str, Any], path: Path, title: s
     """Left: mean and median occluded area per scale (box and pixel). Right: the box-area distribution per scale."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     rows = stats["scales"]
-    scales = [r["scale"] for r in rows]
-    for key, style, label in (("box_mean", "o-", "box, mean"), ("box_median", "o--", "box, median"),
-                              ("pixel_mean", "s-", "pixels, mean"), ("pixel_median", "s--", "pixels, median")):
-        left.plot(scales, [100 * r[key] for r in rows], style, label=label)
-    left.set(xlabel="scale s", ylabel="occluded area (% of the face)", title="Occluded area per scale", ylim=(0, 100))
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    x = np.arange(len(rows))
+    bars = (("box_mean", "box, mean"), ("box_median", "box, median"), ("pixel_mean", "pixels, mean"),
+            ("pixel_median", "pixels, median"))
+    for n, (key, label) in enumerate(bars):
+        left.bar(x + (n - 1.5) * 0.2, [100 * r[key] for r in rows], width=0.2, label=label)
+    paper = [(i, 100 * TARGETS[r["scale"]]) for i, r in enumerate(rows) if r["scale"] in TARGETS]
+    if paper:
+        left.plot([i - 0.4 for i, _ in paper], [v for _, v in paper], "k_", markersize=14, markeredgewidth=2,
+                  label="FROM paper, box mean")
+    left.set_xticks(x, [f"s={r['scale']:g}" for r in rows])
+    left.set(ylabel="occluded area (% of the face)", title="Occluded area per scale", ylim=(0, 100))
+    left.grid(alpha=0.3, axis="y")
+    left.legend(fontsize=8, loc="upper left")
     occluded = samples[samples["occluded"].astype(bool)]
     bins = np.linspace(0, 100, 41)
     for s, g in occluded.groupby("scale", sort=True):
@@ -54,8 +61,9 @@ def counts_plot(stats: dict[str, Any], path: Path, title: str) -> Path:
     axes[0].barh(list(cats), list(cats.values()), color="tab:orange")
     axes[0].set(xlabel="occluded samples", title="Per occluder category")
     hist = stats["identities"]["histogram"]
-    axes[1].bar(hist["value"], hist["count"], width=0.8)
-    axes[1].set(xlabel="samples per identity", ylabel="identities", title="Per identity", yscale="log")
+    axes[1].loglog(hist["value"], hist["count"], "o", markersize=4)
+    axes[1].set(xlabel="samples per identity", ylabel="identities", title="Per identity")
+    axes[1].grid(alpha=0.3)
     shards = stats["shards"]
     axes[2].bar(range(len(shards)), list(shards.values()), color="tab:green")
     axes[2].set(xlabel="shard index", ylabel="samples", title=f"Per shard ({len(shards)})")

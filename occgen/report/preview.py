@@ -18,6 +18,7 @@ from occgen.errors import UserError
 from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
+from occgen.report.stats import read_manifest
 
 LABEL_H = 12
 GAP = 4
@@ -118,8 +119,6 @@ def caption(row: pd.Series, pattern: int | None) -> str:
 def contact_sheets(manifest_dir: Path, per_group: int, seed: int, overlay: Overlay, zoom: int = 1,
                    cols: int = 8) -> dict[str, Image.Image]:
     """One sheet per scale (and one of clean samples), by group name."""
-    from occgen.report.stats import read_manifest  # stats pulls in pandas readers only
-
     samples = read_manifest(manifest_dir)
     chosen = pick(samples, per_group, seed)
     images = read_images(manifest_dir, pd.concat(chosen.values()))
