@@ -11,12 +11,13 @@ import csv
 import json
 import platform
 import shlex
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import click
 import pandas as pd
+from click.core import ParameterSource
 
 from occgen.build.occluders import DEFAULT_LIBRARY
 from occgen.report.stats import compute, read_labels, read_manifest, table
@@ -26,8 +27,23 @@ PACKAGES = ("occgen-fromnet", "numpy", "pillow", "simplejpeg", "pyarrow", "panda
 
 
 def command_line() -> str:
-    """The command as the user typed it (program name without its folder)."""
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The running occgen command with every option the user gave (long names), from click's context: the same
+    whether it was typed, scripted or invoked in-process."""
+    ctx = click.get_current_context()
+    words = ["occgen", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            words.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            words += [w for v in (value if param.multiple else (value,)) for w in (flag, str(v))]
+    return shlex.join(words)
 
 
 def versions() -> dict[str, str]:
