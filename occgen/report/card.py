@@ -26,13 +26,18 @@ from occgen.writer import atomic_write
 PACKAGES = ("occgen-fromnet", "numpy", "pillow", "simplejpeg", "pyarrow", "pandas", "webdataset", "joblib")
 
 
+#: Options that change no byte of the output, left out of the recorded command so that the card, like every other
+#: file of a build, is the same for any worker count.
+NOT_RECORDED = ("jobs", "quiet")
+
+
 def command_line() -> str:
-    """The running occgen command with every option the user gave (long names), from click's context: the same
-    whether it was typed, scripted or invoked in-process."""
+    """The running occgen command with every option the user gave (long names) but NOT_RECORDED, from click's
+    context: the same whether it was typed, scripted or invoked in-process."""
     ctx = click.get_current_context()
     words = ["occgen", ctx.info_name or ""]
     for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+        if param.name in NOT_RECORDED or ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
             continue
         value = ctx.params[param.name]
         if isinstance(param, click.Argument):
