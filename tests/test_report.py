@@ -121,6 +121,8 @@ def test_label_without_a_manifest_labels_those_that_lack_the_k(tmp_path, monkeyp
     first = run("label", "--K", "5").output
     assert "already labelled for K=5: a" in first and "labelling manifests/b (K=5)" in first
     assert labels_path(tmp_path / "manifests" / "b", 5).is_file()
+    card = (tmp_path / "manifests" / "b" / "README.md").read_text()
+    assert "labels k5:" in card and "occgen build --src demo --scales 2 --name b" in card  # card refreshed
     assert "nothing to do" in run("label", "--K", "5").output
     monkeypatch.chdir(tmp_path / "manifests")
     missing = run("label", "--K", "5", ok=False)

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from occgen.cli import main
 from occgen.errors import UserError
+from occgen.report.card import refresh_card
 from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.build.render import COMPAT_MODES
@@ -58,6 +59,8 @@ def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
         table = label_table(samples, K, compat)
         path = write_atomic(table, labels_path(manifest, K, compat))
         click.echo(f"  K={K}: {_describe(table, samples.occluded)} -> {path}")
+    if refresh_card(manifest):
+        click.echo(f"  dataset card updated -> {manifest / 'README.md'}")
 
 
 def _describe(table: pa.Table, occluded: np.ndarray) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import re
 import shlex
 from importlib import metadata
 from pathlib import Path
@@ -167,3 +168,12 @@ def write_card(manifest_dir: Path, command: str) -> Path:
     path = Path(manifest_dir) / "README.md"
     atomic_write(path, render(manifest_dir, command).encode())
     return path
+
+
+def refresh_card(manifest_dir: Path) -> Path | None:
+    """Rewrite an existing card (after `occgen label` added labels), keeping the command it records."""
+    path = Path(manifest_dir) / "README.md"
+    if not path.is_file() or not (Path(manifest_dir) / "build.json").is_file():
+        return None
+    found = re.search(r"## How it was made\n\n```\n(.*?)\n```", path.read_text())
+    return write_card(manifest_dir, found.group(1)) if found else None
