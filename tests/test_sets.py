@@ -56,25 +56,24 @@ def test_bad_pairs_files_are_user_errors(tmp_path):
     assert result.exit_code == 2 and "lacks" in result.output and "Nobody/Nobody_0001" in result.output
 
 
-@pytest.mark.parametrize("both", [False, True])
-def test_pairs_build_holds_every_pair_with_its_keys_folds_and_flags(tmp_path, monkeypatch, both):
+@pytest.mark.parametrize("protocol, extra", [("N-O", []), ("O-O", ["--both"]), ("N-N", ["--clean-ratio", "1"])])
+def test_pairs_build_holds_every_pair_with_its_keys_folds_and_flags(tmp_path, monkeypatch, protocol, extra):
     monkeypatch.chdir(tmp_path)
     faces, pairs_txt = shared("lfw-mini/aligned-112x96"), shared("lfw-mini/pairs_mini.txt")
-    run("build", "--src", str(faces), "--pairs", str(pairs_txt), "--scales", "2", "--name", "p", "-j", "1",
-        *(["--both"] if both else []))
+    run("build", "--src", str(faces), "--pairs", str(pairs_txt), "--scales", "2", "--name", "p", "-j", "1", *extra)
     manifest = tmp_path / "manifests" / "p"
     pairs = pd.read_parquet(manifest / "pairs.parquet")
     samples = pd.read_parquet(manifest / "samples.parquet").set_index("key")
     assert len(pairs) == 40 and pairs["same"].sum() == 20 and (pairs["fold"] == 0).all()
     assert pairs["pair"].tolist() == list(range(40))
     assert str(pairs["pair"].dtype) == "int32" and str(pairs["fold"].dtype) == "int16"
-    assert (pairs["protocol"] == ("O-O" if both else "N-O")).all()
+    assert (pairs["protocol"] == protocol).all()
     assert samples.index.is_unique and sorted(keys_in_shards(manifest)) == sorted(samples.index)
     assert set(pairs["key1"]) | set(pairs["key2"]) == set(samples.index)  # every image a pair needs, no more
     assert (samples.loc[pairs["key1"], "src"].to_numpy() == pairs["src1"].to_numpy()).all()
     assert (samples.loc[pairs["key2"], "src"].to_numpy() == pairs["src2"].to_numpy()).all()
-    assert (samples.loc[pairs["key1"], "occluded"] == both).all()
-    assert samples.loc[pairs["key2"], "occluded"].all()
+    assert (samples.loc[pairs["key1"], "occluded"] == (protocol[0] == "O")).all()
+    assert (samples.loc[pairs["key2"], "occluded"] == (protocol[2] == "O")).all()
     first = read_pairs(pairs_txt)[20]  # the first mismatched pair
     assert pairs.loc[20, "src1"].startswith(first.first + ".") and pairs.loc[20, "src2"].startswith(first.second + ".")
     assert not pairs.loc[20, "same"]

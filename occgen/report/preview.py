@@ -130,7 +130,7 @@ def contact_sheets(manifest_dir: Path, per_group: int, seed: int, overlay: Overl
             p = int(pattern) if pattern is not None else None
             tiles.append(tile(images[row["key"]], row, overlay, p, zoom))
             captions.append(caption(row, p))
-        title = f"{Path(manifest_dir).name} {group}: {len(rows)} random samples (seed {seed})"
+        title = f"{Path(manifest_dir).name}, {group}: {len(rows)} random samples (seed {seed})"
         if overlay.K:
             title += f", K={overlay.K} pattern shaded"
         out[group] = sheet(tiles, captions, title, min(cols, len(tiles)))
