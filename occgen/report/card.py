@@ -104,7 +104,7 @@ def render(manifest_dir: Path, command: str) -> str:
         "```", command, "```", "",
         f"- source: `{build.get('src')}`, {build.get('inputs', '?'):,} input images "
         f"(listing sha256 `{build.get('inputs_sha256', '?')}`)",
-        f"- seed: {options.get('seed')}; every option: `build.json`",
+        f"- seed: {options['seed'] if 'seed' in options else 'none (no random choices)'}; every option: `build.json`",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
     ]
     if build.get("occluders_sha256"):
