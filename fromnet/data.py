@@ -30,7 +30,7 @@ from occgen.build.plan import SampleRandom, sample_seed
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
 from occgen.label.patterns import label_boxes, regression_target
-from occgen.writer import atomic_write
+from occgen.writer import NeedsTarfile, atomic_write, read_tar
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,41 @@ def to_input(batch: torch.Tensor, device: torch.device | str = "cpu", dtype: tor
     return x.to(dtype).sub_(127.5).div_(127.5)
 
 
+def tar_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard as webdataset dicts (``__key__``, ``__url__``, one entry per extension).
+
+    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other tar goes through
+    webdataset's tarfile-based reader. Members are grouped by key, the name up to the first dot of its basename.
+    """
+    try:
+        members = list(read_tar(Path(url)))
+    except NeedsTarfile:
+        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        return
+    sample: dict[str, Any] = {}
+    for name, data in members:
+        slash = name.rfind("/") + 1
+        dot = name.find(".", slash)
+        if dot < 0:
+            continue
+        key, ext = name[:dot], name[dot + 1:]
+        if sample and sample["__key__"] != key:
+            yield sample
+            sample = {}
+        if not sample:
+            sample = {"__key__": key, "__url__": url}
+        sample[ext] = data
+    if sample:
+        yield sample
+
+
 def iter_ordered(manifest: Manifest) -> Iterator[dict[str, Any]]:
     """Every sample of a manifest in build order (shards in index order, samples in tar order), undecoded.
 
     For embedding and evaluation, where order and completeness matter and shuffling does not.
     """
-    pipeline = wds.DataPipeline(wds.SimpleShardList([s.url for s in manifest.shards]), wds.tarfile_to_samples())
-    yield from pipeline
+    for shard in manifest.shards:
+        yield from tar_samples(shard.url)
 
 
 def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
@@ -365,8 +393,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             rows = None
             if self.plan.targets and source.labels is not None:
                 rows = self._labels.setdefault(index, LabelRows(source.labels, source.manifest))
-            pipeline = wds.DataPipeline(wds.SimpleShardList([shard.url]), wds.tarfile_to_samples())
-            for position, sample in enumerate(pipeline):
+            for position, sample in enumerate(tar_samples(shard.url)):
                 sample["__source__"] = index
                 if rows is not None:
                     sample["__labels__"] = rows.get(shard.url, position, sample["__key__"])

@@ -139,3 +139,30 @@ def test_weights_repeat_a_manifest_and_offsets_separate_identities(demo, tmp_pat
     got = batches(plan, [0], 0, plan.steps_per_epoch, 0)
     from_clean = sum(int((b["label"] >= 16).sum()) for b in got)
     assert from_clean == 256  # twice its 128 samples per epoch, with labels offset past the first manifest's
+
+
+def test_direct_tar_reader_matches_webdataset_and_falls_back_for_other_tars(demo, tmp_path):
+    import io
+    import tarfile
+
+    import webdataset as wds
+
+    from fromnet.data import tar_samples
+
+    def reference(url: str) -> list[dict]:
+        return list(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()))
+
+    shard = read_manifest(demo / "mix").shards[0].url
+    assert list(tar_samples(shard)) == reference(shard)
+    foreign = tmp_path / "foreign.tar"  # GNU long names: tarfile's job
+    with tarfile.open(foreign, "w", format=tarfile.GNU_FORMAT) as tar:
+        for key in ("a" * 120, "b"):
+            for ext, data in (("cls", b"1"), ("txt", b"hello")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert list(tar_samples(str(foreign))) == reference(str(foreign))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(Path(shard).read_bytes()[:5000])
+    with pytest.raises(UserError, match="truncated"):
+        list(tar_samples(str(cut)))
