@@ -134,8 +134,11 @@ class AttentionNet(nn.Module):
         *early, last = self.backbone.stages
         for stage in early:
             x = stage(x)
-        trunk = last[:self.split](x)
-        features = last[self.split:](trunk)
+        for i, block in enumerate(last):
+            if i == self.split:
+                trunk = x  # where the attention branch leaves stage 3
+            x = block(x)
+        features = x
         attention = self.attention_branch(trunk)
         importance, maps = recalibrate(attention)
         pooled = attentional_pool(features, maps)
