@@ -101,7 +101,8 @@ def class_scores(embedding: torch.Tensor, weight: torch.Tensor, normalized: bool
 
 
 class MarginClassifier(nn.Module):
-    """Class centres on the unit sphere; cosines with the embedding, margin on the true class (training only)."""
+    """Class centres on the unit sphere; cosines with the embedding, margin on the true class (training only).
+    With the plain softmax (`margin.normalized` False) the logits are the raw inner products instead."""
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: Margin) -> None:
         super().__init__()
