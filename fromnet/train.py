@@ -132,11 +132,12 @@ def load_init(model: nn.Module, head: nn.Module, path: str, variant: str) -> str
     model.load_state_dict(theirs, strict=False)
     fresh = sorted({k.split(".")[0] for k in ours if k not in theirs})
     weight = state.get("classifier", {}).get("weight")
-    if weight is not None and weight.shape[0] == head.num_classes:
+    dim = next(head.parameters()).shape[1]
+    if weight is not None and tuple(weight.shape) == (head.num_classes, dim):
         head.load_full_weight(weight.to(next(head.parameters()).device))
         classifier = "classifier loaded"
     else:
-        classifier = "classifier starts fresh (other identities)"
+        classifier = "classifier starts fresh (other identities or embedding size)"
     return f"initialised from {state['path']}" + (f" (new parts: {', '.join(fresh)})" if fresh else "") \
         + (f" ({len(unused)} tensors of parts this variant drops left unused)" if unused else "") + f"; {classifier}"
 
