@@ -36,7 +36,7 @@ def verification_table(results: Sequence[VerificationResult]) -> str:
         rows.append([r.name, f"{r.pairs:,}", f"{r.impostors:,}", f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
                      *tars, f"{r.auc:.4f}", _pct(r.mean_area)])
     notes = sorted({t.refused for r in results for t in r.tar if t.refused})
-    return _markdown(head, rows) + "".join(f"\nn/a: {n}" for n in notes)
+    return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
 
 
 def identification_table(results: Sequence[IdentificationResult]) -> str:
