@@ -60,7 +60,7 @@ class TorchEmbedder:
     name: str
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
-        x = to_input(torch.from_numpy(np.ascontiguousarray(faces)), self.device)
+        x = to_input(torch.from_numpy(np.require(faces, requirements="CW")), self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.model(x)
         return out.embedding.float().cpu().numpy()

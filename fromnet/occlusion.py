@@ -47,7 +47,7 @@ def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: lis
     """Pattern and KxK mask of each face in (N, H, W, 3) uint8 RGB."""
     height, width = faces.shape[1:3]
     with torch.inference_mode():
-        out = model(to_input(torch.from_numpy(np.ascontiguousarray(faces))))
+        out = model(to_input(torch.from_numpy(np.require(faces, requirements="CW"))))
     if out.mask is None:
         raise UserError("this model has no mask decoder (a baseline variant): it predicts no occlusion")
     catalog = pattern_catalog(K, height, width)
