@@ -21,7 +21,7 @@ from fromnet.embed import OnnxEmbedder, OnnxOptions, embed_faces, open_embedder
 from fromnet.eval.identification import identify
 from fromnet.eval.pairs import Embeddings, embeddings_table, read_embeddings, read_pairs, read_pairs_txt
 from fromnet.eval.report import region_of
-from fromnet.eval.verification import PairSet, evaluate_set
+from fromnet.eval.verification import PairSet, evaluate_files, evaluate_set
 from fromnet.models import build_model
 from fromnet.occlusion import block_means, read_occlusion
 from occgen.cli import main as occgen_main
@@ -131,6 +131,12 @@ def test_pairs_manifest_is_grouped_by_protocol_and_matched_by_key(tmp_path):
     from fromnet.eval import metrics
     kf = metrics.kfold_accuracy(metrics.cosine_scores(first, second), pairs.same[:40].to_numpy(), pairs.fold[:40])
     assert n_o.accuracy == pytest.approx(kf.mean) and n_o.fold_thresholds == pytest.approx(kf.thresholds.tolist())
+    # one held-out fold, as an experiment evaluates its models: dealt round-robin into 10 folds
+    held = evaluate_files(pairs_dir, {"m": (emb_path, emb_path)}, folds=[1])
+    assert [(r.name, r.pairs, r.folds) for r in held] == [("m N-O", 20, 10), ("m O-O", 20, 10)]
+    assert "round-robin" in held[0].folds_note
+    with pytest.raises(UserError, match=r"fold\(s\) \[5\] not in the pairs"):
+        evaluate_files(pairs_dir, {"m": (emb_path, emb_path)}, folds=[5])
 
 
 def test_embeddings_from_elsewhere_match_lfw_pairs_by_src(tmp_path):

@@ -81,6 +81,8 @@ def read_key_list(path: str) -> list[str]:
 @click.option("--model", help="Embed manifest folders on the way: a fromnet run/checkpoint or onnx:PATH.")
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True,
               help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.")
+@click.option("--fold", "folds", multiple=True, type=click.IntRange(min=0),
+              help="Only the pairs of this fold (repeatable), e.g. --fold 9 for people a model was not trained on.")
 @click.option("--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4).")
 @click.option("--gallery", help="Identification gallery: embeddings file or (with --model) manifest.")
 @click.option("--probes", multiple=True, metavar="[LABEL=]SRC",
@@ -91,7 +93,7 @@ def read_key_list(path: str) -> list[str]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json, results.md and the PNG plots.")
 @model_options
-def eval_cmd(pairs, embeddings, sets, model, metric, fars, gallery, probes, distractors, gallery_keys, probe_keys,
+def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probes, distractors, gallery_keys, probe_keys,
              out, model_settings) -> None:
     """Evaluate face embeddings on verification pairs and/or identification lists.
 
@@ -104,7 +106,7 @@ def eval_cmd(pairs, embeddings, sets, model, metric, fars, gallery, probes, dist
     from fromnet.eval.identification import identify
     from fromnet.eval.pairs import read_pairs
     from fromnet.eval.report import write_report
-    from fromnet.eval.verification import DEFAULT_FARS, PairSet, evaluate_set
+    from fromnet.eval.verification import DEFAULT_FARS, PairSet, evaluate_set, select_folds
 
     factory = (lambda: ModelRunner(model, model_settings)) if model else None
     src = Sources(factory, out)
@@ -114,6 +116,8 @@ def eval_cmd(pairs, embeddings, sets, model, metric, fars, gallery, probes, dist
         raise UserError("--set/--embeddings evaluate verification pairs: give --pairs (a pairs manifest or pairs.txt)")
     if pairs is not None:
         table = read_pairs(pairs)
+        if folds:
+            table = select_folds(table, folds)
         pair_sets = []
         for text in sets:
             label, spec = _labelled(text)
@@ -153,7 +157,8 @@ def eval_cmd(pairs, embeddings, sets, model, metric, fars, gallery, probes, dist
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:
         raise UserError("nothing to evaluate: give --pairs with --embeddings/--set/--model, or --gallery with --probes")
-    info = {"metric": metric, "pairs": pairs, "model": model, "flip": model_settings["flip"] if model else None}
+    info = {"metric": metric, "pairs": pairs, "folds": list(folds) or None, "model": model,
+            "flip": model_settings["flip"] if model else None}
     text = write_report(out, verification, identification, {k: v for k, v in info.items() if v is not None})
     click.echo(text, nl=False)
     click.echo(f"-> {out}/results.md, results.json" + ", plots" * bool(verification))

@@ -135,3 +135,38 @@ def evaluate_set(pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine",
 def _plain(value: Any) -> Any:
     """numpy scalars -> Python ones, for JSON."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def select_folds(pairs: pd.DataFrame, folds) -> pd.DataFrame:
+    """Only the pairs of these folds (e.g. LFW's tenth fold, whose people a model never saw in training)."""
+    folds = sorted(set(int(f) for f in folds))
+    have = set(pairs["fold"].astype(int))
+    if not set(folds) <= have:
+        raise UserError(f"fold(s) {sorted(set(folds) - have)} not in the pairs (they have {sorted(have)})")
+    return pairs[pairs["fold"].isin(folds)].reset_index(drop=True)
+
+
+def evaluate_files(pairs_path, sets: dict[str, tuple], metric: str = "cosine", fars=DEFAULT_FARS, folds=None
+                   ) -> list[VerificationResult]:
+    """Verification of embeddings files: ``sets`` maps a label to (first file, second file).
+
+    For experiments that compare models: e.g. {"FROM N-O s=2": ("from-clean.parquet", "from-occ2.parquet")}
+    on ``folds=[9]``. One fold's pairs are dealt round-robin into 10 folds for the accuracy.
+    """
+    from fromnet.eval.pairs import read_embeddings, read_pairs
+
+    pairs = read_pairs(pairs_path)
+    if folds is not None:
+        pairs = select_folds(pairs, folds)
+    cache: dict[str, Embeddings] = {}
+
+    def load(path) -> Embeddings:
+        key = str(path)
+        if key not in cache:
+            cache[key] = read_embeddings(path)
+        return cache[key]
+
+    results = []
+    for label, (first, second) in sets.items():
+        results.extend(evaluate_set(pairs, PairSet(label, load(first), load(second)), metric, fars))
+    return results
