@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -20,9 +21,10 @@ import pyarrow as pa
 import torch
 
 from fromnet.checkpoint import load_model
-from fromnet.data import decode_face, iter_ordered, read_manifest, sample_meta, to_input
+from fromnet.data import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
 from fromnet.eval.pairs import embeddings_table
 from occgen.errors import UserError
+from occgen.runner import parallel_map
 from occgen.writer import atomic_write, table_bytes
 
 ONNX_PREFIX = "onnx:"
@@ -170,28 +172,57 @@ def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np
     return out
 
 
-def batches(manifest_path: Path, batch_size: int, size: tuple[int, int]) -> Iterator[tuple[list[dict], np.ndarray]]:
-    """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error."""
-    manifest = read_manifest(manifest_path)
+def _face_row(sample: dict, size: tuple[int, int], where: str) -> tuple[dict, np.ndarray]:
+    face = decode_face(sample)
+    if face.shape[:2] != tuple(size):
+        raise UserError(f"{where}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
+                        f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size")
+    meta = sample_meta(sample)
+    return dict(key=sample["__key__"], src=meta.get("src", sample["__key__"]),
+                occluded=bool(meta.get("occluded", False)), box_area_ratio=meta.get("box_area_ratio")), face
+
+
+def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tuple[list[dict], np.ndarray]:
+    """Every face of one shard, in tar order (a worker process's task)."""
     rows, faces = [], []
-    for sample in iter_ordered(manifest):
-        face = decode_face(sample)
-        if face.shape[:2] != tuple(size):
-            raise UserError(f"{manifest_path}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
-                            f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size")
-        meta = sample_meta(sample)
-        rows.append(dict(key=sample["__key__"], src=meta.get("src", sample["__key__"]),
-                         occluded=bool(meta.get("occluded", False)), box_area_ratio=meta.get("box_area_ratio")))
+    for sample in iter_ordered(replace(manifest, shards=(shard,))):
+        row, face = _face_row(sample, size, str(manifest.path))
+        rows.append(row)
         faces.append(face)
-        if len(faces) == batch_size:
-            yield rows, np.stack(faces)
-            rows, faces = [], []
-    if faces:
-        yield rows, np.stack(faces)
+    return rows, np.stack(faces) if faces else np.zeros((0, *size, 3), np.uint8)
+
+
+def batches(manifest_path: Path, batch_size: int, size: tuple[int, int], workers: int = 0
+            ) -> Iterator[tuple[list[dict], np.ndarray]]:
+    """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error.
+
+    With ``workers`` > 1, whole shards are decoded in that many processes (results still in shard order), so a
+    GPU is not left waiting on one process's JPEG decoding; otherwise faces stream from this process.
+    """
+    manifest = read_manifest(manifest_path)
+    if workers > 1:
+        chunks = parallel_map(partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers,
+                              "decode", quiet=True)
+    else:
+        chunks = (([row], face[None]) for row, face in
+                  (_face_row(s, size, str(manifest_path)) for s in iter_ordered(manifest)))
+    rows: list[dict] = []
+    faces: list[np.ndarray] = []
+    held = 0
+    for chunk_rows, chunk_faces in chunks:
+        rows.extend(chunk_rows)
+        faces.append(chunk_faces)
+        held += len(chunk_rows)
+        while held >= batch_size:
+            block = np.concatenate(faces)
+            yield rows[:batch_size], block[:batch_size]
+            rows, faces, held = rows[batch_size:], [block[batch_size:]], held - batch_size
+    if held:
+        yield rows, np.concatenate(faces)
 
 
 def embed_manifest(manifest_path: str | Path, embedder: Embedder, batch_size: int = 256, flip: bool = False,
-                   quiet: bool = False) -> pa.Table:
+                   quiet: bool = False, workers: int = 0) -> pa.Table:
     """Embed every sample of a manifest, in build order, as an embeddings table."""
     manifest_path = Path(manifest_path)
     total = read_manifest(manifest_path).samples
@@ -200,7 +231,7 @@ def embed_manifest(manifest_path: str | Path, embedder: Embedder, batch_size: in
     show = not quiet and sys.stderr.isatty()
     bar = click.progressbar(length=total, label=f"embed {manifest_path.name}", file=sys.stderr, show_pos=True) \
         if show else None
-    for meta, faces in batches(manifest_path, batch_size, embedder.input_size):
+    for meta, faces in batches(manifest_path, batch_size, embedder.input_size, workers):
         vectors.append(embed_faces(embedder, faces, flip))
         rows.extend(meta)
         if bar is not None:

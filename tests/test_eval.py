@@ -55,7 +55,8 @@ def lfw_sets(tmp_path_factory) -> dict[str, Path]:
     """Clean and s = 2 occluded builds of lfw-mini (48 faces each) and a tiny FROM run."""
     faces = shared("lfw-mini") / "aligned-112x96"
     root = tmp_path_factory.mktemp("lfw")
-    common = ["--src", faces, "--out", root / "shards", "--manifests", root / "manifests", "-j", "1", "-q"]
+    common = ["--src", faces, "--out", root / "shards", "--manifests", root / "manifests", "-j", "1", "-q",
+              "--shard-size", "20"]
     run(occgen_main, "build", *common, "--clean-ratio", "1", "--name", "clean")
     run(occgen_main, "build", *common, "--scales", "2", "--name", "occ-2")
     return dict(root=root, clean=root / "manifests" / "clean", occ=root / "manifests" / "occ-2",
@@ -186,9 +187,11 @@ def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
     assert table["key"].to_pylist() == manifest["key"].tolist() and table["src"].to_pylist() == manifest["src"].tolist()
     o = read_embeddings(occ)
     assert o.column("occluded").all() and (o.column("box_area_ratio") > 0).all()
-    # batch size does not change the result; flip fusion is the sum over the face and its mirror
+    # neither batch size nor decoding worker processes change the rows; flip fusion sums face and mirror
     again = tmp_path / "again.parquet"
-    run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["clean"], "--out", again, "--batch-size", "7")
+    run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["clean"], "--out", again, "--batch-size", "7",
+        "-j", "2")
+    assert pq.read_table(again).drop_columns(["embedding"]).equals(table.drop_columns(["embedding"]))
     np.testing.assert_allclose(read_embeddings(again).vectors, read_embeddings(clean).vectors, atol=1e-5)
     embedder = open_embedder(str(lfw_sets["run"]), "cpu")
     face = np.asarray(Image.open(shared("lfw-mini") / "aligned-112x96/Amelia_Vega/Amelia_Vega_0001.jpg"))[None]

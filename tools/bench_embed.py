@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--simple-limit", type=int, default=300, help="faces for the (slow) simple way")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--workers", type=int, default=0, help="decoding processes for the batched way")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -84,7 +85,7 @@ def main() -> None:
         n, out = 0, []
         start = time.perf_counter()
         decode_time = 0.0
-        it = batches(Path(args.shards), args.batch_size, size)
+        it = batches(Path(args.shards), args.batch_size, size, args.workers)
         while n < args.limit:
             t0 = time.perf_counter()
             try:
@@ -97,7 +98,7 @@ def main() -> None:
         sync()
         t = time.perf_counter() - start
         diff = float(np.abs(np.concatenate(out)[: len(simple)] - simple).max())
-        print(f"  fromnet embed (batch {args.batch_size}, {layout}): {n / t:8.1f} faces/s  ({n} faces; "
+        print(f"  fromnet embed (batch {args.batch_size}, {args.workers} workers, {layout}): {n / t:8.1f} faces/s  ({n} faces; "
               f"reading+decoding {100 * decode_time / t:.0f}% of the time; max |diff| vs simple {diff:.1e})")
 
 

@@ -28,12 +28,15 @@ def model_options(fn):
         click.option("--std", default="127.5", show_default=True, help="ONNX only: then divided by this."),
         click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
                      help="ONNX only: input tensor layout."),
+        click.option("-j", "--workers", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Processes decoding shards (0 or 1: decode in this process)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
     ]
 
     @wraps(fn)
-    def wrapper(*args, device, precision, batch_size, flip, input_size, channels, mean, std, layout, quiet, **kw):
-        settings = dict(device=device, precision=precision, batch_size=batch_size, flip=flip, quiet=quiet,
+    def wrapper(*args, device, precision, batch_size, flip, input_size, channels, mean, std, layout, workers, quiet,
+                **kw):
+        settings = dict(device=device, precision=precision, batch_size=batch_size, flip=flip, quiet=quiet, workers=workers,
                         onnx=dict(input_size=parse_size(input_size) if input_size else None, channels=channels,
                                   mean=mean, std=std, layout=layout))
         return fn(*args, model_settings=settings, **kw)
@@ -56,7 +59,7 @@ class ModelRunner:
         from fromnet.embed import embed_manifest
 
         s = self.settings
-        return embed_manifest(manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"])
+        return embed_manifest(manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"], s["workers"])
 
 
 @main.command("embed")

@@ -112,7 +112,7 @@ def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probe
     src = Sources(factory, out)
     fars = tuple(fars) or DEFAULT_FARS
     verification, identification = [], []
-    if pairs is None and (sets or (embeddings and not gallery)):
+    if pairs is None and (sets or embeddings):
         raise UserError("--set/--embeddings evaluate verification pairs: give --pairs (a pairs manifest or pairs.txt)")
     if pairs is not None:
         table = read_pairs(pairs)

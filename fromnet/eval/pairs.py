@@ -166,7 +166,7 @@ def embeddings_table(keys, srcs, vectors: np.ndarray, meta: dict[str, np.ndarray
     columns = {"key": pa.array(list(keys), pa.string()), "src": pa.array(list(srcs), pa.string()),
                "embedding": pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))}
     for name, values in (meta or {}).items():
-        columns[name] = pa.array(values)
+        columns[name] = pa.array(values, from_pandas=True)  # NaN -> null: "not occluded", not a number
     return pa.table(columns)
 
 

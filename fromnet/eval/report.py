@@ -28,12 +28,12 @@ def _pct(x: float | None) -> str:
 def verification_table(results: Sequence[VerificationResult]) -> str:
     """Markdown table: one row per set and protocol group."""
     fars = [t.far for t in results[0].tar] if results else []
-    head = ["set", "pairs", "impostors", "accuracy % (10-fold)", *(f"TAR@FAR={f:g} %" for f in fars), "AUC",
+    head = ["set", "pairs", "impostors", "folds", "accuracy %", *(f"TAR@FAR={f:g} %" for f in fars), "AUC",
             "occluded area %"]
     rows = []
     for r in results:
         tars = [_pct(t.tar) if t.tar is not None else "n/a" for t in r.tar]
-        rows.append([r.name, f"{r.pairs:,}", f"{r.impostors:,}", f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+        rows.append([r.name, f"{r.pairs:,}", f"{r.impostors:,}", str(r.folds), f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
                      *tars, f"{r.auc:.4f}", _pct(r.mean_area)])
     notes = sorted({t.refused for r in results for t in r.tar if t.refused})
     return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
