@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -182,7 +183,8 @@ def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
     assert "48 faces, 24-d" in out
     run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["occ"], "--out", occ, "--flip")
     table = pq.read_table(clean)
-    assert table.column_names[:3] == ["key", "src", "embedding"] and str(table.schema.field("embedding").type) == "list<element: float>"
+    assert table.column_names[:3] == ["key", "src", "embedding"]
+    assert table.schema.field("embedding").type == pa.list_(pa.float32())
     manifest = pd.read_parquet(lfw_sets["clean"] / "samples.parquet")
     assert table["key"].to_pylist() == manifest["key"].tolist() and table["src"].to_pylist() == manifest["src"].tolist()
     o = read_embeddings(occ)
@@ -320,3 +322,15 @@ def test_occlusion_readout_and_cli(lfw_sets, tmp_path):
     baseline = make_run(tmp_path / "baseline", "baseline")
     result = run(main, "occlusion", "--model", baseline, paths[0], ok=False)
     assert result.exit_code == 2 and "no mask decoder" in result.output
+
+
+def test_report_draws_region_bars_for_sets_named_after_regions(tmp_path):
+    from fromnet.eval.report import write_report
+
+    pairs_dir, emb_path = generated_pairs_manifest(tmp_path, np.random.default_rng(2))
+    results = evaluate_files(pairs_dir, {name: (emb_path, emb_path) for name in ("occ-lfw-nose", "left_eye", "clean")})
+    text = write_report(tmp_path / "out", results, [], {"metric": "cosine"})
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["plots"] == ["roc.png", "regions.png", "area.png"]
+    assert Image.open(tmp_path / "out" / "regions.png").size[0] > 300
+    assert text.count("| occ-lfw-nose ") == 2  # N-O and O-O rows

@@ -15,7 +15,8 @@ from occgen.clicommon import parse_size
 def model_options(fn):
     """The options that pick and feed a model, shared by `embed` and `eval`."""
     options = [
-        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: a GPU if any)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:1, ... (auto: a GPU if any)."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                      help="auto: bf16 on GPUs that have it, else fp32."),
         click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1)),
@@ -36,7 +37,8 @@ def model_options(fn):
     @wraps(fn)
     def wrapper(*args, device, precision, batch_size, flip, input_size, channels, mean, std, layout, workers, quiet,
                 **kw):
-        settings = dict(device=device, precision=precision, batch_size=batch_size, flip=flip, quiet=quiet, workers=workers,
+        settings = dict(device=device, precision=precision, batch_size=batch_size, flip=flip, quiet=quiet,
+                        workers=workers,
                         onnx=dict(input_size=parse_size(input_size) if input_size else None, channels=channels,
                                   mean=mean, std=std, layout=layout))
         return fn(*args, model_settings=settings, **kw)

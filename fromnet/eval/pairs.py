@@ -59,7 +59,8 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: empty pairs list")
     head, body = lines[0], lines[1:]
     if not all(h.isdigit() for h in head) or len(head) not in (1, 2):
-        raise UserError(f"{path}: first line must be 'FOLDS PAIRS_PER_CLASS' (LFW's '10 300') or 'N'; got {' '.join(head)!r}")
+        raise UserError(f"{path}: first line must be 'FOLDS PAIRS_PER_CLASS' (LFW's '10 300') or 'N'; "
+                        f"got {' '.join(head)!r}")
     folds, per = (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
     if len(body) != folds * 2 * per:
         raise UserError(f"{path}: header says {folds} fold(s) of {per} matched + {per} mismatched pairs "

@@ -17,8 +17,15 @@ from fromnet.eval.identification import IdentificationResult
 from fromnet.eval.verification import VerificationResult
 from occgen.writer import atomic_write, json_bytes
 
+#: Area bins with fewer pairs are too noisy to draw.
+MIN_BIN_PAIRS = 20
 #: The nine named regions of the paper's Fig. 1 / Table 6, in its order.
 REGIONS = ("left_eye", "right_eye", "eyes", "nose", "mouth", "lower_face", "upper_face", "left_face", "right_face")
+
+
+LEGEND = ("accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
+          "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
+          "mean box area of the pair's more occluded face.")
 
 
 def _pct(x: float | None) -> str:
@@ -89,47 +96,65 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
 
 
 def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
-    """Bar chart of accuracy per occluded region (sets named after the nine regions); False if there are none."""
-    by_region: dict[str, VerificationResult] = {}
+    """Bar chart of accuracy per occluded region (sets named after the nine regions), one bar per protocol group
+    (e.g. N-O and O-O) side by side, clean sets as a dashed line; False if no set is named after a region."""
+    series: dict[str, dict[str, VerificationResult]] = {}
     for r in results:
         region = region_of(r.label)
-        if region and region not in by_region:
-            by_region[region] = r
-    if not by_region:
+        if region:
+            group = " ".join(str(v) for v in r.group.values()) or "accuracy"
+            series.setdefault(group, {}).setdefault(region, r)
+    if not series:
         return False
     plt = _pyplot()
-    names = [n for n in REGIONS if n in by_region]
-    acc = [100 * by_region[n].accuracy for n in names]
-    err = [100 * by_region[n].accuracy_std for n in names]
+    names = [n for n in REGIONS if any(n in s for s in series.values())]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    bars = ax.bar(range(len(names)), acc, yerr=err, capsize=3, color="#4C72B0")
-    ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, padding=2)
+    width = 0.8 / len(series)
+    low = 100.0
+    for i, (group, by_region) in enumerate(series.items()):
+        xs = [k + (i - (len(series) - 1) / 2) * width for k, n in enumerate(names) if n in by_region]
+        acc = [100 * by_region[n].accuracy for n in names if n in by_region]
+        err = [100 * by_region[n].accuracy_std for n in names if n in by_region]
+        bars = ax.bar(xs, acc, width=width, yerr=err, capsize=3, label=group)
+        ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, padding=2)
+        low = min(low, *acc)
+    for r in results:
+        if r.mean_area == 0 and not region_of(r.label):
+            ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
+            low = min(low, 100 * r.accuracy)
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
-    ax.set_ylabel("verification accuracy % (10-fold)")
-    ax.set_ylim(max(0, min(acc) - 10), 100)
+    ax.set_ylabel("verification accuracy % (k-fold)")
+    ax.set_ylim(max(0, low - 10), 100)
     ax.set_title("Accuracy per occluded region")
     ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
     _save(fig, path)
     return True
 
 
-def plot_area(results: Sequence[VerificationResult], path: Path) -> bool:
-    """Accuracy against occluded area, one curve per set with area information; False if none has any."""
+def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int = MIN_BIN_PAIRS) -> bool:
+    """Accuracy against occluded area, one curve per set with area information (bins of fewer than ``min_pairs``
+    pairs left out of the plot, not of the JSON); clean sets are a dashed reference line. False if nothing to draw."""
     curves = [r for r in results if r.area_curve and any(b["lo"] > 0 for b in r.area_curve)]
     if not curves:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for r in results:
+        if r.mean_area == 0:
+            ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
     for r in curves:
-        mid = [100 * (b["lo"] + b["hi"]) / 2 for b in r.area_curve]
-        acc = [100 * b["accuracy"] for b in r.area_curve]
+        bins = [b for b in r.area_curve if b["pairs"] >= min_pairs]
+        mid = [100 * (b["lo"] + b["hi"]) / 2 for b in bins]
+        acc = [100 * b["accuracy"] for b in bins]
         ax.plot(mid, acc, marker="o", label=r.name)
-        for x, y, b in zip(mid, acc, r.area_curve):
+        for x, y, b in zip(mid, acc, bins):
             ax.annotate(str(b["pairs"]), (x, y), textcoords="offset points", xytext=(0, 5), fontsize=6, ha="center")
     ax.set_xlim(0, 100)
     ax.set_xlabel("occluded area of the pair's more occluded face (box, % of the face)")
     ax.set_ylabel("verification accuracy % (pairs in the bin)")
-    ax.set_title("Accuracy against occluded area (numbers: pairs per bin)")
+    ax.set_title(f"Accuracy against occluded area (numbers: pairs per bin, bins < {min_pairs} not drawn)",
+                 fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
@@ -153,7 +178,7 @@ def write_report(out: Path, verification: Sequence[VerificationResult], identifi
     parts = [f"# Evaluation\n\n{_info_lines(info)}"]
     plots = []
     if verification:
-        parts.append("## Verification\n\n" + verification_table(verification))
+        parts.append("## Verification\n\n" + verification_table(verification) + "\n\n" + LEGEND)
         plot_roc(verification, out / "roc.png")
         plots.append("roc.png")
         if plot_regions(verification, out / "regions.png"):
