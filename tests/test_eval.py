@@ -334,3 +334,20 @@ def test_report_draws_region_bars_for_sets_named_after_regions(tmp_path):
     assert data["plots"] == ["roc.png", "regions.png", "area.png"]
     assert Image.open(tmp_path / "out" / "regions.png").size[0] > 300
     assert text.count("| occ-lfw-nose ") == 2  # N-O and O-O rows
+
+
+def test_partial_face_pairs_group_by_part_and_factor(tmp_path):
+    pairs_dir, emb_path = generated_pairs_manifest(tmp_path, np.random.default_rng(3))
+    table = pd.read_parquet(pairs_dir / "pairs.parquet")
+    # the partial-face columns: holistic rows have no parts
+    partial = table["protocol"] == "O-O"
+    table["protocol"] = np.where(partial, "partial-same", "holistic")
+    table["part1"] = pd.Series(np.where(partial, "nose", None), dtype=object)
+    table["part2"] = table["part1"]
+    table["factor"] = np.where(partial, np.where(np.arange(len(table)) % 2 == 0, 0.2, 0.4), np.nan).astype(np.float32)
+    table["centered"] = pd.array(np.where(partial, False, None), dtype="boolean")
+    table.to_parquet(pairs_dir / "pairs.parquet", index=False)
+    results = evaluate_files(pairs_dir, {"p": (emb_path, emb_path)})
+    assert [r.name for r in results] == ["p holistic", "p partial-same part1=nose part2=nose factor=0.2 centered=False",
+                                         "p partial-same part1=nose part2=nose factor=0.4 centered=False"]
+    assert [r.pairs for r in results] == [40, 20, 20]

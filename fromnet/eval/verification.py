@@ -123,17 +123,18 @@ def evaluate_set(pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine",
     if not cols:
         return [verify(pair_set.label, {}, scores, same, folds, fars, areas)]
     results = []
-    keys = pairs[cols].astype(object).where(pairs[cols].notna(), None)
-    for values, idx in keys.groupby(cols, sort=False, dropna=False).indices.items():
+    for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items():
         values = values if isinstance(values, tuple) else (values,)
-        group = {c: _plain(v) for c, v in zip(cols, values) if v is not None}
+        group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
         results.append(verify(pair_set.label, group, scores[idx], same[idx], folds[idx], fars,
                               None if areas is None else areas[idx]))
     return results
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python ones, for JSON."""
+def _plain(value: Any, dtype) -> Any:
+    """Group values as plain Python, for JSON; float32 factors keep their short form (0.2, not 0.20000000298)."""
+    if dtype == np.float32:
+        return float(str(np.float32(value)))
     return value.item() if isinstance(value, np.generic) else value
 
 
