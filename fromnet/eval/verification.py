@@ -19,7 +19,7 @@ from occgen.errors import UserError
 
 DEFAULT_FARS = (1e-3, 1e-4)
 #: Edges of the occluded-area bins of the accuracy-vs-area curve (share of the face under the occluder's box).
-AREA_BINS = np.linspace(0.0, 1.0, 11)
+AREA_BINS = np.round(np.linspace(0.0, 1.0, 11), 6)
 
 
 @dataclass
