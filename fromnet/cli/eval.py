@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 
 from fromnet.cli import main
@@ -57,24 +58,27 @@ class Sources:
         return emb
 
 
-def read_key_list(path: str) -> list[str]:
+def read_key_list(path: str) -> np.ndarray:
     """Keys from a manifest folder (its samples) or a text file (one key a line)."""
     p = Path(path)
     if p.is_dir():
         try:
-            return pd.read_parquet(p / "samples.parquet", columns=["key"])["key"].tolist()
+            keys = pd.read_parquet(p / "samples.parquet", columns=["key"])["key"].tolist()
         except Exception as exc:
             raise UserError(f"{path}: cannot read the manifest's keys ({exc})") from None
-    if not p.is_file():
+    elif p.is_file():
+        keys = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    else:
         raise UserError(f"{path}: no such key list or manifest")
-    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    return np.array(keys, dtype=object)
 
 
 @main.command("eval")
 @click.option("--pairs", help="Pairs: a pairs manifest (manifests/NAME, from `occgen build --pairs`) or an "
               "LFW-format pairs.txt.")
 @click.option("--embeddings", "embeddings", multiple=True,
-              help="Embeddings file (repeatable): one verification set each, both images of a pair taken from it.")
+              help="Embeddings file (repeatable): one verification set each (label: the file name), both images of "
+                   "a pair taken from it.")
 @click.option("--set", "sets", multiple=True, metavar="LABEL=A[,B]",
               help="A verification set: first image of each pair from A, second from B (default A). A and B are "
                    "embeddings files or, with --model, manifest folders. E.g. N-O=clean.parquet,occ-2.parquet")
@@ -127,10 +131,9 @@ def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probe
             if len(parts) not in (1, 2):
                 raise UserError(f"--set {text!r}: give one or two sources after the label")
             pair_sets.append(PairSet(label, src.get(parts[0]), src.get(parts[-1])))
-        if not sets:
-            for path in embeddings:
-                emb = src.get(path)
-                pair_sets.append(PairSet(_stem(path), emb, emb))
+        for path in embeddings:
+            emb = src.get(path)
+            pair_sets.append(PairSet(_stem(path), emb, emb))
         if not pair_sets and model and Path(pairs).is_dir():
             emb = src.get(pairs)
             pair_sets.append(PairSet(_stem(pairs), emb, emb))
@@ -143,15 +146,13 @@ def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probe
             raise UserError("--gallery needs --probes (the faces to identify)")
         g = src.get(gallery)
         if gallery_keys:
-            g = g.subset(g.find(pd.Series(read_key_list(gallery_keys), dtype=object).to_numpy(), None,
-                                "gallery keys"))
+            g = g.subset(g.find(read_key_list(gallery_keys), None, "gallery keys"))
         d = [src.get(p) for p in distractors]
         for text in probes:
             label, path = _labelled(text)
             p = src.get(path)
             if probe_keys:
-                p = p.subset(p.find(pd.Series(read_key_list(probe_keys), dtype=object).to_numpy(), None,
-                                    "probe keys"))
+                p = p.subset(p.find(read_key_list(probe_keys), None, "probe keys"))
             identification.append(identify(label or _stem(path), g, p, d, metric))
     elif probes or distractors:
         raise UserError("--probes/--distractors need --gallery")
