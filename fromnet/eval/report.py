@@ -148,13 +148,13 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
         mid = [100 * (b["lo"] + b["hi"]) / 2 for b in bins]
         acc = [100 * b["accuracy"] for b in bins]
         ax.plot(mid, acc, marker="o", label=r.name)
-        for x, y, b in zip(mid, acc, bins):
+        for x, y, b in zip(mid, acc, bins) if len(curves) <= 3 else ():  # more curves: numbers would pile up
             ax.annotate(str(b["pairs"]), (x, y), textcoords="offset points", xytext=(0, 5), fontsize=6, ha="center")
     ax.set_xlim(0, 100)
     ax.set_xlabel("occluded area of the pair's more occluded face (box, % of the face)")
     ax.set_ylabel("verification accuracy % (pairs in the bin)")
-    ax.set_title(f"Accuracy against occluded area (numbers: pairs per bin, bins < {min_pairs} not drawn)",
-                 fontsize=9)
+    counts = "numbers: pairs per bin, " if len(curves) <= 3 else ""
+    ax.set_title(f"Accuracy against occluded area ({counts}bins < {min_pairs} pairs not drawn)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
