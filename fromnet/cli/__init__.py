@@ -15,7 +15,8 @@ def main() -> None:
 
 
 def _register() -> None:
-    from fromnet.cli import bench, summary, train  # noqa: F401  (each module adds its command to `main`)
+    # each module adds its command to `main`
+    from fromnet.cli import bench, embed, eval, export, occlusion, summary, train  # noqa: F401
 
 
 _register()

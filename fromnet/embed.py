@@ -1,0 +1,251 @@
+"""Faces -> embeddings files: a fromnet checkpoint or any ONNX face embedder over an occgen manifest.
+
+An embedder takes a batch of aligned faces as (N, H, W, 3) uint8 RGB and returns (N, D) float32. Flip fusion sums
+the embeddings of each face and its mirror image. The output is one Parquet row per sample, in build order:
+``key``, ``src``, ``embedding`` (list<float32>), plus the sample's ``occluded`` flag and ``box_area_ratio`` so
+that reports can plot accuracy against occluded area without the manifest.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import click
+import numpy as np
+import pyarrow as pa
+import torch
+
+from fromnet.checkpoint import load_model
+from fromnet.data import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
+from fromnet.eval.pairs import embeddings_table
+from occgen.errors import UserError
+from occgen.runner import parallel_map
+from occgen.writer import atomic_write, table_bytes
+
+ONNX_PREFIX = "onnx:"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class Embedder(Protocol):
+    name: str
+    input_size: tuple[int, int]  # (height, width)
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray: ...
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine's torch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 pays off on GPUs that have it; CPU autocast exists but is slower than fp32 without AMX, so no."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class TorchEmbedder:
+    """A fromnet network in eval mode; bf16 autocast where chosen."""
+
+    model: torch.nn.Module
+    input_size: tuple[int, int]
+    device: torch.device
+    bf16: bool
+    name: str
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        x = to_input(torch.from_numpy(np.require(faces, requirements="CW")), self.device)
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            out = self.model(x)
+        return out.embedding.float().cpu().numpy()
+
+
+def _per_channel(text: str, what: str) -> np.ndarray:
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--{what} must be one number or three comma-separated numbers; got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise UserError(f"--{what} must be one number or three (one per channel); got {text!r}")
+    return np.array(values * (3 // len(values)), dtype=np.float32)
+
+
+@dataclass
+class OnnxOptions:
+    """How an ONNX embedder wants its input: size, channel order, normalisation (x - mean) / std, layout."""
+
+    input_size: tuple[int, int] | None = None  # None: read from the model's input shape
+    channels: str = "rgb"  # or "bgr"
+    mean: str = "127.5"
+    std: str = "127.5"
+    layout: str = "nchw"  # or "nhwc"
+
+
+class OnnxEmbedder:
+    """Any ONNX face model through onnxruntime (GPU provider first when installed)."""
+
+    def __init__(self, path: Path, options: OnnxOptions = OnnxOptions()) -> None:
+        ort = import_onnxruntime()
+        if not Path(path).is_file():
+            raise UserError(f"--model onnx:{path}: no such file")
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise UserError(f"{path}: onnxruntime cannot load it ({exc})") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.nchw = options.layout.lower() == "nchw"
+        if options.layout.lower() not in ("nchw", "nhwc"):
+            raise UserError(f"--layout must be nchw or nhwc; got {options.layout!r}")
+        if options.channels.lower() not in ("rgb", "bgr"):
+            raise UserError(f"--channels must be rgb or bgr; got {options.channels!r}")
+        self.bgr = options.channels.lower() == "bgr"
+        shape = list(inp.shape)
+        if len(shape) != 4:
+            raise UserError(f"{path}: input {inp.name} has shape {shape}; a face embedder takes 4-D image batches")
+        hw = shape[2:4] if self.nchw else shape[1:3]
+        if options.input_size is not None:
+            self.input_size = tuple(options.input_size)
+        elif all(isinstance(v, int) for v in hw):
+            self.input_size = (int(hw[0]), int(hw[1]))
+        else:
+            raise UserError(f"{path}: the input size is not fixed in the model ({shape}); give --input-size HxW")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.mean = _per_channel(options.mean, "mean")
+        self.std = _per_channel(options.std, "std")
+        self.name = f"onnx:{path}"
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        x = faces.astype(np.float32)
+        if self.bgr:
+            x = x[..., ::-1]
+        x = (x - self.mean) / self.std
+        if self.nchw:
+            x = x.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x)
+        if self.fixed_batch == 1:  # models exported with batch 1 take one face at a time
+            return np.concatenate([self._run(x[i : i + 1]) for i in range(len(x))])
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("ONNX models need onnxruntime: pip install 'occgen-fromnet[onnx]'") from None
+    return onnxruntime
+
+
+def open_embedder(model: str, device: str = "auto", precision: str = "auto",
+                  onnx: OnnxOptions = OnnxOptions()) -> Embedder:
+    """A fromnet run folder / checkpoint, or ``onnx:PATH``."""
+    if model.startswith(ONNX_PREFIX):
+        return OnnxEmbedder(Path(model[len(ONNX_PREFIX):]), onnx)
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    dev = pick_device(device)
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU has no bf16; use fp32")
+    loaded = load_model(model, dev)
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(dev))
+    return TorchEmbedder(loaded.model, tuple(loaded.spec.input_size), dev, bf16, str(loaded.path))
+
+
+def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np.ndarray:
+    """(N, D) float32 embeddings; with ``flip``, the sum of the face's and its mirror's."""
+    out = embedder(faces)
+    if flip:
+        out = out + embedder(np.ascontiguousarray(faces[:, :, ::-1]))
+    return out
+
+
+def _face_row(sample: dict, size: tuple[int, int], where: str) -> tuple[dict, np.ndarray]:
+    face = decode_face(sample)
+    if face.shape[:2] != tuple(size):
+        raise UserError(f"{where}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
+                        f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size")
+    meta = sample_meta(sample)
+    return dict(key=sample["__key__"], src=meta.get("src", sample["__key__"]),
+                occluded=bool(meta.get("occluded", False)), box_area_ratio=meta.get("box_area_ratio")), face
+
+
+def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tuple[list[dict], np.ndarray]:
+    """Every face of one shard, in tar order (a worker process's task)."""
+    rows, faces = [], []
+    for sample in iter_ordered(replace(manifest, shards=(shard,))):
+        row, face = _face_row(sample, size, str(manifest.path))
+        rows.append(row)
+        faces.append(face)
+    return rows, np.stack(faces) if faces else np.zeros((0, *size, 3), np.uint8)
+
+
+def batches(manifest_path: Path, batch_size: int, size: tuple[int, int], workers: int = 0
+            ) -> Iterator[tuple[list[dict], np.ndarray]]:
+    """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error.
+
+    With ``workers`` > 1, whole shards are decoded in that many processes (results still in shard order), so a
+    GPU is not left waiting on one process's JPEG decoding; otherwise faces stream from this process.
+    """
+    manifest = read_manifest(manifest_path)
+    if workers > 1:
+        chunks = parallel_map(partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers,
+                              "decode", quiet=True)
+    else:
+        chunks = (([row], face[None]) for row, face in
+                  (_face_row(s, size, str(manifest_path)) for s in iter_ordered(manifest)))
+    rows: list[dict] = []
+    faces: list[np.ndarray] = []
+    held = 0
+    for chunk_rows, chunk_faces in chunks:
+        rows.extend(chunk_rows)
+        faces.append(chunk_faces)
+        held += len(chunk_rows)
+        while held >= batch_size:
+            block = np.concatenate(faces)
+            yield rows[:batch_size], block[:batch_size]
+            rows, faces, held = rows[batch_size:], [block[batch_size:]], held - batch_size
+    if held:
+        yield rows, np.concatenate(faces)
+
+
+def embed_manifest(manifest_path: str | Path, embedder: Embedder, batch_size: int = 256, flip: bool = False,
+                   quiet: bool = False, workers: int = 0) -> pa.Table:
+    """Embed every sample of a manifest, in build order, as an embeddings table."""
+    manifest_path = Path(manifest_path)
+    total = read_manifest(manifest_path).samples
+    rows: list[dict] = []
+    vectors: list[np.ndarray] = []
+    show = not quiet and sys.stderr.isatty()
+    bar = click.progressbar(length=total, label=f"embed {manifest_path.name}", file=sys.stderr, show_pos=True) \
+        if show else None
+    for meta, faces in batches(manifest_path, batch_size, embedder.input_size, workers):
+        vectors.append(embed_faces(embedder, faces, flip))
+        rows.extend(meta)
+        if bar is not None:
+            bar.update(len(meta))
+    if bar is not None:
+        bar.render_finish()
+    dim = vectors[0].shape[1] if vectors else 0
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    if not np.isfinite(matrix).all():
+        raise UserError(f"{embedder.name}: the model gave NaN/inf embeddings for {manifest_path}")
+    area = np.array([np.nan if r["box_area_ratio"] is None else r["box_area_ratio"] for r in rows], np.float32)
+    return embeddings_table([r["key"] for r in rows], [r["src"] for r in rows], matrix,
+                            {"occluded": np.array([r["occluded"] for r in rows], bool), "box_area_ratio": area})
+
+
+def write_embeddings(table: pa.Table, path: str | Path) -> None:
+    atomic_write(Path(path), table_bytes(table))

@@ -1,0 +1,1 @@
+"""Evaluation of face embeddings: metrics (pure), pairs and embeddings files, verification, identification, reports."""

@@ -1,0 +1,201 @@
+"""Evaluation reports: one table (terminal + Markdown), one JSON file, and the plots.
+
+Plots (matplotlib, Agg backend, so no display is needed): ROC curves of every set, the paper-style bar chart of
+accuracy per occluded region (Fig. 1 / Table 6 regions, drawn when sets are named after them), and accuracy
+against occluded area (pairs binned by the larger occluded box area of their two images).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fromnet.eval.identification import IdentificationResult
+from fromnet.eval.verification import VerificationResult
+from occgen.writer import atomic_write, json_bytes
+
+#: Area bins with fewer pairs are too noisy to draw.
+MIN_BIN_PAIRS = 20
+#: The nine named regions of the paper's Fig. 1 / Table 6, in its order.
+REGIONS = ("left_eye", "right_eye", "eyes", "nose", "mouth", "lower_face", "upper_face", "left_face", "right_face")
+
+
+LEGEND = ("accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
+          "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
+          "mean box area of the pair's more occluded face.")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def verification_table(results: Sequence[VerificationResult]) -> str:
+    """Markdown table: one row per set and protocol group."""
+    fars = [t.far for t in results[0].tar] if results else []
+    head = ["set", "pairs", "impostors", "folds", "accuracy %", *(f"TAR@FAR={f:g} %" for f in fars), "AUC",
+            "occluded area %"]
+    rows = []
+    for r in results:
+        tars = [_pct(t.tar) if t.tar is not None else "n/a" for t in r.tar]
+        rows.append([r.name, f"{r.pairs:,}", f"{r.impostors:,}", str(r.folds), f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+                     *tars, f"{r.auc:.4f}", _pct(r.mean_area)])
+    notes = sorted({t.refused for r in results for t in r.tar if t.refused})
+    return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
+
+
+def identification_table(results: Sequence[IdentificationResult]) -> str:
+    head = ["probes", "evaluated", "no mate", "gallery", "distractors", "rank-1 %", "rank-5 %", "occluded area %"]
+    rows = [[r.label, f"{r.probes:,}", f"{r.no_mate:,}", f"{r.gallery:,}", f"{r.distractors:,}", _pct(r.rank1),
+             _pct(r.rank5), _pct(r.mean_area)] for r in results]
+    return _markdown(head, rows)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def region_of(label: str) -> str | None:
+    """The region a set is named after ('occ-lfw-left_eye', 'left-eye' -> 'left_eye'), or None."""
+    norm = re.sub(r"[\s-]+", "_", label.lower())
+    return next((r for r in sorted(REGIONS, key=len, reverse=True) if norm == r or norm.endswith("_" + r)), None)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
+    """TAR against FAR (log scale from 1/impostors), one curve per set and group."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    low = 1.0
+    for r in results:
+        fpr, tpr = r.roc
+        keep = fpr > 0
+        ax.step(fpr[keep], tpr[keep], where="post", label=f"{r.name} (acc {_pct(r.accuracy)}%)")
+        low = min(low, 1.0 / max(r.impostors, 1))
+    ax.set_xscale("log")
+    ax.set_xlim(low, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (FAR)")
+    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_title("Verification ROC")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
+    """Bar chart of accuracy per occluded region (sets named after the nine regions), one bar per protocol group
+    (e.g. N-O and O-O) side by side, clean sets as a dashed line; False if no set is named after a region."""
+    series: dict[str, dict[str, VerificationResult]] = {}
+    for r in results:
+        region = region_of(r.label)
+        if region:
+            group = " ".join(str(v) for v in r.group.values()) or "accuracy"
+            series.setdefault(group, {}).setdefault(region, r)
+    if not series:
+        return False
+    plt = _pyplot()
+    names = [n for n in REGIONS if any(n in s for s in series.values())]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    width = 0.8 / len(series)
+    low = 100.0
+    for i, (group, by_region) in enumerate(series.items()):
+        xs = [k + (i - (len(series) - 1) / 2) * width for k, n in enumerate(names) if n in by_region]
+        acc = [100 * by_region[n].accuracy for n in names if n in by_region]
+        err = [100 * by_region[n].accuracy_std for n in names if n in by_region]
+        bars = ax.bar(xs, acc, width=width, yerr=err, capsize=3, label=group)
+        ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, padding=2)
+        low = min(low, *acc)
+    for r in results:
+        if r.mean_area == 0 and not region_of(r.label):
+            ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
+            low = min(low, 100 * r.accuracy)
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
+    ax.set_ylabel("verification accuracy % (k-fold)")
+    ax.set_ylim(max(0, low - 10), 100)
+    ax.set_title("Accuracy per occluded region")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int = MIN_BIN_PAIRS) -> bool:
+    """Accuracy against occluded area, one curve per set with area information (bins of fewer than ``min_pairs``
+    pairs left out of the plot, not of the JSON); clean sets are a dashed reference line. False if nothing to draw."""
+    curves = [r for r in results if r.area_curve and any(b["lo"] > 0 for b in r.area_curve)]
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for r in results:
+        if r.mean_area == 0:
+            ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
+    for r in curves:
+        bins = [b for b in r.area_curve if b["pairs"] >= min_pairs]
+        mid = [100 * (b["lo"] + b["hi"]) / 2 for b in bins]
+        acc = [100 * b["accuracy"] for b in bins]
+        ax.plot(mid, acc, marker="o", label=r.name)
+        for x, y, b in zip(mid, acc, bins) if len(curves) <= 3 else ():  # more curves: numbers would pile up
+            ax.annotate(str(b["pairs"]), (x, y), textcoords="offset points", xytext=(0, 5), fontsize=6, ha="center")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("occluded area of the pair's more occluded face (box, % of the face)")
+    ax.set_ylabel("verification accuracy % (pairs in the bin)")
+    counts = "numbers: pairs per bin, " if len(curves) <= 3 else ""
+    ax.set_title(f"Accuracy against occluded area ({counts}bins < {min_pairs} pairs not drawn)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    _pyplot().close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def write_report(out: Path, verification: Sequence[VerificationResult], identification: Sequence[IdentificationResult],
+                 info: dict[str, Any]) -> str:
+    """Write results.json, results.md and the plots into ``out``; return the Markdown text (also printed)."""
+    out = Path(out)
+    parts = [f"# Evaluation\n\n{_info_lines(info)}"]
+    plots = []
+    if verification:
+        parts.append("## Verification\n\n" + verification_table(verification) + "\n\n" + LEGEND)
+        plot_roc(verification, out / "roc.png")
+        plots.append("roc.png")
+        if plot_regions(verification, out / "regions.png"):
+            plots.append("regions.png")
+        if plot_area(verification, out / "area.png"):
+            plots.append("area.png")
+    if identification:
+        parts.append("## Identification\n\n" + identification_table(identification))
+    if plots:
+        parts.append("\n".join(f"![{p}]({p})" for p in plots))
+    text = "\n\n".join(parts) + "\n"
+    atomic_write(out / "results.md", text.encode())
+    atomic_write(out / "results.json", json_bytes({
+        **info, "verification": [r.to_json() for r in verification],
+        "identification": [r.to_json() for r in identification], "plots": plots}))
+    return text
+
+
+def _info_lines(info: dict[str, Any]) -> str:
+    return "\n".join(f"- {k}: {v}" for k, v in info.items())
