@@ -2,16 +2,21 @@
 
 Samples are laid out in a fixed order (sorted inputs, copies inner) and cut into shards of ``shard_size``;
 each shard is one task for a worker process, which renders its samples and writes the shard's tar, its manifest
-part, its errors part and finally its stats file (the completion mark). A rerun skips shards whose stats file and
-tar are present and rebuilds the rest. Results come back in shard order, so outputs are identical for any -j.
+part, its errors part and finally its stats file (the completion mark). Every file is written under a temporary
+name and renamed, so a build killed at any moment (SIGKILL included) leaves only whole files and temporaries; a
+rerun removes the temporaries, skips shards whose stats file and parts are present and rebuilds the rest. A lock
+on the manifest folder keeps two runs of one build apart. Results come back in shard order, so outputs are
+identical for any -j and any backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +25,15 @@ import numpy as np
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array, encode
+from occgen.images import FORMATS, decode_array, encode, resize
 from occgen.build.occluders import OccluderLibrary, load_library
 from occgen.build.plan import draw, sample_key, sample_seed
 from occgen.build.render import Compat, occlude, scaled_size
-from occgen.runner import Summary, parallel_map
+from occgen.runner import Backend, Summary, parallel_map
 from occgen.build.sources import Item, Source, read_bytes
 from occgen.writer import (
-    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar,
+    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,
+    write_tar,
 )
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class BuildOptions:
     occluders: str | None = None  # library folder; None = the project's own
     categories: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    size: tuple[int, int] | None = None  # (height, width) of every face; None: the first readable input's
+    strict_size: bool = False  # refuse inputs of another size instead of resizing them
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,14 @@ class BuildResult:
     name: str
     manifest_dir: Path
     shards: list[dict[str, Any]] = field(default_factory=list)
-    summary: Summary = field(default_factory=lambda: Summary("build"))
+    summary: Summary = field(default_factory=lambda: Summary("build"))  # this run's counts
+    inputs: int = 0  # input files listed, usable or not
+    errors: int = 0  # inputs not used, over the whole build (all runs)
+    warnings: int = 0  # inputs used after a fix (resized), over the whole build
 
+
+#: The lock file in a manifest folder, held by the run that writes it.
+LOCK = ".lock"
 
 #: Occluder libraries a process has loaded, by digest: each worker loads a library once, and a library whose
 #: files changed between two builds in one process is loaded anew.
@@ -123,24 +137,37 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
     size, digest = write_tar(task.tar_path, _render_samples(task, rows, errors))
     atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, SAMPLES_SCHEMA))
     atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
+    warnings = sum(e["kind"] == "warning" for e in errors)
     stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows),
-             "errors": len(errors), "bytes": size, "sha256": digest}
+             "errors": len(errors) - warnings, "warnings": warnings, "bytes": size, "sha256": digest}
     atomic_write(task.stats_path, json_bytes(stats))  # written last: marks the shard complete
     return stats
 
 
+def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | None]:
+    """Decode one input and bring it to the build's face size: (face or None, what to record or None)."""
+    try:
+        face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
+    except UserError as exc:
+        return None, str(exc).removeprefix(f"{item.rel}: ")
+    want, got = task.options.size, face.shape[:2]
+    if want is None or got == want:
+        return face, None
+    if task.options.strict_size:
+        return None, f"is {got[0]}x{got[1]}, not {want[0]}x{want[1]} like the other inputs (--strict-size)"
+    return resize(face, want), f"resized from {got[0]}x{got[1]} to {want[0]}x{want[1]}"
+
+
 def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
-    """The shard's WebDataset samples, appending each manifest row and each unreadable input as it goes."""
+    """The shard's WebDataset samples, appending each manifest row and each unusable or fixed input as it goes."""
     library = _library(task.options, task.library_digest)
     face, face_rel = None, None
     for key, seed, item, copy in task.samples:
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
-            face_rel, face = item.rel, None
-            try:
-                face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
-            except UserError as exc:
-                if copy == 0:  # recorded once, by the shard that holds the input's first copy
-                    errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: ")})
+            face_rel = item.rel
+            face, note = _load_face(task, item)
+            if note and copy == 0:  # recorded once, by the shard that holds the input's first copy
+                errors.append({"input": item.rel, "reason": note, "kind": "error" if face is None else "warning"})
         if face is None:
             continue
         row, data = render_sample(face, key, seed, item, copy, task.shard, task.options, library)
@@ -155,7 +182,8 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
         stats = json.loads(task.stats_path.read_text())
     except (OSError, ValueError):
         return None
-    ok = task.tar_path.is_file() and task.tar_path.stat().st_size == stats.get("bytes")
+    parts = [task.manifest_dir / table / f"{task.shard}.parquet" for table in ("samples.parquet", "errors.parquet")]
+    ok = task.tar_path.is_file() and task.tar_path.stat().st_size == stats.get("bytes") and all(p.is_file() for p in parts)
     return stats if ok else None
 
 
@@ -181,7 +209,8 @@ def _fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions) -
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     return {"occgen": __version__, "src": source.spec, "inputs": len(source.items),
             "inputs_sha256": sha256(listing.encode()), "occluders_sha256": library.digest,
-            "options": opts_dict}
+            "options": opts_dict, "src_path": str(source.path) if source.path else None,
+            "root": str(source.root.absolute()) if source.root else None}  # where `occgen verify --repair` reads
 
 
 def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
@@ -196,34 +225,66 @@ def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, An
             raise UserError(f"{manifest_dir} holds a build of {name} with other {', '.join(changed)}; "
                             "rerun with --overwrite to replace it, or choose another --name")
     if overwrite:
-        shutil.rmtree(manifest_dir, ignore_errors=True)
-        for old in out.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        for old in manifest_dir.iterdir():
+            if old.name != LOCK:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for old in out.glob(shard_files(name)):
             old.unlink()
     atomic_write(build_json, json_bytes(fingerprint))
 
 
+def first_size(source: Source) -> tuple[int, int] | None:
+    """(height, width) of the first input, in build order, that decodes: the size every face is brought to."""
+    for item in source.items:
+        try:
+            return decode_array(read_bytes(source.root, item.rel), item.rel).shape[:2]
+        except UserError:
+            continue
+    return None
+
+
+def shard_files(name: str) -> str:
+    """The glob pattern of a build's tars in ``out``."""
+    return f"{glob.escape(name)}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
+
+
 def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOptions, jobs: int,
-          overwrite: bool = False, quiet: bool = False) -> BuildResult:
+          overwrite: bool = False, quiet: bool = False, backend: Backend = Backend()) -> BuildResult:
     """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary."""
     if opts.fmt not in FORMATS:
         raise UserError(f"--format {opts.fmt}: choose one of {', '.join(FORMATS)}")
+    backend.check()
     library = load_library(opts.occluders, opts.categories, opts.exclude)  # fails fast, before any worker starts
     _LIBRARIES[library.digest] = library
+    if opts.size is None:
+        opts = replace(opts, size=first_size(source))
     manifest_dir = manifests / name
-    _prepare(manifest_dir, out, name, _fingerprint(source, library, opts), overwrite)
-    atomic_write(manifest_dir / "errors.parquet" / "listing.parquet",
-                 parquet_bytes([{"input": i, "reason": r} for i, r in source.skipped], ERRORS_SCHEMA))
-    result = BuildResult(name, manifest_dir)
+    with exclusive(manifest_dir / LOCK, f"another run of the build {name} is using {manifest_dir}; wait for it to end"):
+        remove_temporaries(manifest_dir, "**/.*.tmp-*")
+        remove_temporaries(out, f".{shard_files(name)}.tmp-*")
+        _prepare(manifest_dir, out, name, _fingerprint(source, library, opts), overwrite)
+        return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, backend)
+
+
+def _run(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions, library: OccluderLibrary,
+         jobs: int, quiet: bool, backend: Backend) -> BuildResult:
+    atomic_write(manifest_dir / "errors.parquet" / "listing.parquet", parquet_bytes(
+        [{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA))
+    result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
     tasks = plan_shards(source, name, out, manifest_dir, opts, library.digest)
     done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
     todo = [t for t in tasks if t.index not in done]
     result.summary.skipped = sum(stats["samples"] for stats in done.values())
-    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet)
-    for task, stats in zip(todo, fresh):
-        done[task.index] = stats
-        result.summary.done += stats["samples"]
-        result.summary.errors += stats["errors"]
+    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet, backend)
+    with contextlib.closing(fresh):  # stops the workers however the loop ends
+        for task, stats in zip(todo, fresh):
+            done[task.index] = stats
+            result.summary.done += stats["samples"]
+            result.summary.errors += stats["errors"]
+            result.summary.warnings += stats.get("warnings", 0)
     result.shards = [done[t.index] for t in tasks]
+    result.errors = len(source.skipped) + sum(s["errors"] for s in result.shards)
+    result.warnings = sum(s.get("warnings", 0) for s in result.shards)
     atomic_write(manifest_dir / "shards.json", json_bytes({"name": name, "shards": result.shards}))
     return result
