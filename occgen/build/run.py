@@ -65,6 +65,7 @@ class ShardTask:
     samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
     options: BuildOptions
     library_digest: str  # which occluder library the workers must use (OccluderLibrary.digest)
+    library_root: Path  # its folder, absolute: workers of a cluster may run in another working directory
 
     @property
     def shard(self) -> str:
@@ -94,9 +95,10 @@ LOCK = ".lock"
 _LIBRARIES: dict[str, OccluderLibrary] = {}
 
 
-def _library(opts: BuildOptions, digest: str) -> OccluderLibrary:
+def _library(task: ShardTask) -> OccluderLibrary:
+    digest = task.library_digest
     if digest not in _LIBRARIES:
-        library = load_library(opts.occluders, opts.categories, opts.exclude)
+        library = load_library(task.library_root, task.options.categories, task.options.exclude)
         if library.digest != digest:
             raise UserError(f"the occluder library {library.root} changed while the build was running; run it again")
         _LIBRARIES[digest] = library
@@ -160,7 +162,7 @@ def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | No
 
 def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
     """The shard's WebDataset samples, appending each manifest row and each unusable or fixed input as it goes."""
-    library = _library(task.options, task.library_digest)
+    library = _library(task)
     face, face_rel = None, None
     for key, seed, item, copy in task.samples:
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
@@ -188,29 +190,31 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
 
 
 def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions,
-                library_digest: str) -> list[ShardTask]:
-    """Cut the ordered samples (inputs sorted, copies inner) into shard tasks."""
+                library: OccluderLibrary) -> list[ShardTask]:
+    """Cut the ordered samples (inputs sorted, copies inner) into shard tasks, with absolute paths."""
     samples = []
     for item in source.items:
         for copy in range(opts.copies):
             key = sample_key(item.rel, copy)
             samples.append((key, sample_seed(opts.seed, key), item, copy))
     n = opts.shard_size
+    out, manifest_dir, root = out.absolute(), manifest_dir.absolute(), source.root and source.root.absolute()
     return [
-        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root, tuple(samples[i:i + n]),
-                  opts, library_digest)
+        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, root, tuple(samples[i:i + n]),
+                  opts, library.digest, library.root.absolute())
         for i in range(0, len(samples), n)
     ]
 
 
-def _fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions) -> dict[str, Any]:
+def fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions) -> dict[str, Any]:
     """What a resumed build must share with the first run: inputs, occluders (names and sizes), options."""
     listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     return {"occgen": __version__, "src": source.spec, "inputs": len(source.items),
             "inputs_sha256": sha256(listing.encode()), "occluders_sha256": library.digest,
-            "options": opts_dict, "src_path": str(source.path) if source.path else None,
-            "root": str(source.root.absolute()) if source.root else None}  # where `occgen verify --repair` reads
+            "options": opts_dict, "src_path": str(source.path) if source.path else None,  # where `occgen verify
+            "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
+            "occluders_path": str(library.root.absolute())}
 
 
 def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
@@ -262,7 +266,7 @@ def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOpti
     with exclusive(manifest_dir / LOCK, f"another run of the build {name} is using {manifest_dir}; wait for it to end"):
         remove_temporaries(manifest_dir, "**/.*.tmp-*")
         remove_temporaries(out, f".{shard_files(name)}.tmp-*")
-        _prepare(manifest_dir, out, name, _fingerprint(source, library, opts), overwrite)
+        _prepare(manifest_dir, out, name, fingerprint(source, library, opts), overwrite)
         return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, backend)
 
 
@@ -272,7 +276,7 @@ def _run(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOp
         [{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA))
     result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
-    tasks = plan_shards(source, name, out, manifest_dir, opts, library.digest)
+    tasks = plan_shards(source, name, out, manifest_dir, opts, library)
     done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
     todo = [t for t in tasks if t.index not in done]
     result.summary.skipped = sum(stats["samples"] for stats in done.values())
