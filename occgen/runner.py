@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,9 +85,11 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
                 except OSError as exc:
                     raise UserError(f"--scheduler {backend.address}: cannot reach the Dask scheduler ({exc})") from None
             else:
-                cluster = stack.enter_context(LocalCluster(
-                    n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs=logging.ERROR))
+                with _sigint_ignored():  # inherited by the worker processes: Ctrl-C reaches this process only,
+                    cluster = LocalCluster(  # which then closes the cluster
+                        n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                        silence_logs=logging.ERROR)
+                stack.enter_context(cluster)
                 stack.enter_context(Client(cluster))
             with parallel_config(backend="dask", wait_for_workers_timeout=60):
                 yield
@@ -103,6 +107,20 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
                 yield
         finally:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while child processes start. Python keeps an inherited "ignore" (it only turns SIGINT into
+    KeyboardInterrupt when the parent left it alone), so their Ctrl-C tracebacks do not bury the run's message."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_loky() -> None:

@@ -264,10 +264,17 @@ def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOpti
         opts = replace(opts, size=first_size(source))
     manifest_dir = manifests / name
     with exclusive(manifest_dir / LOCK, f"another run of the build {name} is using {manifest_dir}; wait for it to end"):
-        remove_temporaries(manifest_dir, "**/.*.tmp-*")
-        remove_temporaries(out, f".{shard_files(name)}.tmp-*")
+        _remove_temporaries(manifest_dir, out, name)  # left by a run that was killed
         _prepare(manifest_dir, out, name, fingerprint(source, library, opts), overwrite)
-        return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, backend)
+        try:
+            return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, backend)
+        finally:
+            _remove_temporaries(manifest_dir, out, name)  # left by workers stopped mid-write (Ctrl-C, an error)
+
+
+def _remove_temporaries(manifest_dir: Path, out: Path, name: str) -> None:
+    remove_temporaries(manifest_dir, "**/.*.tmp-*")
+    remove_temporaries(out, f".{shard_files(name)}.tmp-*")
 
 
 def _run(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions, library: OccluderLibrary,
