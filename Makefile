@@ -10,7 +10,7 @@ $(BIN)/occgen: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,align]'
+	$(BIN)/pip install -q -e '.[test,align,dask]'
 	touch $@
 
 setup: $(BIN)/occgen

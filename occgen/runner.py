@@ -81,7 +81,7 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             if backend.address:
                 try:
-                    stack.enter_context(Client(backend.address, timeout="20s"))
+                    stack.enter_context(Client(backend.address))  # waits distributed.comm.timeouts.connect
                 except OSError as exc:
                     raise UserError(f"--scheduler {backend.address}: cannot reach the Dask scheduler ({exc})") from None
             else:

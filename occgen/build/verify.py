@@ -86,9 +86,9 @@ def check_shard(task: _Task) -> ShardCheck:
         return ShardCheck(shard, len(rows), "missing", f"{tar_path}: {exc.strerror}")
     if len(data) < stats["bytes"]:
         return ShardCheck(shard, len(rows), "truncated", f"{len(data)} of {stats['bytes']} bytes")
-    problem = _members_problem(data, rows, task.fmt)
+    problem = _members_problem(data, rows, task.fmt)  # the size is whole here: anything wrong is an alteration
     if problem:
-        return ShardCheck(shard, len(rows), "truncated" if problem.startswith("ends") else "altered", problem)
+        return ShardCheck(shard, len(rows), "altered", problem)
     if len(data) != stats["bytes"] or hashlib.sha256(data).hexdigest() != stats["sha256"]:
         return ShardCheck(shard, len(rows), "altered", "bytes differ from the sha256 in shards.json")
     return ShardCheck(shard, len(rows))
@@ -100,7 +100,7 @@ def _members_problem(data: bytes, rows: list[dict[str, Any]], fmt: str) -> str |
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
     except (tarfile.TarError, EOFError, OSError) as exc:
-        return f"ends early or is not a tar ({exc})"
+        return f"not a readable tar ({exc})"
     expected = [(r, ext) for r in rows for ext in sorted(("cls", "json", fmt))]
     if len(members) != len(expected):
         return f"{len(members)} members, the manifest needs {len(expected)}"
