@@ -87,7 +87,7 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
             else:
                 with _sigint_ignored():  # inherited by the worker processes: Ctrl-C reaches this process only,
                     cluster = LocalCluster(  # which then closes the cluster
-                        n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                        n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0",  # a free port
                         silence_logs=logging.ERROR)
                 stack.enter_context(cluster)
                 stack.enter_context(Client(cluster))

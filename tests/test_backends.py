@@ -26,7 +26,7 @@ def test_dask_local_cluster_and_joined_cluster_give_loky_bytes(tmp_path: Path):
     loky = _build(tmp_path / "loky", "-j", "2")
     assert len([f for f in loky if f.endswith(".tar")]) == 11
     assert _build(tmp_path / "dask", "--backend", "dask", "-j", "2") == loky  # a local cluster started for the run
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         joined = _build(tmp_path / "joined", "--backend", "dask", "--scheduler", cluster.scheduler_address)
         assert len(cluster.scheduler_info["workers"]) == 2  # the run left the cluster it joined running
     assert joined == loky

@@ -100,30 +100,47 @@ def main() -> None:
 
         opts = BuildOptions(scales=scales, shard_size=args.shard_size, copies=args.copies)
         seconds: dict[str, float] = {}
+        shards: dict[str, dict[str, bytes]] = {}
 
         def timed(label: str, jobs: int, backend: Backend = Backend()) -> None:
-            result = build(source, label, tmp / label, tmp / f"m-{label}", opts, jobs, quiet=True, backend=backend)
-            seconds[label] = result.summary.seconds
+            out = tmp / f"out{len(seconds)}"  # one dataset name everywhere: the bytes must be the same
+            result = build(source, "bench", out, tmp / f"m{len(seconds)}", opts, jobs, quiet=True, backend=backend)
+            seconds[label], shards[label] = result.summary.seconds, tree_bytes(out)
             rate = result.summary.done / seconds[label]
-            print(f"occgen build {label:<34} {rate:8,.0f} images/s ({rate / simple:.2f}x simple), "
+            print(f"occgen build {label:<36} {rate:8,.0f} images/s ({rate / simple:.2f}x simple), "
                   f"{seconds[label]:.1f} s for {len(result.shards)} shards")
 
         timed("-j 1", 1)
-        timed("-j 2", 2)
+        timed("-j 2 (loky)", 2)
         from dask.distributed import LocalCluster
 
         t = time.perf_counter()
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
             print(f"  (a 2-worker Dask LocalCluster starts in {time.perf_counter() - t:.1f} s)")
-            timed("dask, running cluster (--scheduler)", 2, Backend("dask", cluster.scheduler_address))
-        timed("dask, cluster started by the build", 2, Backend("dask"))
-        shards = -(-n * args.copies // args.shard_size)
-        loky = tree_bytes(tmp / "-j 2")
-        for label in ("dask, running cluster (--scheduler)", "dask, cluster started by the build"):
-            same = tree_bytes(tmp / label) == loky
-            extra = (seconds[label] - seconds["-j 2"]) / shards * 1000
-            print(f"{label}: same bytes as loky -j 2: {same}; {extra:+.1f} ms per shard against loky -j 2")
-        print(f"scaling 1 -> 2 loky processes: {seconds['-j 1'] / seconds['-j 2']:.2f}x")
+            joined = Backend("dask", cluster.scheduler_address)
+            timed("--backend dask, running cluster", 2, joined)
+            timed("--backend dask, cluster it starts", 2, Backend("dask"))
+            for label in seconds:
+                print(f"  {label}: same bytes as -j 1: {shards[label] == shards['-j 1']}")
+            print(f"scaling 1 -> 2 loky processes: {seconds['-j 1'] / seconds['-j 2 (loky)']:.2f}x")
+            # Dispatch cost of one shard task, start-up excluded: the slope of time against task count for tasks
+            # that do nothing but return a shard's stats.
+            for label, backend in (("loky -j 2", Backend()), ("dask, running cluster", joined)):
+                t_few, t_many = (_dispatch(count, backend) for count in (20, 220))
+                print(f"overhead per shard task, {label}: {(t_many - t_few) / 200 * 1000:.2f} ms")
+
+
+def _stats(index: int) -> dict[str, object]:
+    return {"shard": f"bench-{index:06d}", "samples": 500, "errors": 0, "bytes": 2_000_000, "sha256": "0" * 64}
+
+
+def _dispatch(count: int, backend: Backend) -> float:
+    from occgen.runner import parallel_map
+
+    t = time.perf_counter()
+    for _ in parallel_map(_stats, list(range(count)), 2, "dispatch", quiet=True, backend=backend):
+        pass
+    return time.perf_counter() - t
 
 
 if __name__ == "__main__":
