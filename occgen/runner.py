@@ -98,10 +98,11 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
         from ray.util.joblib import register_ray
 
         register_ray()
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
         if backend.address:
-            ray.init(address=backend.address, log_to_driver=False)
+            ray.init(address=backend.address, **quiet)
         else:
-            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=jobs, include_dashboard=False, **quiet)
         try:
             with parallel_config(backend="ray"):
                 yield
@@ -158,9 +159,9 @@ def parallel_map(
             results = (fn(t) for t in tasks)
         else:
             stack.enter_context(_workers(backend, jobs))
-            results = Parallel(n_jobs=jobs, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")(
-                delayed(fn)(t) for t in tasks
-            )
+            stream = backend.name != "ray"  # Ray's joblib backend cannot stream results: they come all at the end
+            results = iter(Parallel(n_jobs=jobs, return_as="generator" if stream else "list", batch_size=1,
+                                    pre_dispatch="2*n_jobs")(delayed(fn)(t) for t in tasks))
         bar = stack.enter_context(
             click.progressbar(length=sum(weights), label=label, file=sys.stderr, show_pos=True) if show else _NoBar())
         for w, result in zip(weights, results):

@@ -32,6 +32,13 @@ def test_dask_local_cluster_and_joined_cluster_give_loky_bytes(tmp_path: Path):
     assert joined == loky
 
 
+def test_ray_gives_loky_bytes(tmp_path: Path):
+    pytest.importorskip("ray", reason="needs the ray extra (pip install 'occgen-fromnet[ray]'), not installed in CI: "
+                        "Ray is large and slow to start on small machines")
+    loky = _build(tmp_path / "loky", "-j", "2")
+    assert _build(tmp_path / "ray", "--backend", "ray", "-j", "2") == loky
+
+
 @pytest.mark.parametrize("backend, module", [("dask", "distributed"), ("ray", "ray")])
 def test_missing_backend_extra_says_what_to_install(tmp_path: Path, monkeypatch, backend: str, module: str):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
