@@ -1,4 +1,4 @@
-# The two commands: `make demo` (set up, then build the embedded synthetic demo dataset) and
+# The two commands: `make demo` (set up, build the embedded synthetic demo dataset, train a small FROM on it) and
 # `make test` (set up, then run the test suite). Both work on a fresh machine with no data.
 PY ?= python3
 VENV := .venv
@@ -18,9 +18,12 @@ setup: $(BIN)/occgen
 demo: setup
 	$(BIN)/occgen build --src demo --scales 1:0.5:5 --copies 3 --clean-ratio 0.3333 --shard-size 128 --out out/shards --name occ-demo --K 5
 	$(BIN)/occgen label --K 4 manifests/occ-demo
+	rm -rf runs/demo
+	$(BIN)/fromnet train --shards manifests/occ-demo --variant from --K 5 --backbone r18 --width-mult 0.25 \
+		--batch-size 32 --epochs 2 --milestones 1 --workers 2 --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) out manifests/occ-demo*
+	rm -rf $(VENV) out manifests/occ-demo* runs/demo

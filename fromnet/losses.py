@@ -109,6 +109,46 @@ def box_loss(pred: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(pred.float() - boxes.float(), dim=1).mean()
 
 
+class MarginHead(nn.Module):
+    """The identity loss of Eq. 1 over the whole classifier held by this process.
+
+    Every identity head (this one, and partial_fc.ShardedMarginHead that splits the classes over ranks) is called
+    as ``head(embedding, labels, weight=None)`` and returns the batch mean of ``weight * cross-entropy``, so the
+    criteria above it never need to know where the class centres live.
+    """
+
+    sharded = False
+
+    def __init__(self, embedding_dim: int, num_classes: int, margin: Margin | None = None) -> None:
+        super().__init__()
+        self.classifier = MarginClassifier(embedding_dim, num_classes, margin or Margin.preset("cosface"))
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.weight.shape[0]
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        per_sample = F.cross_entropy(self.classifier(embedding, labels), labels, reduction="none")
+        return per_sample.mean() if weight is None else (per_sample * weight.float()).mean()
+
+    def full_weight(self) -> torch.Tensor:
+        """All class centres (num_classes x D), as checkpoints store them."""
+        return self.classifier.weight.detach()
+
+    def load_full_weight(self, weight: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.classifier.weight.copy_(weight)
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """A per-class tensor (e.g. the weight's momentum) for the checkpoint: already whole on this process."""
+        return rows.detach().clone()
+
+    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """The rows of a full per-class tensor that this head holds: all of them."""
+        return full
+
+
 @dataclass
 class LossParts:
     """The total that is back-propagated, and its terms for logging (pred is None for variants without one)."""
@@ -116,22 +156,20 @@ class LossParts:
     total: torch.Tensor
     margin: torch.Tensor
     pred: torch.Tensor | None
-    logits: torch.Tensor
 
 
 class FromLoss(nn.Module):
     """Eq. 6: margin loss on the embedding + lambda * the predictor's loss (pattern softmax or box L2)."""
 
-    def __init__(self, embedding_dim: int, num_classes: int, margin: Margin | None = None, lam: float = 1.0) -> None:
+    def __init__(self, head: nn.Module, lam: float = 1.0) -> None:
         super().__init__()
-        self.classifier = MarginClassifier(embedding_dim, num_classes, margin or Margin.preset("cosface"))
+        self.head = head
         self.lam = lam
 
     def forward(self, out: FromOutput, labels: torch.Tensor, patterns: torch.Tensor | None = None,
                 boxes: torch.Tensor | None = None) -> LossParts:
         """Give `patterns` (class indices) or `boxes` (normalized corners) for variants that predict them."""
-        logits = self.classifier(out.embedding, labels)
-        main = margin_loss(logits, labels)
+        main = self.head(out.embedding, labels)
         pred = None
         if out.pattern_logits is not None:
             if patterns is None:
@@ -142,4 +180,4 @@ class FromLoss(nn.Module):
                 raise ValueError("this model regresses occluded boxes: pass the normalized corners as `boxes`")
             pred = box_loss(out.box, boxes)
         total = main if pred is None else main + self.lam * pred
-        return LossParts(total=total, margin=main, pred=pred, logits=logits)
+        return LossParts(total=total, margin=main, pred=pred)

@@ -15,7 +15,11 @@ COMMON = ["build", "--src", "demo", "--copies", "2", "--clean-ratio", "0.25", "-
 
 
 def _build(root: Path, *extra: str) -> dict[str, bytes]:
-    run(*COMMON, "--out", str(root / "o"), "--manifests", str(root / "m"), *extra)
+    """Every file a build writes, run from ``root`` with relative paths (the dataset card records them)."""
+    root.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        run(*COMMON, "--out", "o", "--manifests", "m", *extra)
     return files(root)
 
 

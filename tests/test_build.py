@@ -112,6 +112,9 @@ def test_outputs_are_byte_identical_for_any_worker_count_and_rerun(tmp_path: Pat
         run(*common, "-j", jobs, "--out", str(tmp_path / label / "out"), "--manifests", str(tmp_path / label / "m"))
     a, b, c = (files(tmp_path / x) for x in "abc")
     assert len([f for f in a if f.endswith(".tar")]) == 7
+    # the dataset card names the run's own folders (--out, --manifests): equal once they are
+    cards = [d.pop("m/occ-demo/README.md").replace(f"/{x}/".encode(), b"/a/") for d, x in zip((a, b, c), "abc")]
+    assert cards[0] == cards[1] == cards[2]
     assert a == b == c
 
 

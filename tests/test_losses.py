@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from fromnet.losses import (FromLoss, Margin, MarginClassifier, box_loss, margin_logits, margin_loss, pattern_loss,
-                            target_cosine)
+from fromnet.losses import (FromLoss, Margin, MarginClassifier, MarginHead, box_loss, margin_logits, margin_loss,
+                            pattern_loss, target_cosine)
 from fromnet.models.net import FromOutput
 
 COSFACE, ARCFACE, SPHEREFACE = (Margin.preset(n) for n in ("cosface", "arcface", "sphereface"))
@@ -94,11 +94,11 @@ def test_pattern_and_box_losses_by_hand():
 
 def test_total_is_margin_plus_lambda_times_prediction():
     torch.manual_seed(0)
-    crit = FromLoss(8, 5, COSFACE, lam=0.5)
+    crit = FromLoss(MarginHead(8, 5, COSFACE), lam=0.5)
     labels = torch.tensor([0, 3])
     out = FromOutput(embedding=torch.randn(2, 8), mask=None, pattern_logits=torch.randn(2, 7))
     parts = crit(out, labels, patterns=torch.tensor([6, 1]))
-    expected_margin = margin_loss(margin_logits(crit.classifier.cosine(out.embedding), labels, COSFACE), labels)
+    expected_margin = margin_loss(margin_logits(crit.head.classifier.cosine(out.embedding), labels, COSFACE), labels)
     assert parts.margin.item() == pytest.approx(expected_margin.item())
     assert parts.pred.item() == pytest.approx(pattern_loss(out.pattern_logits, torch.tensor([6, 1])).item())
     assert parts.total.item() == pytest.approx(parts.margin.item() + 0.5 * parts.pred.item())
@@ -115,3 +115,13 @@ def test_bad_margins_are_rejected():
         Margin(0, -0.1, 0)
     with pytest.raises(ValueError):
         Margin(0, 2.0, 0)
+
+
+def test_margin_head_weights_per_sample_losses():
+    torch.manual_seed(0)
+    head = MarginHead(8, 5, COSFACE)
+    emb, labels = torch.randn(3, 8), torch.tensor([0, 4, 2])
+    per = torch.nn.functional.cross_entropy(head.classifier(emb, labels), labels, reduction="none")
+    assert head(emb, labels).item() == pytest.approx(per.mean().item())
+    w = torch.tensor([0.5, 0.0, 2.0])
+    assert head(emb, labels, w).item() == pytest.approx((0.5 * per[0] + 2.0 * per[2]).item() / 3)

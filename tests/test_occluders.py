@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from occgen.build.calibrate import calibrate
 from occgen.build.coverage import expected_box_fraction
 from occgen.errors import UserError
 from occgen.images import load_rgb
 from occgen.build.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
 from occgen.build.render import ScaledOccluder, occlude, place, scaled_size
-from tests.conftest import REPO, shared
+from tests.conftest import shared
 
 #: The FROM paper's mean occluded fraction of the face on LFW for s = 1, 2, 3.
 PAPER = {1.0: 0.1876, 2.0: 0.4309, 3.0: 0.5200}
@@ -96,12 +95,8 @@ def test_catalog_sizes_meet_the_paper_figures_exactly(library):
         assert abs(expected_box_fraction(members, scale) - target) < TOLERANCE, scale
 
 
-def test_catalog_is_what_the_calibration_of_make_occluders_gives(library, monkeypatch):
-    spec = importlib.util.spec_from_file_location("make_occluders", REPO / "tools" / "make_occluders.py")
-    tool = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, tool)  # dataclasses look their module up while being defined
-    spec.loader.exec_module(tool)
-    sizes, fit = tool.calibrate([(o.category, o.image.width / o.image.height) for o in library.occluders])
+def test_catalog_is_what_the_calibration_gives(library):
+    sizes, fit = calibrate([(o.category, o.image.width / o.image.height) for o in library.occluders])
     assert sizes == [o.size for o in library.occluders]
     assert all(abs(fit.achieved[s] - t) < 0.01 for s, t in PAPER.items())
 

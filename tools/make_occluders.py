@@ -41,19 +41,10 @@ from PIL import Image, ImageChops, ImageDraw
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from occgen.build.coverage import expected_box_fraction  # noqa: E402
-from occgen.build.occluders import CATEGORIES, REFERENCE_FACE  # noqa: E402
+from occgen.build.calibrate import BASE_SIZE, TARGETS, Fit, calibrate  # noqa: E402
+from occgen.build.occluders import CATEGORIES  # noqa: E402
 
 MAX_SIDE = 160
-#: Mean clipped-box fraction of the face the FROM paper reports for Algorithm 1 on LFW, per scale s.
-TARGETS: dict[float, float] = {1.0: 0.1876, 2.0: 0.4309, 3.0: 0.5200}
-#: Plausible (w, h) in pixels at s = 1 on a 112x96 face; only each category's area w*h is used, since every
-#: file keeps its own aspect ratio. Sunglasses, hands, books, cups, phones and scarves follow DESIGN.md; eye
-#: masks, glasses and mouth masks by analogy (eye band, narrower frames, the lower face between the cheeks).
-BASE_SIZE: dict[str, tuple[int, int]] = {
-    "book_cover": (63, 77), "cup": (42, 49), "eye_mask": (74, 32), "eyeglasses": (68, 26), "hand": (60, 80),
-    "mouth_mask": (60, 42), "phone": (35, 63), "scarf": (98, 49), "sunglasses": (70, 28),
-}
 OPENCLIPART_LICENCE = "public domain (Open Clip Art Library)"
 FLUENT_LICENCE = "MIT (Microsoft Fluent Emoji)"
 DRAWN_LICENCE = "MIT (this project)"
@@ -512,55 +503,6 @@ def _specs() -> list[Spec]:
     }
     assert sorted(table) == sorted(CATEGORIES)
     return [Spec(cat, src, ref) for cat in CATEGORIES for src, ref in table[cat]]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Calibration (pure).
-
-
-@dataclass(frozen=True)
-class Fit:
-    factor: float  # multiplies every area
-    spread: float  # exponent on each category's area relative to the geometric mean (1 keeps BASE_SIZE ratios)
-    achieved: dict[float, float]
-
-
-def sizes_for(shapes: Sequence[tuple[str, float]], base: Mapping[str, tuple[int, int]], factor: float,
-              spread: float) -> list[tuple[int, int]]:
-    """Each file's (w, h): its own aspect ratio w/h, and its category's area under (factor, spread)."""
-    areas = {c: w * h for c, (w, h) in base.items()}
-    ref = math.exp(sum(math.log(a) for a in areas.values()) / len(areas))
-    out = []
-    for category, aspect in shapes:
-        area = factor * ref * (areas[category] / ref) ** spread
-        out.append((max(1, round(math.sqrt(area * aspect))), max(1, round(math.sqrt(area / aspect)))))
-    return out
-
-
-def calibrate(shapes: Sequence[tuple[str, float]], base: Mapping[str, tuple[int, int]] = BASE_SIZE,
-              targets: Mapping[float, float] = TARGETS, face: tuple[int, int] = REFERENCE_FACE,
-              ) -> tuple[list[tuple[int, int]], Fit]:
-    """Fit (factor, spread) so the exact expected clipped-box fraction meets every target; spread stays in
-    [0.5, 1.5] so the categories keep plausible relative sizes. Grid search, then a finer grid around the best:
-    the objective is a step function of the rounded sizes, so no gradient method applies."""
-    def error(factor: float, spread: float) -> tuple[float, dict[float, float]]:
-        sizes = sizes_for(shapes, base, factor, spread)
-        got = {s: expected_box_fraction(zip((c for c, _ in shapes), sizes), s, face) for s in targets}
-        return max(abs(got[s] - t) for s, t in targets.items()), got
-
-    best = (math.inf, 1.0, 1.0)
-    for spread in np.linspace(0.5, 1.5, 21):
-        for factor in np.exp(np.linspace(math.log(0.4), math.log(2.5), 61)):
-            err, _ = error(float(factor), float(spread))
-            best = min(best, (err, float(factor), float(spread)))
-    _, f0, g0 = best
-    for spread in np.linspace(max(0.5, g0 - 0.05), min(1.5, g0 + 0.05), 11):
-        for factor in f0 * np.exp(np.linspace(-0.04, 0.04, 41)):
-            err, _ = error(float(factor), float(spread))
-            best = min(best, (err, float(factor), float(spread)))
-    _, factor, spread = best
-    _, achieved = error(factor, spread)
-    return sizes_for(shapes, base, factor, spread), Fit(factor, spread, achieved)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from fromnet.cli import summary  # noqa: F401  (each module adds its command to `main`)
+    from fromnet.cli import bench, summary, train  # noqa: F401  (each module adds its command to `main`)
 
 
 _register()

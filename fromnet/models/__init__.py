@@ -31,16 +31,47 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+#: Blocks per stage of the LResNet-E-IR depths FROM-style work uses; r50 is the paper's LResNet50E-IR.
+BACKBONES: dict[str, tuple[int, ...]] = {
+    "r18": (2, 2, 2, 2),
+    "r34": (3, 4, 6, 3),
+    "r50": (3, 4, 14, 3),
+    "r100": (3, 13, 30, 3),
+}
+#: Narrowest layer a width multiplier may give: oneDNN#6035 corrupts channels_last training below 16 channels.
+MIN_WIDTH = 16
+
+
+def backbone_overrides(backbone: str = "r50", width_mult: float = 1.0) -> dict:
+    """NetConfig fields for a named depth and a width multiplier (rounded to multiples of 8, at least 16), so
+    the same command trains the paper's network on GPUs or a quarter-width one on a laptop CPU."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if not 0 < width_mult <= 4:
+        raise ValueError(f"width multiplier must be in (0, 4], got {width_mult}")
+    base = NetConfig()
+
+    def scaled(width: int) -> int:
+        return max(MIN_WIDTH, int(round(width * width_mult / 8)) * 8)
+
+    return dict(depths=BACKBONES[backbone], widths=tuple(scaled(w) for w in base.widths),
+                stem_width=scaled(base.stem_width), pyramid_width=scaled(base.pyramid_width),
+                decoder_width=scaled(base.decoder_width))
+
+
 def build_model(
     variant: str = "from",
     K: int = 5,
     input_size: tuple[int, int] = (112, 96),
     *,
+    backbone: str | None = None,
+    width_mult: float = 1.0,
     channels_last: bool = False,
     compile: bool = False,
     **overrides,
 ) -> nn.Module:
-    """A freshly initialised variant; `overrides` are NetConfig fields (widths, depths, ...) for other sizes.
+    """A freshly initialised variant; `backbone` ("r18", "r34", "r50", "r100") and `width_mult` pick a size,
+    and `overrides` are NetConfig fields (widths, depths, ...) on top of that.
 
     `channels_last` converts the weights (feed channels_last inputs too); `compile` wraps it in torch.compile.
     On CPU, keep >= 16 channels into the strided 1x1 shortcuts with channels_last (oneDNN#6035 corrupts memory below).
@@ -48,6 +79,8 @@ def build_model(
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     spec = VARIANTS[variant]
+    if backbone is not None or width_mult != 1.0:
+        overrides = {**backbone_overrides(backbone or "r50", width_mult), **overrides}
     config = NetConfig(mask=spec.mask, predictor=spec.predictor, K=K, input_size=tuple(input_size), **overrides)
     model: nn.Module = FromNet(config)
     if channels_last:
@@ -57,4 +90,5 @@ def build_model(
     return model
 
 
-__all__ = ["VARIANTS", "FromNet", "FromOutput", "NetConfig", "Variant", "build_model", "num_patterns"]
+__all__ = ["BACKBONES", "VARIANTS", "FromNet", "FromOutput", "NetConfig", "Variant", "backbone_overrides", "build_model",
+           "num_patterns"]

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from occgen.build.plan import draw, sample_key, sample_seed
 from occgen.build.render import Compat, occlude, scaled_size
 from occgen.runner import Backend, Summary, parallel_map
 from occgen.build.sources import Item, Source, read_bytes
+from occgen.sets.regions import fit_region
 from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,
     write_tar,
@@ -51,6 +52,8 @@ class BuildOptions:
     occluders: str | None = None  # library folder; None = the project's own
     categories: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    clean_copies: int = 0  # copies numbered below this stay clean (the clean halves of verification pairs)
+    region: str | None = None  # a named region (occgen.sets.regions): the occluder is fitted to its box
     size: tuple[int, int] | None = None  # (height, width) of every face; None: the first readable input's
     strict_size: bool = False  # refuse inputs of another size instead of resizing them
 
@@ -105,28 +108,43 @@ def _library(task: ShardTask) -> OccluderLibrary:
     return _LIBRARIES[digest]
 
 
-def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions,
-                  lib: OccluderLibrary) -> tuple[dict[str, Any], bytes]:
-    """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
+def occlude_sample(face: np.ndarray, seed: int, opts: BuildOptions, lib: OccluderLibrary, clean: bool = False
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Algorithm 1 for one sample: draw its choices from its seed and paste (never, when ``clean``). Returns the
+    face (a new array when occluded) and its geometry columns. The offline build and fromnet's online occlusion
+    both call this."""
     H, W = face.shape[:2]
-    choice = draw(seed, (W, H), opts.scales, opts.clean_ratio, lib.choose)
-    row: dict[str, Any] = {
-        "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
-        "src": item.rel, "copy": copy, "occluded": choice.occluded, "seed": seed, "width": W, "height": H,
-        "format": opts.fmt,
-    }
+    choice = draw(seed, (W, H), opts.scales, 1.0 if clean else opts.clean_ratio, lib.choose)
+    row: dict[str, Any] = {"occluded": choice.occluded}
     if choice.occluded:
         occ = lib.occluders[choice.occluder]
-        size = scaled_size(occ.size, choice.scale, (W, H), opts.compat)
-        result = occlude(face, lib.scaled(choice.occluder, size, opts.compat), choice.center)
+        if opts.region:
+            size, center = fit_region(opts.region, (W, H))
+        else:
+            size, center = scaled_size(occ.size, choice.scale, (W, H), opts.compat), choice.center
+        result = occlude(face, lib.scaled(choice.occluder, size, opts.compat), center)
         face = result.image
         row.update(
             scale=choice.scale, occluder=occ.name, occluder_category=occ.category,
-            center_x=choice.center[0], center_y=choice.center[1],
+            center_x=center[0], center_y=center[1],
             raw_x0=result.raw_box.x0, raw_y0=result.raw_box.y0, raw_x1=result.raw_box.x1, raw_y1=result.raw_box.y1,
             box_x0=result.box.x0, box_y0=result.box.y0, box_x1=result.box.x1, box_y1=result.box.y1,
             box_area_ratio=result.box.area / (W * H), pixel_area_ratio=result.pixel_area / (W * H),
         )
+    return face, row
+
+
+def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions,
+                  lib: OccluderLibrary) -> tuple[dict[str, Any], bytes]:
+    """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
+    H, W = face.shape[:2]
+    face, geometry = occlude_sample(face, seed, opts, lib, clean=copy < opts.clean_copies)
+    row: dict[str, Any] = {
+        "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
+        "src": item.rel, "copy": copy, "occluded": geometry.pop("occluded"), "seed": seed, "width": W, "height": H,
+        "format": opts.fmt,
+    }
+    row.update(geometry)
     data = encode(face, opts.fmt, opts.quality)
     row.update(bytes=len(data), sha256=sha256(data))
     return row, data
@@ -190,13 +208,14 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
 
 
 def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions,
-                library: OccluderLibrary) -> list[ShardTask]:
-    """Cut the ordered samples (inputs sorted, copies inner) into shard tasks, with absolute paths."""
+                library: OccluderLibrary, picks: Sequence[tuple[Item, int]] | None = None) -> list[ShardTask]:
+    """Cut the ordered samples (inputs sorted, copies inner; or the given (item, copy) picks) into shard tasks,
+    with absolute paths."""
+    picks = picks if picks is not None else [(item, copy) for item in source.items for copy in range(opts.copies)]
     samples = []
-    for item in source.items:
-        for copy in range(opts.copies):
-            key = sample_key(item.rel, copy)
-            samples.append((key, sample_seed(opts.seed, key), item, copy))
+    for item, copy in picks:
+        key = sample_key(item.rel, copy)
+        samples.append((key, sample_seed(opts.seed, key), item, copy))
     n = opts.shard_size
     out, manifest_dir, root = out.absolute(), manifest_dir.absolute(), source.root and source.root.absolute()
     return [
@@ -206,9 +225,12 @@ def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: 
     ]
 
 
-def fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions) -> dict[str, Any]:
-    """What a resumed build must share with the first run: inputs, occluders (names and sizes), options."""
+def fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions,
+                picks: Sequence[tuple[Item, int]] | None = None) -> dict[str, Any]:
+    """What a resumed build must share with the first run: inputs (and picked samples), occluders, options."""
     listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
+    if picks is not None:
+        listing += "\npicks:\n" + "\n".join(f"{it.rel}\t{copy}" for it, copy in picks)
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     return {"occgen": __version__, "src": source.spec, "inputs": len(source.items),
             "inputs_sha256": sha256(listing.encode()), "occluders_sha256": library.digest,
@@ -228,7 +250,7 @@ def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, An
         if changed:
             raise UserError(f"{manifest_dir} holds a build of {name} with other {', '.join(changed)}; "
                             "rerun with --overwrite to replace it, or choose another --name")
-    if overwrite:
+    if overwrite and manifest_dir.is_dir():
         for old in manifest_dir.iterdir():
             if old.name != LOCK:
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
@@ -253,8 +275,12 @@ def shard_files(name: str) -> str:
 
 
 def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOptions, jobs: int,
-          overwrite: bool = False, quiet: bool = False, backend: Backend = Backend()) -> BuildResult:
-    """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary."""
+          overwrite: bool = False, quiet: bool = False, picks: Sequence[tuple[Item, int]] | None = None,
+          backend: Backend = Backend()) -> BuildResult:
+    """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary.
+
+    ``picks`` (item, copy) replaces the default samples (every input times ``copies``): a pairs set renders
+    only the clean and occluded copies its pairs use (occgen.sets.pairs)."""
     if opts.fmt not in FORMATS:
         raise UserError(f"--format {opts.fmt}: choose one of {', '.join(FORMATS)}")
     backend.check()
@@ -265,9 +291,9 @@ def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOpti
     manifest_dir = manifests / name
     with exclusive(manifest_dir / LOCK, f"another run of the build {name} is using {manifest_dir}; wait for it to end"):
         _remove_temporaries(manifest_dir, out, name)  # left by a run that was killed
-        _prepare(manifest_dir, out, name, fingerprint(source, library, opts), overwrite)
+        _prepare(manifest_dir, out, name, fingerprint(source, library, opts, picks), overwrite)
         try:
-            return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, backend)
+            return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, picks, backend)
         finally:
             _remove_temporaries(manifest_dir, out, name)  # left by workers stopped mid-write (Ctrl-C, an error)
 
@@ -278,12 +304,12 @@ def _remove_temporaries(manifest_dir: Path, out: Path, name: str) -> None:
 
 
 def _run(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions, library: OccluderLibrary,
-         jobs: int, quiet: bool, backend: Backend) -> BuildResult:
+         jobs: int, quiet: bool, picks: Sequence[tuple[Item, int]] | None, backend: Backend) -> BuildResult:
     atomic_write(manifest_dir / "errors.parquet" / "listing.parquet", parquet_bytes(
         [{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA))
     result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
-    tasks = plan_shards(source, name, out, manifest_dir, opts, library)
+    tasks = plan_shards(source, name, out, manifest_dir, opts, library, picks)
     done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
     todo = [t for t in tasks if t.index not in done]
     result.summary.skipped = sum(stats["samples"] for stats in done.values())

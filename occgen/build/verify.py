@@ -143,6 +143,9 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
     name = manifest_dir.name
     with exclusive(manifest_dir / LOCK, f"a build of {name} is running on {manifest_dir}; wait for it to end"):
         fingerprint, shards = read_index(manifest_dir)
+        if fingerprint["options"].get("kind") == "partial" or (manifest_dir / "pairs.parquet").exists():
+            raise UserError(f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
+                            "partial set: run the command that made it again with --overwrite")
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
         opts = BuildOptions(**options)
         library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)

@@ -19,6 +19,9 @@ from occgen.build.render import COMPAT_MODES
 from occgen.clicommon import parse_size
 from occgen.runner import BACKENDS, Backend, ErrorLimit, default_jobs
 from occgen.build.sources import open_source
+from occgen.report.card import command_line, write_card
+from occgen.sets.pairs import describe as describe_pairs, pair_rows, picks as pair_picks, read_pairs, resolve, write_pairs
+from occgen.sets.regions import REGIONS, group_categories
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -29,7 +32,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--src", required=True, help="Aligned faces: an <identity>/<image> folder, a 'path label' list file "
               "(with --root), a registered name (webface, lfw, ...), or 'demo' (built-in synthetic faces).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to.")
-@click.option("--scales", default="1:0.5:5", show_default=True, help="Algorithm 1 scale s per image, drawn from "
+@click.option("--scales", default=None, show_default="1:0.5:5", help="Algorithm 1 scale s per image, drawn from "
               "start:step:stop (inclusive), a list 1,1.5,2, or one value 2.0.")
 @click.option("--copies", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per input image.")
 @click.option("--clean-ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1),
@@ -38,6 +41,14 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--occluders", "occluders", type=click.Path(path_type=Path), help="Occluder folder in the PDSN layout "
               "(<category>/NNNN.png); default: the project's calibrated library.")
 @click.option("--categories", help="Only these occluder categories (comma separated).")
+@click.option("--group", type=click.IntRange(1, 3), help="Only the occluders of one of the paper's three alphabetical "
+              "groups (1: book_cover, cup, eye_mask; 2: eyeglasses, hand, mouth_mask; 3: phone, scarf, sunglasses).")
+@click.option("--regions", is_flag=True, help="Build the nine named-region sets of the paper's Fig. 1 / Table 6 "
+              "(NAME-left_eye, NAME-eyes, ...): the occluder is fitted to the region's box.")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path), help="LFW-style pairs list: "
+              "build a verification set of the images it names, first image clean and second occluded (N-O), and "
+              "write pairs.parquet beside the manifest.")
+@click.option("--both", is_flag=True, help="With --pairs: occlude both images of every pair (O-O).")
 @click.option("--exclude-categories", help="Leave these occluder categories out (comma separated).")
 @click.option("--compat", type=click.Choice(COMPAT_MODES), default="paper", show_default=True,
               help="'paper': size capped at the face, alpha paste; 'from': the authors' release (cap W-1 x H-1, opaque paste).")
@@ -66,9 +77,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
 @click.option("--max-errors", default="1%", show_default=True, help="Exit with status 1 when more inputs than this "
               "(a count N, or P% of the inputs) cannot be used; the build is finished and kept either way.")
-def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, categories, exclude_categories, compat,
-              seed, jobs, shard_size, fmt, quality, out, manifests, name, ks, overwrite, quiet, backend, scheduler,
-              address, face_size, strict_size, max_errors) -> None:
+def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, categories, group, regions, pairs_file, both,
+              exclude_categories, compat, seed, jobs, shard_size, fmt, quality, out, manifests, name, ks, overwrite,
+              quiet, backend, scheduler, address, face_size, strict_size, max_errors) -> None:
     """Run Algorithm 1 over every input image and write shards plus manifests.
 
     \b
@@ -85,27 +96,48 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
     name = name or f"occ-{Path(src.rstrip('/')).name if src != 'demo' else 'demo'}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as occ-lfw (no '/')")
-    scale_set = parse_scales(scales)
-    runs = [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,)) for s in scale_set] if per_scale \
-        else [(name, scale_set)]
+    if group and categories:
+        raise UserError("--group and --categories both choose occluder categories; give one of them")
+    if both and not pairs_file:
+        raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt")
+    if regions and (per_scale or scales):
+        raise UserError("--regions fits each occluder to a fixed region box, so scales do not apply; drop "
+                        "--scales/--per-scale")
+    if pairs_file and copies != 1:
+        raise UserError("--pairs renders one clean and one occluded copy of each image it needs; drop --copies")
+    scale_set = parse_scales(scales or ("1" if regions else "1:0.5:5"))
+    runs = [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,), None) for s in scale_set] \
+        if per_scale else [(f"{name}-{r}", scale_set, r) for r in REGIONS] if regions else [(name, scale_set, None)]
+    pairs = read_pairs(pairs_file) if pairs_file else None
     failed: list[str] = []
-    for run_name, run_scales in runs:
+    for run_name, run_scales, region in runs:
         opts = BuildOptions(
             scales=run_scales, copies=copies, clean_ratio=clean_ratio, seed=seed, compat=compat, fmt=fmt,
             quality=quality, shard_size=shard_size, occluders=str(occluders) if occluders else None,
-            categories=_names(categories), exclude=_names(exclude_categories) or (),
+            categories=group_categories(group) if group else _names(categories),
+            exclude=_names(exclude_categories) or (), clean_copies=1 if pairs else 0, region=region,
             size=parse_size(face_size) if face_size else None, strict_size=strict_size,
         )
+        rows, sample_picks = None, None
+        if pairs:
+            items = resolve(pairs, source)
+            rows = pair_rows(pairs, items, "N-N" if clean_ratio >= 1 else "O-O" if both else "N-O")
+            sample_picks = pair_picks(rows, items)
         try:
-            result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, workers)
+            result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
         except KeyboardInterrupt:
             click.echo(f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
                        "run the same command again to resume.", err=True)
             sys.exit(130)
         click.echo(result.summary.line("samples") + f" -> {out}/{run_name}-*.tar, {result.manifest_dir}")
         _report_inputs(result.manifest_dir, result.errors, result.warnings)
+        if rows is not None:
+            path = write_pairs(result.manifest_dir, rows)
+            click.echo(f"  pairs: {describe_pairs(rows)} -> {path}")
         if ks:
             label_manifest(result.manifest_dir, ks, compat)
+        card = write_card(result.manifest_dir, command_line())
+        click.echo(f"  dataset card -> {card}")
         if limit.exceeded(result.errors, result.inputs):
             failed.append(f"{run_name}: {result.errors} of {result.inputs} inputs could not be used")
     if failed:

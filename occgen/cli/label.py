@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from occgen.cli import main
+from occgen.errors import UserError
+from occgen.report.card import refresh_card
 from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.build.render import COMPAT_MODES
@@ -20,13 +22,32 @@ from occgen.build.render import COMPAT_MODES
 @click.option("--compat", type=click.Choice(COMPAT_MODES), default="paper", show_default=True,
               help="'from' reproduces the authors' release bit for bit (last row and column dropped, 1e-10 in the "
                    "union) and writes labels-kK-from.parquet.")
-@click.argument("manifest", type=click.Path(path_type=Path))
-def label(ks: tuple[int, ...], compat: str, manifest: Path) -> None:
+@click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"),
+              show_default=True, help="Without MANIFEST: label every manifest in this folder that lacks the labels.")
+@click.argument("manifest", type=click.Path(path_type=Path), required=False)
+def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | None) -> None:
     """Write MANIFEST/labels-kK.parquet (key, pattern, iou, reg_x0..reg_y1) for each K.
 
     MANIFEST is a folder made by `occgen build` (e.g. manifests/occ-lfw-2.0); its samples are not rewritten.
+    Without MANIFEST, every manifest under --manifests that lacks labels for a K gets them.
     """
-    label_manifest(manifest, ks, compat)
+    if manifest is not None:
+        label_manifest(manifest, ks, compat)
+        return
+    found = sorted(p.parent for p in manifests.glob("*/samples.parquet")) if manifests.is_dir() else []
+    if not found:
+        raise UserError(f"no manifests under {manifests}/ (folders with samples.parquet); pass a MANIFEST folder "
+                        "or --manifests DIR")
+    todo = {m: tuple(K for K in dict.fromkeys(ks) if not labels_path(m, K, compat).is_file()) for m in found}
+    done = [m.name for m, missing in todo.items() if not missing]
+    if done:
+        click.echo(f"already labelled for K={','.join(map(str, dict.fromkeys(ks)))}: {', '.join(done)}")
+    for m, missing in todo.items():
+        if missing:
+            click.echo(f"labelling {m} (K={','.join(map(str, missing))})")
+            label_manifest(m, missing, compat)
+    if len(done) == len(found):
+        click.echo("nothing to do")
 
 
 def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
@@ -38,6 +59,8 @@ def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
         table = label_table(samples, K, compat)
         path = write_atomic(table, labels_path(manifest, K, compat))
         click.echo(f"  K={K}: {_describe(table, samples.occluded)} -> {path}")
+    if refresh_card(manifest):
+        click.echo(f"  dataset card updated -> {manifest / 'README.md'}")
 
 
 def _describe(table: pa.Table, occluded: np.ndarray) -> str:

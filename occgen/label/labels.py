@@ -54,7 +54,7 @@ def read_samples(manifest_dir: Path) -> Samples:
     if not path.exists():
         raise UserError(f"no manifest at {manifest_dir}: {path} is missing (build one with `occgen build`)")
     try:
-        dataset = _open_dataset(path)
+        dataset = open_samples(path)
         missing = [c for c in NEEDED_COLUMNS if c not in dataset.schema.names]
         if missing:
             raise UserError(
@@ -78,7 +78,7 @@ def read_samples(manifest_dir: Path) -> Samples:
     return Samples(keys, occluded, boxes, height, width)
 
 
-def _open_dataset(path: Path) -> ds.Dataset:
+def open_samples(path: Path) -> ds.Dataset:
     """The shards as one dataset, their schemas unified: a shard of only clean samples may store its box columns
     as type null when written from Python None values, which the first-shard schema alone would not accept."""
     dataset = ds.dataset(path, format="parquet")

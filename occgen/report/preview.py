@@ -1,0 +1,143 @@
+"""Contact sheets of a built dataset: random samples (seeded) per scale, read back from the shards, with optional
+overlays of the occluded box and of the K x K block grid with the sample's labelled pattern shaded."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from occgen.errors import UserError
+from occgen.images import decode_array
+from occgen.label.labels import labels_path
+from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
+from occgen.report.stats import read_manifest
+
+LABEL_H = 12
+GAP = 4
+BOX, GRID, SHADE, TEXT = (255, 40, 40), (255, 255, 255), (40, 120, 255, 90), (30, 30, 30)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    boxes: bool = False  # outline the occluded box
+    K: int | None = None  # draw the K x K grid and shade the sample's pattern
+
+
+def pick(samples: pd.DataFrame, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
+    """``per_group`` random samples (seeded, independent of file order) of each scale, 'clean' for the rest."""
+    groups = samples["scale"].map(lambda s: "clean" if pd.isna(s) else f"s={s:g}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in sorted(groups.unique(), key=lambda g: (g == "clean", float(g[2:]) if g != "clean" else 0)):
+        rows = samples[(groups == name).to_numpy()].sort_values("key")
+        take = np.sort(rng.permutation(len(rows))[:per_group])
+        out[name] = rows.iloc[take]
+    return out
+
+
+def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Decode the chosen samples from their shards (paths from shards.json)."""
+    shards = {s["shard"]: Path(manifest_dir) / s["path"]
+              for s in json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]}
+    images: dict[str, np.ndarray] = {}
+    for shard, group in rows.groupby("shard"):
+        wanted = {f"{k}.{f}": k for k, f in zip(group["key"], group["format"])}
+        try:
+            with tarfile.open(shards[shard]) as tar:
+                for member in tar:
+                    if member.name in wanted:
+                        images[wanted[member.name]] = decode_array(tar.extractfile(member).read(), member.name)
+        except (OSError, KeyError, tarfile.TarError) as exc:
+            raise UserError(f"cannot read shard {shard} of {manifest_dir} ({exc}); run `occgen build` again") from None
+    missing = set(rows["key"]) - set(images)
+    if missing:
+        raise UserError(f"{len(missing)} sample(s) missing from their shards (first: {sorted(missing)[0]}); "
+                        "the shards do not match the manifest")
+    return images
+
+
+def patterns_for(manifest_dir: Path, rows: pd.DataFrame, K: int) -> np.ndarray:
+    """The rows' pattern index for K: from labels-kK.parquet when it exists, else labelled now (same function)."""
+    path = labels_path(manifest_dir, K)
+    if path.is_file():
+        labels = pd.read_parquet(path, columns=["key", "pattern"]).set_index("key")["pattern"]
+        return labels.reindex(rows["key"]).fillna(0).to_numpy(np.int64)
+    boxes = rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(np.float64)
+    H, W = int(rows["height"].iloc[0]), int(rows["width"].iloc[0])
+    return label_boxes(boxes, rows["occluded"].to_numpy(bool), K, H, W)[0]
+
+
+def tile(image: np.ndarray, row: pd.Series, overlay: Overlay, pattern: int | None, zoom: int) -> Image.Image:
+    """One sample, enlarged ``zoom`` times (nearest), with its overlays."""
+    H, W = image.shape[:2]
+    img = Image.fromarray(image).resize((W * zoom, H * zoom), Image.Resampling.NEAREST).convert("RGBA")
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    if overlay.K:
+        if pattern:
+            x0, y0, x1, y1 = pattern_catalog(overlay.K, H, W)[pattern].tolist()
+            draw.rectangle((x0 * zoom, y0 * zoom, x1 * zoom - 1, y1 * zoom - 1), fill=SHADE)
+        for x in block_edges(overlay.K, W).tolist()[1:-1]:
+            draw.line((x * zoom, 0, x * zoom, H * zoom), fill=GRID + (160,))
+        for y in block_edges(overlay.K, H).tolist()[1:-1]:
+            draw.line((0, y * zoom, W * zoom, y * zoom), fill=GRID + (160,))
+    if overlay.boxes and bool(row["occluded"]):
+        x0, y0, x1, y1 = (int(row[c]) for c in ("box_x0", "box_y0", "box_x1", "box_y1"))
+        draw.rectangle((x0 * zoom, y0 * zoom, x1 * zoom - 1, y1 * zoom - 1), outline=BOX + (255,), width=max(1, zoom))
+    return Image.alpha_composite(img, layer).convert("RGB")
+
+
+def sheet(tiles: list[Image.Image], captions: list[str], title: str, cols: int) -> Image.Image:
+    """Tiles in a grid under a title line, each with its caption above."""
+    w, h = tiles[0].size
+    rows = math.ceil(len(tiles) / cols)
+    out = Image.new("RGB", (cols * (w + GAP) + GAP, LABEL_H + GAP + rows * (h + LABEL_H + GAP) + GAP), "white")
+    draw = ImageDraw.Draw(out)
+    draw.text((GAP, 2), title, fill=TEXT)
+    for n, (t, caption) in enumerate(zip(tiles, captions)):
+        left, top = GAP + (n % cols) * (w + GAP), LABEL_H + GAP + (n // cols) * (h + LABEL_H + GAP) + LABEL_H
+        draw.text((left, top - LABEL_H), caption, fill=TEXT)
+        out.paste(t, (left, top))
+    return out
+
+
+def caption(row: pd.Series, pattern: int | None) -> str:
+    if not bool(row["occluded"]):
+        return "clean"
+    text = f"{row['occluder_category']} {100 * row['box_area_ratio']:.0f}%"
+    return text + (f" p{pattern}" if pattern is not None else "")
+
+
+def contact_sheets(manifest_dir: Path, per_group: int, seed: int, overlay: Overlay, zoom: int = 1,
+                   cols: int = 8) -> dict[str, Image.Image]:
+    """One sheet per scale (and one of clean samples), by group name."""
+    samples = read_manifest(manifest_dir)
+    chosen = pick(samples, per_group, seed)
+    images = read_images(manifest_dir, pd.concat(chosen.values()))
+    out = {}
+    for group, rows in chosen.items():
+        patterns = patterns_for(manifest_dir, rows, overlay.K) if overlay.K else [None] * len(rows)
+        tiles, captions = [], []
+        for (_, row), pattern in zip(rows.iterrows(), patterns):
+            p = int(pattern) if pattern is not None else None
+            tiles.append(tile(images[row["key"]], row, overlay, p, zoom))
+            captions.append(caption(row, p))
+        title = f"{Path(manifest_dir).name}, {group}: {len(rows)} random samples (seed {seed})"
+        if overlay.K:
+            title += f", K={overlay.K} pattern shaded"
+        out[group] = sheet(tiles, captions, title, min(cols, len(tiles)))
+    return out
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
