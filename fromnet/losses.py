@@ -5,18 +5,25 @@ paper's notation, m1 = 0 means "no multiplicative margin" (it acts as 1), so Cos
 (0, m2, 0). Where m1 * theta + m2 passes pi, cos() stops decreasing and the margin would reward a worse angle:
 ArcFace then uses its usual threshold fallback cos(theta) - m2 * sin(m2), and a multiplicative margin uses
 SphereFace's monotone psi extension (-1)^k cos(phi) - 2k. Cosines are computed in fp32 even under autocast: bf16
-cosines are only good to ~0.004, coarser than the margins that matter.
+cosines are only good to ~0.004, coarser than the margins that matter. The `softmax` preset is the plain softmax
+cross-entropy on unnormalised logits W f (no margin, no bias), the attention paper's identity loss.
+
+The attention variant's losses (Hoermann et al. 2021) are here too: the importance-weighted cross-entropy over its
+K part embeddings and the weighted diversity regularizer on its attention maps; `make_criterion` picks the
+criterion for a variant.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fromnet.models import VARIANTS
+from fromnet.models.attention import AttentionOutput
 from fromnet.models.net import FromOutput
 
 _EPS = 1e-7  # keeps acos away from +-1, where its gradient is infinite
@@ -24,32 +31,38 @@ _EPS = 1e-7  # keeps acos away from +-1, where its gradient is infinite
 
 @dataclass(frozen=True)
 class Margin:
-    """(m1, m2, m3) of Eq. 1 and the scale s."""
+    """(m1, m2, m3) of Eq. 1 and the scale s; `normalized=False` scores classes by raw inner products W f instead
+    of cosines (the plain softmax), which takes no margin."""
 
     m1: float = 0.0
     m2: float = 0.0
     m3: float = 0.0
     s: float = 30.0
+    normalized: bool = True
 
     def __post_init__(self) -> None:
         if self.m1 < 0 or self.m2 < 0 or self.m3 < 0 or self.s <= 0:
             raise ValueError(f"margins must be >= 0 and s > 0, got {self}")
         if self.m2 >= math.pi / 2:
             raise ValueError(f"m2 = {self.m2} is an angle in radians and must be below pi/2")
+        if not self.normalized and (self.m1 or self.m2 or self.m3):
+            raise ValueError(f"margins act on angles, so they need normalized=True, got {self}")
 
     @classmethod
     def preset(cls, name: str, s: float | None = None) -> Margin:
-        """CosFace/ArcFace/SphereFace with the margins the FROM release trains with; `s` overrides the scale."""
+        """CosFace/ArcFace/SphereFace with the margins the FROM release trains with, or the plain softmax;
+        `s` overrides the scale."""
         if name not in MARGIN_PRESETS:
             raise ValueError(f"unknown margin preset {name!r}; choose one of {', '.join(MARGIN_PRESETS)}")
         base = MARGIN_PRESETS[name]
-        return base if s is None else cls(base.m1, base.m2, base.m3, s)
+        return base if s is None else replace(base, s=s)
 
 
 MARGIN_PRESETS: dict[str, Margin] = {
     "cosface": Margin(0.0, 0.0, 0.35, s=30.0),
     "arcface": Margin(0.0, 0.5, 0.0, s=30.0),
     "sphereface": Margin(1.5, 0.0, 0.0, s=64.0),
+    "softmax": Margin(s=1.0, normalized=False),
 }
 
 
@@ -77,8 +90,19 @@ def margin_logits(cos: torch.Tensor, labels: torch.Tensor, margin: Margin) -> to
     return margin.s * cos.scatter(1, idx, target)
 
 
+def class_scores(embedding: torch.Tensor, weight: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+    """Scores of every class before the margin, in fp32: cos(theta_j) between embedding and class centre, or the
+    raw inner products W_j f when not `normalized` (plain softmax). Any identity head computes its logits here."""
+    with torch.autocast(embedding.device.type, enabled=False):
+        e, w = embedding.float(), weight.float()
+        if normalized:
+            e, w = F.normalize(e), F.normalize(w)
+        return F.linear(e, w)
+
+
 class MarginClassifier(nn.Module):
-    """Class centres on the unit sphere; cosines with the embedding, margin on the true class (training only)."""
+    """Class centres on the unit sphere; cosines with the embedding, margin on the true class (training only).
+    With the plain softmax (`margin.normalized` False) the logits are the raw inner products instead."""
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: Margin) -> None:
         super().__init__()
@@ -87,11 +111,10 @@ class MarginClassifier(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(embedding.device.type, enabled=False):
-            return F.linear(F.normalize(embedding.float()), F.normalize(self.weight.float()))
+        return class_scores(embedding, self.weight)
 
     def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return margin_logits(self.cosine(embedding), labels, self.margin)
+        return margin_logits(class_scores(embedding, self.weight, self.margin.normalized), labels, self.margin)
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -181,3 +204,60 @@ class FromLoss(nn.Module):
             pred = box_loss(out.box, boxes)
         total = main if pred is None else main + self.lam * pred
         return LossParts(total=total, margin=main, pred=pred)
+
+
+def weighted_ce(head: nn.Module, parts: torch.Tensor, labels: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """L_wCE = sum_k (batch mean of s_k * CE(classifier(f_k), label)): one identity head shared by the K parts
+    (N, K, D), each part's loss weighted per sample by its importance s (N, K).
+
+    One head call on the N*K parts: the batch mean over N*K rows, times K, is exactly the sum over k of the
+    per-part batch means, with one classifier matmul (and one gather for a sharded head) instead of K.
+    """
+    n, k, d = parts.shape
+    return k * head(parts.reshape(n * k, d), labels.repeat_interleave(k), weight=importance.reshape(n * k))
+
+
+def diversity_loss(attention: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """L_wDIV = 1 - sum over pixels of max_k s_k P_k, batch mean, with P_k = softmax over the pixels of A_k.
+
+    0 when the importance-weighted maps do not overlap; at most 1 - max_k s_k, reached when all maps are the same
+    (sum_x max_k s_k P_k(x) >= s_j for every j). Computed in fp32: the pixel softmax of a 14x12 map is fine-grained.
+    """
+    p = attention.float().flatten(2).softmax(dim=2)  # (N, K, h*w)
+    peak = (importance.float()[:, :, None] * p).max(dim=1).values  # (N, h*w)
+    return (1.0 - peak.sum(dim=1)).mean()
+
+
+class AttentionLoss(nn.Module):
+    """lambda_wce * L_wCE + lambda_div * L_wDIV for the attention variant (the L2 term is the optimizer's weight
+    decay). Called like FromLoss; `margin` carries L_wCE and `pred` L_wDIV, so logs show identity and auxiliary."""
+
+    def __init__(self, head: nn.Module, lambda_wce: float = 1.0, lambda_div: float = 1.0) -> None:
+        super().__init__()
+        if lambda_wce < 0 or lambda_div < 0:
+            raise ValueError(f"loss weights must be >= 0, got lambda_wce={lambda_wce}, lambda_div={lambda_div}")
+        self.head = head
+        self.lambda_wce = lambda_wce
+        self.lambda_div = lambda_div
+
+    def forward(self, out: FromOutput, labels: torch.Tensor, patterns: torch.Tensor | None = None,
+                boxes: torch.Tensor | None = None) -> LossParts:
+        """`patterns` and `boxes` are accepted for the common call and ignored: this variant predicts neither."""
+        if not isinstance(out, AttentionOutput) or out.parts is None:
+            raise ValueError("AttentionLoss needs the output of an attention model (parts, attention, importance); "
+                             "use FromLoss for the FROM variants")
+        wce = weighted_ce(self.head, out.parts, labels, out.importance)
+        div = diversity_loss(out.attention, out.importance)
+        return LossParts(total=self.lambda_wce * wce + self.lambda_div * div, margin=wce, pred=div)
+
+
+def make_criterion(variant: str, head: nn.Module, lam: float = 1.0, lambda_wce: float = 1.0,
+                   lambda_div: float = 1.0) -> nn.Module:
+    """The training criterion of a variant: FromLoss(head, lam) for the FROM family, AttentionLoss(head,
+    lambda_wce, lambda_div) for "attention". Weights that do not apply to the variant are ignored, so a trainer
+    can pass all of its settings."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if VARIANTS[variant].family == "attention":
+        return AttentionLoss(head, lambda_wce, lambda_div)
+    return FromLoss(head, lam)

@@ -38,6 +38,8 @@ class TrainConfig:
     margin: str = "cosface"
     margin_scale: float = 0.0  # the margin's s; 0 keeps the preset's
     lam: float = 1.0  # weight of the pattern (or box) loss, Eq. 6
+    lambda_wce: float = 1.0  # attention variant: weight of the weighted cross-entropy
+    lambda_div: float = 1.0  # attention variant: weight of the weighted diversity regularizer
     classifier: str = "full"
     batch_size: int = 512  # global, over all processes
     lr: float = 0.1

@@ -16,11 +16,10 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from fromnet.distributed import World, all_gather_cat
-from fromnet.losses import Margin, target_cosine
+from fromnet.losses import Margin, class_scores, target_cosine
 
 
 def class_slices(num_classes: int, world_size: int) -> list[tuple[int, int]]:
@@ -106,8 +105,7 @@ class ShardedMarginHead(nn.Module):
             embedding = _GatherBatch.apply(embedding, w.rank, w.size)
             labels = all_gather_cat(labels, w)
             weight = None if weight is None else all_gather_cat(weight.detach(), w)
-        with torch.autocast(embedding.device.type, enabled=False):
-            cos = F.linear(F.normalize(embedding.float()), F.normalize(self.weight.float()))
+        cos = class_scores(embedding, self.weight, self.margin.normalized)
         local = labels - self.start
         local = torch.where((local >= 0) & (labels < self.end), local, torch.full_like(local, -1))
         owned = torch.nonzero(local >= 0).squeeze(1)

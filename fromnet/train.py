@@ -27,7 +27,7 @@ from fromnet.checkpoint import ModelSpec
 from fromnet.data import (OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, decode_face, image_size,
                           iter_ordered, parse_source, read_manifest, sample_meta, to_input)
 from fromnet.distributed import World
-from fromnet.losses import FromLoss, Margin, MarginHead
+from fromnet.losses import Margin, MarginHead, make_criterion
 from fromnet.models import VARIANTS, build_model
 from fromnet.params import TrainConfig, merge_resumed, write_toml
 from fromnet.partial_fc import ShardedMarginHead
@@ -104,10 +104,19 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
                       needs_targets(cfg.variant), cfg.shuffle_buffer, cfg.flip, online)
 
 
-def load_init(model: nn.Module, head: nn.Module, path: str) -> str:
+#: Parts of a FROM-family checkpoint that the attention variant has no use for: it stops after stage 3 and pools
+#: with attention instead of the flattening embedding head.
+ATTENTION_UNUSED = ("backbone.stages.3.", "head.")
+
+
+def load_init(model: nn.Module, head: nn.Module, path: str, variant: str) -> str:
     """Start from another run's weights (stage 2 from stage 1): every tensor must fit, or nothing is loaded."""
     state = checkpoint.load(path)
     theirs, ours = state["model"], model.state_dict()
+    unused = []
+    if VARIANTS[variant].family == "attention":
+        unused = [k for k in theirs if k not in ours and k.startswith(ATTENTION_UNUSED)]
+        theirs = {k: v for k, v in theirs.items() if k not in unused}
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in theirs.items()
              if k in ours and v.shape != ours[k].shape]
     unknown = [k for k in theirs if k not in ours]
@@ -123,13 +132,14 @@ def load_init(model: nn.Module, head: nn.Module, path: str) -> str:
     model.load_state_dict(theirs, strict=False)
     fresh = sorted({k.split(".")[0] for k in ours if k not in theirs})
     weight = state.get("classifier", {}).get("weight")
-    if weight is not None and weight.shape[0] == head.num_classes:
+    dim = next(head.parameters()).shape[1]
+    if weight is not None and tuple(weight.shape) == (head.num_classes, dim):
         head.load_full_weight(weight.to(next(head.parameters()).device))
         classifier = "classifier loaded"
     else:
-        classifier = "classifier starts fresh (other identities)"
+        classifier = "classifier starts fresh (other identities or embedding size)"
     return f"initialised from {state['path']}" + (f" (new parts: {', '.join(fresh)})" if fresh else "") \
-        + f"; {classifier}"
+        + (f" ({len(unused)} tensors of parts this variant drops left unused)" if unused else "") + f"; {classifier}"
 
 
 class Trainer:
@@ -151,10 +161,10 @@ class Trainer:
         else:
             self.head = MarginHead(dim, self.plan.num_identities, margin)
         self.head.to(device)
-        self.criterion = FromLoss(self.head, cfg.lam)
+        self.criterion = make_criterion(cfg.variant, self.head, cfg.lam, cfg.lambda_wce, cfg.lambda_div)
         self.notes: list[str] = []
         if cfg.init and resume_state is None:
-            self.notes.append(load_init(self.model, self.head, cfg.init))
+            self.notes.append(load_init(self.model, self.head, cfg.init, cfg.variant))
         self.ddp = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None) \
             if world.distributed else self.model
         self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp

@@ -20,7 +20,7 @@ def test_presets_follow_the_paper_notation():
     assert SPHEREFACE.m1 == 1.5 and SPHEREFACE.m2 == SPHEREFACE.m3 == 0
     assert Margin.preset("cosface", s=64).s == 64
     with pytest.raises(ValueError, match="unknown margin preset"):
-        Margin.preset("softmax")
+        Margin.preset("normface")
 
 
 def test_cosface_loss_by_hand():

@@ -100,6 +100,11 @@ def test_init_checks_every_tensor(mix, tmp_path):
                                                "--out", str(tmp_path / "wide")])
     assert result.exit_code == 2
     assert "does not fit this model" in result.output and "backbone.stem.0.weight" in result.output
+    # The attention variant starts from the same stage 1, leaving the parts it drops (stage 4, the flat head) unused.
+    out = train("--shards", str(mix), *TINY, "-j", "0", "--steps", "2", "--variant", "attention", "--K", "4",
+                "--margin", "softmax", "--init", str(stage1), "--out", str(tmp_path / "attention"))
+    assert "left unused" in out and "classifier starts fresh" in out
+    assert [r["loss_pattern"] for r in metrics(tmp_path / "attention")] == [None, None]
 
 
 def test_two_gloo_ranks_read_disjoint_samples_stay_in_sync_and_resume_on_one(mix, tmp_path):
@@ -128,3 +133,17 @@ def test_sharded_classifier_trains_under_torchrun_and_resumes_on_one_process(mix
     assert state["classifier"]["momentum"].shape == (16, 512)
     train("--out", str(run), "--resume", "--steps", "3")
     assert [r["step"] for r in metrics(run)] == [1, 2, 3]
+
+
+def test_bench_prints_step_and_loader_figures_beside_the_simple_way(mix):
+    runner = CliRunner()
+    result = runner.invoke(fromnet_main, ["bench", "train", "--backbone", "r18", "--width-mult", "0.25", "--batch-size",
+                                          "2", "--steps", "1", "--warmup", "0", "--classes", "10", "--precision", "fp32",
+                                          "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if "s/step" in ln]
+    assert [ln.split()[0] for ln in lines] == ["fp32", "fp32", "bf16", "bf16"] and "x1.00 vs simple" in lines[0]
+    result = runner.invoke(fromnet_main, ["bench", "loader", "--shards", str(mix), "--batches", "2", "--batch-size",
+                                          "16", "-j", "0", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "plain PIL loop" in result.output and result.output.count("vs plain") == 2

@@ -28,6 +28,8 @@ def _options(f):
         click.option("--margin", type=click.Choice(list(MARGIN_PRESETS)), help="Margin loss (default cosface)."),
         click.option("--margin-scale", type=float, help="The margin's scale s (default: the preset's)."),
         click.option("--lam", type=float, help="Weight of the pattern (or box) loss (default 1.0)."),
+        click.option("--lambda-wce", type=float, help="Attention variant: weight of L_wCE (default 1.0)."),
+        click.option("--lambda-div", type=float, help="Attention variant: weight of L_wDIV (default 1.0)."),
         click.option("--classifier", type=click.Choice(CLASSIFIERS),
                      help="'sharded' splits the identity centres over the ranks (Partial FC) for huge datasets."),
         click.option("--batch-size", type=click.IntRange(1), help="Global batch size over all processes (512)."),

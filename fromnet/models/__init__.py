@@ -1,12 +1,14 @@
-"""FROM and its ablation variants, chosen by name: `build_model("from", K=5, input_size=(112, 96))`."""
+"""FROM, its ablation variants and the attention-based alternative, chosen by name:
+`build_model("from", K=5, input_size=(112, 96))`, `build_model("attention", K=4, ...)`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
+from fromnet.models.attention import AttentionConfig, AttentionNet, AttentionOutput
 from fromnet.models.net import FromNet, FromOutput, MaskKind, NetConfig, PredictorKind
 from fromnet.models.pattern_predictor import num_patterns
 
@@ -18,6 +20,7 @@ class Variant:
     mask: MaskKind | None
     predictor: PredictorKind | None
     description: str
+    family: str = "from"  # "from": FromNet (K = pattern-grid blocks); "attention": AttentionNet (K = maps)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -28,6 +31,8 @@ VARIANTS: dict[str, Variant] = {
     "2d": Variant("2d", "classify", "one HxW mask broadcast over the channels ('2D' ablation)"),
     "fc": Variant("fc", "classify", "mask on the 512-d embedding instead of the conv map ('FC' ablation)"),
     "reg": Variant("3d", "regress", "3D mask, predictor regresses the occluded box corners ('REG' ablation)"),
+    "attention": Variant(None, None, "K attention maps pool the stage-3 map into K parts (Hoermann et al. 2021)",
+                         family="attention"),
 }
 
 
@@ -71,7 +76,10 @@ def build_model(
     **overrides,
 ) -> nn.Module:
     """A freshly initialised variant; `backbone` ("r18", "r34", "r50", "r100") and `width_mult` pick a size,
-    and `overrides` are NetConfig fields (widths, depths, ...) on top of that.
+    and `overrides` are NetConfig fields (widths, depths, ...), or AttentionConfig fields for "attention", on top.
+
+    K is the occlusion-pattern grid (blocks per side) for the FROM family and the number of attention maps for
+    "attention".
 
     `channels_last` converts the weights (feed channels_last inputs too); `compile` wraps it in torch.compile.
     On CPU, keep >= 16 channels into the strided 1x1 shortcuts with channels_last (oneDNN#6035 corrupts memory below).
@@ -79,10 +87,15 @@ def build_model(
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     spec = VARIANTS[variant]
-    if backbone is not None or width_mult != 1.0:
-        overrides = {**backbone_overrides(backbone or "r50", width_mult), **overrides}
-    config = NetConfig(mask=spec.mask, predictor=spec.predictor, K=K, input_size=tuple(input_size), **overrides)
-    model: nn.Module = FromNet(config)
+    sized = backbone_overrides(backbone or "r50", width_mult) if backbone is not None or width_mult != 1.0 else {}
+    model: nn.Module
+    if spec.family == "attention":
+        known = {f.name for f in fields(AttentionConfig)}  # the preset's pyramid/decoder widths do not apply
+        sized = {k: v for k, v in sized.items() if k in known}
+        model = AttentionNet(AttentionConfig(K=K, input_size=tuple(input_size), **{**sized, **overrides}))
+    else:
+        model = FromNet(NetConfig(mask=spec.mask, predictor=spec.predictor, K=K, input_size=tuple(input_size),
+                                  **{**sized, **overrides}))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
@@ -90,5 +103,5 @@ def build_model(
     return model
 
 
-__all__ = ["BACKBONES", "VARIANTS", "FromNet", "FromOutput", "NetConfig", "Variant", "backbone_overrides", "build_model",
-           "num_patterns"]
+__all__ = ["BACKBONES", "VARIANTS", "AttentionConfig", "AttentionNet", "AttentionOutput", "FromNet", "FromOutput",
+           "NetConfig", "Variant", "backbone_overrides", "build_model", "num_patterns"]

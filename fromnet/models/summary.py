@@ -8,15 +8,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fromnet.models import build_model
-from fromnet.models.net import NetConfig
+from fromnet.models import AttentionConfig, NetConfig, build_model
 
 
 @dataclass(frozen=True)
 class ModelSummary:
     """Parameters per top-level part, their total, and FLOPs of one image's forward pass (2 per multiply-add)."""
 
-    config: NetConfig
+    config: NetConfig | AttentionConfig
     parts: dict[str, int]
     params: int
     flops: int
