@@ -54,6 +54,9 @@ def test_wheel_installs_and_runs_occgen_and_fromnet(tmp_path: Path, monkeypatch)
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import occgen.build.occluders as o; print(o.DEFAULT_LIBRARY)"],
                            cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where == str(site / "occgen" / "occluders"), where
+    shipped = sorted(p.relative_to(site).as_posix() for p in site.glob("fromnet/configs/*.toml"))
+    assert shipped == sorted(f"fromnet/{p.relative_to(REPO / 'fromnet').as_posix()}"
+                             for p in (REPO / "fromnet" / "configs").glob("*.toml")) and shipped
     built = subprocess.run(["occgen", "build", "--src", "demo", "-j", "1", "-q", "--out", "o", "--manifests", "m"],
                            cwd=work, env=env, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
