@@ -310,3 +310,21 @@ def test_a_second_run_of_the_same_build_is_refused_while_the_first_runs(tmp_path
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert result.exit_code == 2 and "another run of the build occ-demo" in result.output
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "is an empty file"),
+    (lambda p: Image.new("RGBA", (20, 30), (255, 0, 0, 0)).save(p), "is fully transparent"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n broken"), "cannot be read"),
+])
+def test_bad_occluders_fail_at_load_time_with_the_file_named(tmp_path: Path, make, message: str):
+    lib = tmp_path / "lib"
+    for category in ("cup", "hand"):
+        (lib / category).mkdir(parents=True)
+        Image.new("RGBA", (20, 30), (0, 200, 0, 255)).save(lib / category / "0001.png")
+    make(lib / "hand" / "0002.png")
+    result = run("build", "--src", "demo", "--occluders", str(lib), "--out", str(tmp_path / "o"), "--manifests",
+                 str(tmp_path / "m"), ok=False)
+    assert result.exit_code == 2
+    assert f"occluder {lib / 'hand' / '0002.png'} {message}" in result.output
+    assert not (tmp_path / "o").exists()  # before any work
