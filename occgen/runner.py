@@ -100,7 +100,10 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
         register_ray()
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
         if backend.address:
-            ray.init(address=backend.address, **quiet)
+            try:
+                ray.init(address=backend.address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"--address {backend.address}: cannot join the Ray cluster ({exc})") from None
         else:
             ray.init(num_cpus=jobs, include_dashboard=False, **quiet)
         try:
