@@ -127,6 +127,24 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (what batch schedulers and ``kill`` send) like Ctrl-C: a KeyboardInterrupt, so the run stops
+    its workers and cleans up instead of dying on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _stop_loky() -> None:
     """Shut down joblib's reusable loky executor, which would otherwise keep its worker processes alive (idle)
     for minutes after the run; there is no public call for it."""

@@ -265,12 +265,16 @@ def test_sigkill_at_any_point_then_rerun_equals_an_uninterrupted_build(tmp_path:
         assert len(rows) == 256 and rows.key.is_unique
 
 
-def test_ctrl_c_stops_the_workers_and_says_how_to_resume(tmp_path: Path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_workers_and_says_how_to_resume(tmp_path: Path, how: str):
     proc = _start(tmp_path, "--copies", "40")  # 5120 samples: several seconds of work
     _wait_until(lambda: len(list((tmp_path / "m" / "occ-demo" / "shards").glob("*.json"))) >= 2)
     workers = [p for p in _group_alive(proc.pid) if p != proc.pid]
     assert workers, "the build runs no worker processes"
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    else:
+        os.kill(proc.pid, signal.SIGTERM)  # what kill and batch schedulers do: the main process only
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "run the same command again to resume" in err

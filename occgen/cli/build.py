@@ -17,7 +17,7 @@ from occgen.label.patterns import K_MAX, K_MIN
 from occgen.build.plan import parse_scales
 from occgen.build.render import COMPAT_MODES
 from occgen.clicommon import parse_size
-from occgen.runner import BACKENDS, Backend, ErrorLimit, default_jobs
+from occgen.runner import BACKENDS, Backend, ErrorLimit, default_jobs, sigterm_interrupts
 from occgen.build.sources import open_source
 from occgen.report.card import command_line, write_card
 from occgen.sets.pairs import describe as describe_pairs, pair_rows, picks as pair_picks, read_pairs, resolve, write_pairs
@@ -124,7 +124,8 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
             rows = pair_rows(pairs, items, "N-N" if clean_ratio >= 1 else "O-O" if both else "N-O")
             sample_picks = pair_picks(rows, items)
         try:
-            result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
+            with sigterm_interrupts():
+                result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
         except KeyboardInterrupt:
             click.echo(f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
                        "run the same command again to resume.", err=True)
