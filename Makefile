@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test clean
 
-$(BIN)/occgen: setup.cfg pyproject.toml
+$(BIN)/occgen: setup.cfg setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,align,onnx]'
+	$(BIN)/pip install -q -e '.[test,align,onnx,dask]'
 	touch $@
 
 setup: $(BIN)/occgen

@@ -8,6 +8,7 @@ decoding a 112x96 face itself. Everything else goes through PIL.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +22,49 @@ FORMATS = ("jpg", "png", "webp")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
-    """Decode bytes of any format PIL knows (sniffed by content, not extension) to RGB.
+#: Images with more pixels than this are refused before decoding: a small file can claim a huge size
+#: (a decompression bomb). Pillow's own limit, applied to the JPEG fast path too.
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
-    Greyscale (PGM, GIF palettes) is expanded to three channels; alpha is dropped.
+
+def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
+    """Decode bytes of any format PIL knows (sniffed by content, not extension) to 8-bit RGB.
+
+    Greyscale (PGM, GIF palettes) is expanded to three channels, 16-bit greyscale is scaled to 8 bits,
+    CMYK is converted, and alpha is dropped (as torchvision's ImageFolder loader does).
     """
+    if not data:
+        raise UserError(f"{name}: empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        _check_pixels(img.width, img.height, name)
         img.load()
     except UnidentifiedImageError:
         raise UserError(f"{name}: cannot decode image (not in a format Pillow reads)") from None
-    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{name}: refused, over the decompression-bomb limit of {MAX_PIXELS:,} pixels") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{name}: cannot decode image ({exc})") from None
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return img
+    return _to_rgb(img)
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise UserError(f"{name}: refused, {width}x{height} is over the decompression-bomb limit of "
+                        f"{MAX_PIXELS:,} pixels")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I"):  # 16-bit greyscale ("I;16*", or "I" holding 0..65535): scale, do not clip
+        grey = np.asarray(img, dtype=np.int64)
+        if img.mode != "I" or grey.max(initial=0) > 255:
+            grey = (grey + 128) // 257
+        img = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L")
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # palettes with transparency convert without a warning this way
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode_array(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -43,10 +72,17 @@ def decode_array(data: bytes, name: str = "<bytes>") -> np.ndarray:
     as CMYK, through PIL). Truncated JPEGs are errors, not grey-filled images."""
     if data[:2] == b"\xff\xd8":
         try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            _check_pixels(width, height, name)
             return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
         except ValueError:
             pass  # let PIL try, and word the error if it fails too
     return np.asarray(decode_rgb(data, name))
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An H x W x 3 uint8 array resized (bilinear) to ``size`` = (height, width)."""
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def encode(image: np.ndarray, fmt: str, quality: int) -> bytes:
@@ -69,6 +105,4 @@ def load_rgb(path: str | Path) -> Image.Image:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    if not data:
-        raise UserError(f"{path}: empty file")
     return decode_rgb(data, str(path))

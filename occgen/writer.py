@@ -2,16 +2,19 @@
 
 Everything is first written under a hidden temporary name in the destination folder and then renamed, so a
 reader (or a resumed build) never sees half a file. Hidden names also keep temporaries out of
-``pandas.read_parquet(folder)``, which skips files starting with '.' or '_'.
+``pandas.read_parquet(folder)``, which skips files starting with '.' or '_'. A process killed mid-write leaves a
+temporary ``.NAME.tmp-PID``; ``remove_temporaries`` clears those before a run starts again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +55,48 @@ SAMPLES_SCHEMA = pa.schema([
     ("sha256", pa.string()),
 ])
 
-ERRORS_SCHEMA = pa.schema([("input", pa.string()), ("reason", pa.string())])
+#: One row per input that could not be used (kind "error") or was used after a fix (kind "warning").
+ERRORS_SCHEMA = pa.schema([("input", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
 
 #: Fixed tar metadata: the same samples always give the same bytes.
 _MTIME = 0
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_temporaries(folder: Path, pattern: str) -> int:
+    """Delete the temporaries matching ``pattern`` in ``folder`` that killed writers left; only safe while no
+    writer is running (see ``exclusive``). Returns how many were removed."""
+    stale = [p for p in folder.glob(pattern) if p.is_file()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (created if needed) or fail at once with ``busy``.
+
+    The kernel drops the lock when its holder dies, SIGKILL included, so a killed run never blocks the next.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -98,7 +133,7 @@ def write_tar(path: Path, samples: Iterable[Mapping[str, Any]]) -> tuple[int, st
     samples always give the same bytes. Returns (size in bytes, sha256 hex digest).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     digest, size = hashlib.sha256(), 0
     with open(tmp, "wb") as f:
         def put(chunk: bytes) -> None:

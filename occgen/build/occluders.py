@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from occgen.errors import UserError
 from occgen.build.render import Compat, ScaledOccluder
@@ -24,8 +25,18 @@ from occgen.build.render import Compat, ScaledOccluder
 CATEGORIES: tuple[str, ...] = (
     "book_cover", "cup", "eye_mask", "eyeglasses", "hand", "mouth_mask", "phone", "scarf", "sunglasses",
 )
-#: Where the project's own library lives (the repo's top-level ``occluders/``).
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "occluders"
+
+
+def _default_library() -> Path:
+    """The project's own library: ``occgen/occluders/`` in an installed wheel (package data, see setup.py),
+    else the checkout's top-level ``occluders/`` (editable installs, a source tree on sys.path)."""
+    here = Path(__file__).resolve()
+    installed = here.parents[1] / "occluders"
+    return installed if installed.is_dir() else here.parents[2] / "occluders"
+
+
+#: Where the project's own library lives.
+DEFAULT_LIBRARY = _default_library()
 #: Face size the catalog's calibrated sizes refer to (W, H).
 REFERENCE_FACE = (96, 112)
 
@@ -116,6 +127,22 @@ def _read_catalog(root: Path) -> dict[str, tuple[int, int]]:
     return sizes
 
 
+def _read_occluder(path: Path) -> Image.Image:
+    """One occluder as RGBA; empty, unreadable and fully transparent files fail here, named, before any work."""
+    try:
+        data = path.read_bytes()
+        if not data:
+            raise UserError(f"occluder {path} is an empty file; replace or remove it")
+        with Image.open(io.BytesIO(data)) as im:
+            rgba = im.convert("RGBA")
+    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+        reason = getattr(exc, "strerror", None) or exc
+        raise UserError(f"occluder {path} cannot be read ({reason}); replace or remove it") from None
+    if rgba.getchannel("A").getbbox() is None:
+        raise UserError(f"occluder {path} is fully transparent (no visible pixel); replace or remove it")
+    return rgba
+
+
 def load_library(
     root: str | Path | None = None,
     categories: tuple[str, ...] | None = None,
@@ -147,10 +174,6 @@ def load_library(
                         "to use native pixel sizes")
     occluders = []
     for name in keep:
-        try:
-            with Image.open(root / name) as im:
-                rgba = im.convert("RGBA")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise UserError(f"occluder {root / name} cannot be read ({exc}); replace or remove it") from None
+        rgba = _read_occluder(root / name)
         occluders.append(Occluder(name, name.split("/")[0], rgba, sizes.get(name, rgba.size)))
     return OccluderLibrary(root, tuple(occluders))

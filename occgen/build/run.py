@@ -2,16 +2,21 @@
 
 Samples are laid out in a fixed order (sorted inputs, copies inner) and cut into shards of ``shard_size``;
 each shard is one task for a worker process, which renders its samples and writes the shard's tar, its manifest
-part, its errors part and finally its stats file (the completion mark). A rerun skips shards whose stats file and
-tar are present and rebuilds the rest. Results come back in shard order, so outputs are identical for any -j.
+part, its errors part and finally its stats file (the completion mark). Every file is written under a temporary
+name and renamed, so a build killed at any moment (SIGKILL included) leaves only whole files and temporaries; a
+rerun removes the temporaries, skips shards whose stats file and parts are present and rebuilds the rest. A lock
+on the manifest folder keeps two runs of one build apart. Results come back in shard order, so outputs are
+identical for any -j and any backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,15 +25,16 @@ import numpy as np
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array, encode
+from occgen.images import FORMATS, decode_array, encode, resize
 from occgen.build.occluders import OccluderLibrary, load_library
 from occgen.build.plan import draw, sample_key, sample_seed
 from occgen.build.render import Compat, occlude, scaled_size
-from occgen.runner import Summary, parallel_map
+from occgen.runner import Backend, Summary, parallel_map
 from occgen.build.sources import Item, Source, read_bytes
 from occgen.sets.regions import fit_region
 from occgen.writer import (
-    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar,
+    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,
+    write_tar,
 )
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class BuildOptions:
     exclude: tuple[str, ...] = ()
     clean_copies: int = 0  # copies numbered below this stay clean (the clean halves of verification pairs)
     region: str | None = None  # a named region (occgen.sets.regions): the occluder is fitted to its box
+    size: tuple[int, int] | None = None  # (height, width) of every face; None: the first readable input's
+    strict_size: bool = False  # refuse inputs of another size instead of resizing them
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class ShardTask:
     samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
     options: BuildOptions
     library_digest: str  # which occluder library the workers must use (OccluderLibrary.digest)
+    library_root: Path  # its folder, absolute: workers of a cluster may run in another working directory
 
     @property
     def shard(self) -> str:
@@ -75,17 +84,24 @@ class BuildResult:
     name: str
     manifest_dir: Path
     shards: list[dict[str, Any]] = field(default_factory=list)
-    summary: Summary = field(default_factory=lambda: Summary("build"))
+    summary: Summary = field(default_factory=lambda: Summary("build"))  # this run's counts
+    inputs: int = 0  # input files listed, usable or not
+    errors: int = 0  # inputs not used, over the whole build (all runs)
+    warnings: int = 0  # inputs used after a fix (resized), over the whole build
 
+
+#: The lock file in a manifest folder, held by the run that writes it.
+LOCK = ".lock"
 
 #: Occluder libraries a process has loaded, by digest: each worker loads a library once, and a library whose
 #: files changed between two builds in one process is loaded anew.
 _LIBRARIES: dict[str, OccluderLibrary] = {}
 
 
-def _library(opts: BuildOptions, digest: str) -> OccluderLibrary:
+def _library(task: ShardTask) -> OccluderLibrary:
+    digest = task.library_digest
     if digest not in _LIBRARIES:
-        library = load_library(opts.occluders, opts.categories, opts.exclude)
+        library = load_library(task.library_root, task.options.categories, task.options.exclude)
         if library.digest != digest:
             raise UserError(f"the occluder library {library.root} changed while the build was running; run it again")
         _LIBRARIES[digest] = library
@@ -141,24 +157,37 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
     size, digest = write_tar(task.tar_path, _render_samples(task, rows, errors))
     atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, SAMPLES_SCHEMA))
     atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
+    warnings = sum(e["kind"] == "warning" for e in errors)
     stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows),
-             "errors": len(errors), "bytes": size, "sha256": digest}
+             "errors": len(errors) - warnings, "warnings": warnings, "bytes": size, "sha256": digest}
     atomic_write(task.stats_path, json_bytes(stats))  # written last: marks the shard complete
     return stats
 
 
+def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | None]:
+    """Decode one input and bring it to the build's face size: (face or None, what to record or None)."""
+    try:
+        face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
+    except UserError as exc:
+        return None, str(exc).removeprefix(f"{item.rel}: ")
+    want, got = task.options.size, face.shape[:2]
+    if want is None or got == want:
+        return face, None
+    if task.options.strict_size:
+        return None, f"is {got[0]}x{got[1]}, not {want[0]}x{want[1]} like the other inputs (--strict-size)"
+    return resize(face, want), f"resized from {got[0]}x{got[1]} to {want[0]}x{want[1]}"
+
+
 def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
-    """The shard's WebDataset samples, appending each manifest row and each unreadable input as it goes."""
-    library = _library(task.options, task.library_digest)
+    """The shard's WebDataset samples, appending each manifest row and each unusable or fixed input as it goes."""
+    library = _library(task)
     face, face_rel = None, None
     for key, seed, item, copy in task.samples:
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
-            face_rel, face = item.rel, None
-            try:
-                face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
-            except UserError as exc:
-                if copy == 0:  # recorded once, by the shard that holds the input's first copy
-                    errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: ")})
+            face_rel = item.rel
+            face, note = _load_face(task, item)
+            if note and copy == 0:  # recorded once, by the shard that holds the input's first copy
+                errors.append({"input": item.rel, "reason": note, "kind": "error" if face is None else "warning"})
         if face is None:
             continue
         row, data = render_sample(face, key, seed, item, copy, task.shard, task.options, library)
@@ -173,28 +202,31 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
         stats = json.loads(task.stats_path.read_text())
     except (OSError, ValueError):
         return None
-    ok = task.tar_path.is_file() and task.tar_path.stat().st_size == stats.get("bytes")
+    parts = [task.manifest_dir / table / f"{task.shard}.parquet" for table in ("samples.parquet", "errors.parquet")]
+    ok = task.tar_path.is_file() and task.tar_path.stat().st_size == stats.get("bytes") and all(p.is_file() for p in parts)
     return stats if ok else None
 
 
 def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions,
-                library_digest: str, picks: Sequence[tuple[Item, int]] | None = None) -> list[ShardTask]:
-    """Cut the ordered samples (inputs sorted, copies inner; or the given (item, copy) picks) into shard tasks."""
+                library: OccluderLibrary, picks: Sequence[tuple[Item, int]] | None = None) -> list[ShardTask]:
+    """Cut the ordered samples (inputs sorted, copies inner; or the given (item, copy) picks) into shard tasks,
+    with absolute paths."""
     picks = picks if picks is not None else [(item, copy) for item in source.items for copy in range(opts.copies)]
     samples = []
     for item, copy in picks:
         key = sample_key(item.rel, copy)
         samples.append((key, sample_seed(opts.seed, key), item, copy))
     n = opts.shard_size
+    out, manifest_dir, root = out.absolute(), manifest_dir.absolute(), source.root and source.root.absolute()
     return [
-        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root, tuple(samples[i:i + n]),
-                  opts, library_digest)
+        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, root, tuple(samples[i:i + n]),
+                  opts, library.digest, library.root.absolute())
         for i in range(0, len(samples), n)
     ]
 
 
-def _fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions,
-                 picks: Sequence[tuple[Item, int]] | None = None) -> dict[str, Any]:
+def fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions,
+                picks: Sequence[tuple[Item, int]] | None = None) -> dict[str, Any]:
     """What a resumed build must share with the first run: inputs (and picked samples), occluders, options."""
     listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
     if picks is not None:
@@ -202,7 +234,9 @@ def _fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions,
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     return {"occgen": __version__, "src": source.spec, "inputs": len(source.items),
             "inputs_sha256": sha256(listing.encode()), "occluders_sha256": library.digest,
-            "options": opts_dict}
+            "options": opts_dict, "src_path": str(source.path) if source.path else None,  # where `occgen verify
+            "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
+            "occluders_path": str(library.root.absolute())}
 
 
 def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
@@ -216,39 +250,78 @@ def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, An
         if changed:
             raise UserError(f"{manifest_dir} holds a build of {name} with other {', '.join(changed)}; "
                             "rerun with --overwrite to replace it, or choose another --name")
-    if overwrite:
-        shutil.rmtree(manifest_dir, ignore_errors=True)
-        for old in out.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+    if overwrite and manifest_dir.is_dir():
+        for old in manifest_dir.iterdir():
+            if old.name != LOCK:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for old in out.glob(shard_files(name)):
             old.unlink()
     atomic_write(build_json, json_bytes(fingerprint))
 
 
+def first_size(source: Source) -> tuple[int, int] | None:
+    """(height, width) of the first input, in build order, that decodes: the size every face is brought to."""
+    for item in source.items:
+        try:
+            return decode_array(read_bytes(source.root, item.rel), item.rel).shape[:2]
+        except UserError:
+            continue
+    return None
+
+
+def shard_files(name: str) -> str:
+    """The glob pattern of a build's tars in ``out``."""
+    return f"{glob.escape(name)}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
+
+
 def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOptions, jobs: int,
-          overwrite: bool = False, quiet: bool = False,
-          picks: Sequence[tuple[Item, int]] | None = None) -> BuildResult:
+          overwrite: bool = False, quiet: bool = False, picks: Sequence[tuple[Item, int]] | None = None,
+          backend: Backend = Backend()) -> BuildResult:
     """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary.
 
     ``picks`` (item, copy) replaces the default samples (every input times ``copies``): a pairs set renders
     only the clean and occluded copies its pairs use (occgen.sets.pairs)."""
     if opts.fmt not in FORMATS:
         raise UserError(f"--format {opts.fmt}: choose one of {', '.join(FORMATS)}")
+    backend.check()
     library = load_library(opts.occluders, opts.categories, opts.exclude)  # fails fast, before any worker starts
     _LIBRARIES[library.digest] = library
+    if opts.size is None:
+        opts = replace(opts, size=first_size(source))
     manifest_dir = manifests / name
-    _prepare(manifest_dir, out, name, _fingerprint(source, library, opts, picks), overwrite)
-    atomic_write(manifest_dir / "errors.parquet" / "listing.parquet",
-                 parquet_bytes([{"input": i, "reason": r} for i, r in source.skipped], ERRORS_SCHEMA))
-    result = BuildResult(name, manifest_dir)
+    with exclusive(manifest_dir / LOCK, f"another run of the build {name} is using {manifest_dir}; wait for it to end"):
+        _remove_temporaries(manifest_dir, out, name)  # left by a run that was killed
+        _prepare(manifest_dir, out, name, fingerprint(source, library, opts, picks), overwrite)
+        try:
+            return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, picks, backend)
+        finally:
+            _remove_temporaries(manifest_dir, out, name)  # left by workers stopped mid-write (Ctrl-C, an error)
+
+
+def _remove_temporaries(manifest_dir: Path, out: Path, name: str) -> None:
+    remove_temporaries(manifest_dir, "**/.*.tmp-*")
+    remove_temporaries(out, f".{shard_files(name)}.tmp-*")
+
+
+def _run(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions, library: OccluderLibrary,
+         jobs: int, quiet: bool, picks: Sequence[tuple[Item, int]] | None, backend: Backend) -> BuildResult:
+    atomic_write(manifest_dir / "errors.parquet" / "listing.parquet", parquet_bytes(
+        [{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA))
+    result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
-    tasks = plan_shards(source, name, out, manifest_dir, opts, library.digest, picks)
+    tasks = plan_shards(source, name, out, manifest_dir, opts, library, picks)
     done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
     todo = [t for t in tasks if t.index not in done]
     result.summary.skipped = sum(stats["samples"] for stats in done.values())
-    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet)
-    for task, stats in zip(todo, fresh):
-        done[task.index] = stats
-        result.summary.done += stats["samples"]
-        result.summary.errors += stats["errors"]
+    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet, backend)
+    with contextlib.closing(fresh):  # stops the workers however the loop ends
+        for task, stats in zip(todo, fresh):
+            done[task.index] = stats
+            result.summary.done += stats["samples"]
+            result.summary.errors += stats["errors"]
+            result.summary.warnings += stats.get("warnings", 0)
     result.shards = [done[t.index] for t in tasks]
+    result.errors = len(source.skipped) + sum(s["errors"] for s in result.shards)
+    result.warnings = sum(s.get("warnings", 0) for s in result.shards)
     atomic_write(manifest_dir / "shards.json", json_bytes({"name": name, "shards": result.shards}))
     return result

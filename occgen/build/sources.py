@@ -1,17 +1,21 @@
 """Where input faces come from: a folder tree, a list file, a named source, or the built-in demo.
 
 A source is just an ordered list of items (relative path, identity) plus a way to read an item's bytes; decoding
-happens in the workers. Identities are numbered 0..N-1 in sorted order of their names.
+happens in the workers. Identities are numbered 0..N-1 in sorted order of their names. Inputs that cannot be
+used (not a regular file, a broken symlink, a name that is not UTF-8, a second input with the same sample key) are
+listed in ``skipped`` with the reason, never dropped silently.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 from occgen.build import demo
+from occgen.build.plan import sample_key
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS
 
@@ -36,6 +40,7 @@ class Source:
     items: tuple[Item, ...]
     identities: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
+    path: Path | None = None  # the folder or list file --src resolved to, absolute (None for the demo)
 
 
 def read_bytes(root: Path | None, rel: str) -> bytes:
@@ -49,66 +54,116 @@ def read_bytes(root: Path | None, rel: str) -> bytes:
         raise UserError(f"{rel}: cannot read ({exc.strerror})") from None
 
 
-def _labelled(spec: str, root: Path | None, pairs: list[tuple[str, str]], skipped: list[tuple[str, str]]) -> Source:
-    """Number identity names contiguously in sorted order (numerically when all are integers)."""
-    names = {name for _, name in pairs}
+def _labelled(spec: str, root: Path | None, pairs: list[tuple[str, str]], skipped: list[tuple[str, str]],
+              path: Path | None = None) -> Source:
+    """Number identity names contiguously in sorted order (numerically when all are integers). Of inputs whose
+    sample keys would coincide, the first is kept and the others are recorded."""
+    first: dict[str, str] = {}
+    unique = []
+    for rel, name in pairs:
+        other = first.setdefault(sample_key(rel, 0), rel)
+        if other == rel:
+            unique.append((rel, name))
+        else:
+            skipped.append((rel, f"maps to the same sample key as {other}; rename one of them"))
+    names = {name for _, name in unique}
     key = (lambda n: (int(n), n)) if all(n.lstrip("-").isdigit() for n in names) else (lambda n: (0, n))
     ordered = tuple(sorted(names, key=key))
     index = {n: i for i, n in enumerate(ordered)}
-    items = tuple(Item(rel, index[name], name) for rel, name in pairs)
-    return Source(spec, root, items, ordered, tuple(skipped))
+    items = tuple(Item(rel, index[name], name) for rel, name in unique)
+    return Source(spec, root, items, ordered, tuple(skipped), path.absolute() if path else None)
+
+
+def _printable(rel: str) -> str:
+    """A path that is valid UTF-8 (undecodable bytes of a file name shown as \\xNN)."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def from_tree(root: Path, spec: str | None = None) -> Source:
     """``<identity>/<image>`` (deeper nesting allowed). Known image extensions of any case are taken; files
-    with no or an unknown extension are taken too and decoded by content (failures are recorded, not fatal)."""
+    with no or an unknown extension are taken too and decoded by content (failures are recorded, not fatal).
+
+    Symlinked folders and files are followed, as torchvision's ImageFolder does; a folder that leads back to one
+    of its own ancestors (a symlink loop) is recorded and not entered.
+    """
     pairs: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        for fn in sorted(filenames):
-            if fn.startswith("."):
+
+    def walk(folder: Path, rel_dir: str, ancestors: dict[tuple[int, int], str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((_printable(rel_dir) + "/", f"cannot list folder ({exc.strerror})"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            rel = (rel_dir / fn).as_posix()
-            if rel_dir == Path("."):
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                rel.encode()
+            except UnicodeEncodeError:
+                skipped.append((_printable(rel), "name is not valid UTF-8; rename it"))
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
+                st = entry.stat() if is_dir else None
+            except OSError as exc:
+                skipped.append((rel, f"cannot read ({exc.strerror})"))
+                continue
+            if is_dir:
+                seen = ancestors.get((st.st_dev, st.st_ino))
+                if seen is not None:
+                    skipped.append((rel + "/", f"symlink loop: leads back to {seen or '.'}/"))
+                else:
+                    walk(Path(entry.path), rel, {**ancestors, (st.st_dev, st.st_ino): rel})
+            elif not is_file:
+                why = "broken symlink (its target does not exist)" if entry.is_symlink() and not os.path.exists(entry.path) \
+                    else "not a regular file"
+                skipped.append((rel, why))
+            elif not rel_dir:
                 skipped.append((rel, "file is not inside an <identity>/ folder"))
-                continue
-            pairs.append((rel, rel_dir.parts[0]))
+            else:
+                pairs.append((rel, rel.split("/", 1)[0]))
+
+    st = root.stat()
+    walk(root, "", {(st.st_dev, st.st_ino): ""})
     pairs.sort()
     if not pairs:
         raise UserError(f"--src {root}: no images found; expected <identity>/<image> files "
                         f"({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})")
-    return _labelled(spec or str(root), root, pairs, skipped)
+    return _labelled(spec or str(root), root, pairs, skipped, root)
 
 
 def from_list(path: Path, root: Path | None, spec: str | None = None) -> Source:
     """CASIA-WebFace style list: ``relative/path label`` per line, paths relative to ``root``
-    (default: the list file's folder). Missing files are recorded as errors, not dropped."""
+    (default: the list file's folder; paths may hold spaces). Paths are normalised, so ``a/./b.jpg`` and
+    ``a/b.jpg`` are one input. Missing files are recorded as errors, not dropped."""
     root = root or path.parent
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder; it must hold the paths listed in {path}")
     pairs: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        fields = line.split()
+        fields = line.strip().rsplit(None, 1)
         if len(fields) != 2:
             raise UserError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
-        rel, label = fields
+        rel, label = posixpath.normpath(fields[0]), fields[1]
         if rel in seen:
-            skipped.append((rel, f"listed again on line {n}"))
+            skipped.append((rel, f"listed again on line {n} (first on line {seen[rel]})"))
             continue
-        seen.add(rel)
-        if not (root / rel).is_file():
-            skipped.append((rel, f"listed on line {n} but missing under {root}"))
+        seen[rel] = n
+        file = root / rel
+        if not file.is_file():
+            why = "not a regular file" if file.exists() else f"missing under {root}"
+            skipped.append((rel, f"listed on line {n} but {why}"))
             continue
         pairs.append((rel, label))
     if not pairs:
         raise UserError(f"--src {path}: the list names no existing images under {root}")
-    return _labelled(spec or str(path), root, pairs, skipped)
+    return _labelled(spec or str(path), root, pairs, skipped, path)
 
 
 def env_name(name: str) -> str:

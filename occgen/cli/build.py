@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
+import pyarrow.parquet as pq
 
 from occgen.build.run import BuildOptions, build
 from occgen.images import FORMATS
@@ -14,7 +16,8 @@ from occgen.errors import UserError
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.build.plan import parse_scales
 from occgen.build.render import COMPAT_MODES
-from occgen.runner import default_jobs
+from occgen.clicommon import parse_size
+from occgen.runner import BACKENDS, Backend, ErrorLimit, default_jobs, sigterm_interrupts
 from occgen.build.sources import open_source
 from occgen.report.card import command_line, write_card
 from occgen.sets.pairs import describe as describe_pairs, pair_rows, picks as pair_picks, read_pairs, resolve, write_pairs
@@ -63,14 +66,30 @@ def _names(text: str | None) -> tuple[str, ...] | None:
               help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="loky", show_default=True,
+              help="Where shards are rendered: loky (-j processes here), dask (a dask.distributed cluster), ray.")
+@click.option("--scheduler", metavar="ADDRESS", help="With --backend dask: the scheduler of a running cluster "
+              "(tcp://host:8786); default: a local cluster of -j processes, started and stopped with the build.")
+@click.option("--address", metavar="ADDRESS", help="With --backend ray: the Ray cluster to join (auto, ray://host:10001); "
+              "default: a local one.")
+@click.option("--size", "face_size", metavar="HxW", help="Face size every input is brought to "
+              "(default: the first readable input's); inputs of another size are resized, with a warning.")
+@click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
+@click.option("--max-errors", default="1%", show_default=True, help="Exit with status 1 when more inputs than this "
+              "(a count N, or P% of the inputs) cannot be used; the build is finished and kept either way.")
 def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, categories, group, regions, pairs_file, both,
               exclude_categories, compat, seed, jobs, shard_size, fmt, quality, out, manifests, name, ks, overwrite,
-              quiet) -> None:
+              quiet, backend, scheduler, address, face_size, strict_size, max_errors) -> None:
     """Run Algorithm 1 over every input image and write shards plus manifests.
 
     \b
     Example: occgen build --src webface --scales 1:0.5:5 --clean-ratio 0.3333 --name mix-webface
+    Ctrl-C (or a crash, or kill -9) keeps every finished shard: the same command again resumes.
     """
+    limit = ErrorLimit.parse(max_errors)
+    if scheduler and backend != "dask" or address and backend != "ray":
+        raise UserError("--scheduler goes with --backend dask, --address with --backend ray")
+    workers = Backend(backend, scheduler or address)
     if occluders is not None and not occluders.is_dir():
         raise UserError(f"--occluders {occluders}: no such folder")
     source = open_source(src, root)
@@ -90,20 +109,29 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
     runs = [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,), None) for s in scale_set] \
         if per_scale else [(f"{name}-{r}", scale_set, r) for r in REGIONS] if regions else [(name, scale_set, None)]
     pairs = read_pairs(pairs_file) if pairs_file else None
+    failed: list[str] = []
     for run_name, run_scales, region in runs:
         opts = BuildOptions(
             scales=run_scales, copies=copies, clean_ratio=clean_ratio, seed=seed, compat=compat, fmt=fmt,
             quality=quality, shard_size=shard_size, occluders=str(occluders) if occluders else None,
             categories=group_categories(group) if group else _names(categories),
             exclude=_names(exclude_categories) or (), clean_copies=1 if pairs else 0, region=region,
+            size=parse_size(face_size) if face_size else None, strict_size=strict_size,
         )
         rows, sample_picks = None, None
         if pairs:
             items = resolve(pairs, source)
             rows = pair_rows(pairs, items, "N-N" if clean_ratio >= 1 else "O-O" if both else "N-O")
             sample_picks = pair_picks(rows, items)
-        result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks)
+        try:
+            with sigterm_interrupts():
+                result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
+        except KeyboardInterrupt:
+            click.echo(f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
+                       "run the same command again to resume.", err=True)
+            sys.exit(130)
         click.echo(result.summary.line("samples") + f" -> {out}/{run_name}-*.tar, {result.manifest_dir}")
+        _report_inputs(result.manifest_dir, result.errors, result.warnings)
         if rows is not None:
             path = write_pairs(result.manifest_dir, rows)
             click.echo(f"  pairs: {describe_pairs(rows)} -> {path}")
@@ -111,3 +139,22 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
             label_manifest(result.manifest_dir, ks, compat)
         card = write_card(result.manifest_dir, command_line())
         click.echo(f"  dataset card -> {card}")
+        if limit.exceeded(result.errors, result.inputs):
+            failed.append(f"{run_name}: {result.errors} of {result.inputs} inputs could not be used")
+    if failed:
+        click.echo(f"Error: more inputs failed than --max-errors {limit} allows ({'; '.join(failed)}); "
+                   "the reasons are in each manifest's errors.parquet", err=True)
+        sys.exit(1)
+
+
+def _report_inputs(manifest_dir: Path, errors: int, warnings: int, show: int = 3) -> None:
+    """One line per kind of problem, with a few examples, pointing at the errors table."""
+    if not errors and not warnings:
+        return
+    table = pq.read_table(manifest_dir / "errors.parquet").to_pylist()
+    for kind, count, what in (("error", errors, "not used"), ("warning", warnings, "used after a fix")):
+        rows = [r for r in table if r["kind"] == kind]
+        if count:
+            examples = "; ".join(f"{r['input']}: {r['reason']}" for r in rows[:show])
+            click.echo(f"{count} input{'s' if count != 1 else ''} {what} (see {manifest_dir}/errors.parquet), "
+                       f"e.g. {examples}", err=True)

@@ -28,8 +28,8 @@ PACKAGES = ("occgen-fromnet", "numpy", "pillow", "simplejpeg", "pyarrow", "panda
 
 
 #: Options that change no byte of the output, left out of the recorded command so that the card, like every other
-#: file of a build, is the same for any worker count.
-NOT_RECORDED = ("jobs", "quiet")
+#: file of a build, is the same for any worker count and backend.
+NOT_RECORDED = ("jobs", "quiet", "backend", "scheduler", "address", "max_errors")
 
 
 def command_line() -> str:

@@ -187,7 +187,7 @@ def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[st
             except UserError as exc:
                 face = None
                 if copy == 0:
-                    errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: ")})
+                    errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: "), "kind": "error"})
         if face is None:
             continue
         H, W = face.shape[:2]

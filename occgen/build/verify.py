@@ -1,0 +1,170 @@
+"""``occgen verify``: re-read a build's shards and check them against its manifest; rebuild the bad ones.
+
+A shard is checked against ``shards.json`` (its bytes and sha256) and against its manifest part (one sample per
+row, members ``KEY.cls``, ``KEY.FORMAT``, ``KEY.json`` in row order, each image's sha256 and each sample's
+identity). Repair renders exactly the bad shards again from the inputs and options recorded in ``build.json``;
+builds are deterministic, so a repaired shard is byte-identical to the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from occgen.build.occluders import load_library
+from occgen.build.run import LOCK, BuildOptions, fingerprint as build_fingerprint, plan_shards, render_shard
+from occgen.build.sources import Source, from_list, from_tree, open_source
+from occgen.errors import UserError
+from occgen.runner import parallel_map
+from occgen.writer import exclusive
+
+#: What can be wrong with a shard, worst first.
+PROBLEMS = ("missing", "truncated", "altered")
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    shard: str
+    samples: int  # samples the manifest records for it
+    problem: str | None = None  # one of PROBLEMS; None: the shard is intact
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def line(self) -> str:
+        return f"{self.shard}: {'ok' if self.ok else self.problem}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class _Task:
+    manifest_dir: Path
+    stats: dict[str, Any]
+    fmt: str
+
+
+def read_index(manifest_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(build.json, shards.json's shard list) of a finished build."""
+    try:
+        fingerprint = json.loads((manifest_dir / "build.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{manifest_dir}: no readable build.json; give a folder made by `occgen build` "
+                        "(manifests/NAME)") from None
+    try:
+        shards = json.loads((manifest_dir / "shards.json").read_text())["shards"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{manifest_dir}: no readable shards.json, so the build has not finished; run the same "
+                        "`occgen build` command again to finish it") from None
+    return fingerprint, shards
+
+
+def check_shard(task: _Task) -> ShardCheck:
+    """Worker: check one shard's tar against shards.json and its manifest part."""
+    stats, shard = task.stats, task.stats["shard"]
+    part = task.manifest_dir / "samples.parquet" / f"{shard}.parquet"
+    try:
+        rows = pq.read_table(part, columns=["key", "identity", "sha256"]).to_pylist()
+    except (OSError, ValueError) as exc:
+        return ShardCheck(shard, stats["samples"], "missing", f"manifest part {part.name} unreadable: {exc}")
+    if len(rows) != stats["samples"]:
+        return ShardCheck(shard, stats["samples"], "altered",
+                          f"manifest part has {len(rows)} rows, shards.json says {stats['samples']} samples")
+    tar_path = Path(os.path.normpath(task.manifest_dir / stats["path"]))
+    try:
+        data = tar_path.read_bytes()
+    except OSError as exc:
+        return ShardCheck(shard, len(rows), "missing", f"{tar_path}: {exc.strerror}")
+    if len(data) < stats["bytes"]:
+        return ShardCheck(shard, len(rows), "truncated", f"{len(data)} of {stats['bytes']} bytes")
+    problem = _members_problem(data, rows, task.fmt)  # the size is whole here: anything wrong is an alteration
+    if problem:
+        return ShardCheck(shard, len(rows), "altered", problem)
+    if len(data) != stats["bytes"] or hashlib.sha256(data).hexdigest() != stats["sha256"]:
+        return ShardCheck(shard, len(rows), "altered", "bytes differ from the sha256 in shards.json")
+    return ShardCheck(shard, len(rows))
+
+
+def _members_problem(data: bytes, rows: list[dict[str, Any]], fmt: str) -> str | None:
+    """What is wrong with the tar's members compared with the manifest rows, or None."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        return f"not a readable tar ({exc})"
+    expected = [(r, ext) for r in rows for ext in sorted(("cls", "json", fmt))]
+    if len(members) != len(expected):
+        return f"{len(members)} members, the manifest needs {len(expected)}"
+    for (name, payload), (row, ext) in zip(members, expected):
+        if name != f"{row['key']}.{ext}":
+            return f"member {name!r} where the manifest needs {row['key']}.{ext}"
+        if ext == fmt and hashlib.sha256(payload).hexdigest() != row["sha256"]:
+            return f"image {name} differs from its sha256 in the manifest"
+        if ext == "cls" and payload != str(row["identity"]).encode():
+            return f"{name} holds {payload[:20]!r}, the manifest says identity {row['identity']}"
+    return None
+
+
+def verify(manifest_dir: Path, jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:
+    """Check every shard of the build in ``manifest_dir``; one result per shard, in shard order."""
+    fingerprint, shards = read_index(manifest_dir)
+    fmt = fingerprint["options"]["fmt"]
+    tasks = [_Task(manifest_dir, stats, fmt) for stats in shards]
+    return list(parallel_map(check_shard, tasks, jobs, f"verify {manifest_dir.name}", [s["samples"] for s in shards],
+                             quiet))
+
+
+def _reopen(fingerprint: dict[str, Any]) -> Source:
+    """The build's source, from where build.json says it was."""
+    if fingerprint["src"] == "demo":
+        return open_source("demo")
+    path, root = fingerprint.get("src_path"), fingerprint.get("root")
+    if not path or not Path(path).exists():
+        raise UserError(f"cannot repair: the build's inputs ({path or fingerprint['src']}) are not there; "
+                        "rebuild with `occgen build ... --overwrite`")
+    path = Path(path)
+    return from_tree(path, fingerprint["src"]) if path.is_dir() else from_list(path, Path(root), fingerprint["src"])
+
+
+def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:
+    """Render the ``bad`` shards again, byte-identical to the originals; returns their checks afterwards.
+
+    Refuses when the inputs or occluders differ from those recorded in build.json: the shards would differ.
+    """
+    name = manifest_dir.name
+    with exclusive(manifest_dir / LOCK, f"a build of {name} is running on {manifest_dir}; wait for it to end"):
+        fingerprint, shards = read_index(manifest_dir)
+        if fingerprint["options"].get("kind") == "partial" or (manifest_dir / "pairs.parquet").exists():
+            raise UserError(f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
+                            "partial set: run the command that made it again with --overwrite")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
+        opts = BuildOptions(**options)
+        library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)
+        source = _reopen(fingerprint)
+        now = build_fingerprint(source, library, opts)
+        changed = [what for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"))
+                   if now[key] != fingerprint[key]]
+        if changed:
+            raise UserError(f"cannot repair {name}: its {' and '.join(changed)} changed since it was built, so "
+                            "rebuilt shards would differ; rebuild it with `occgen build ... --overwrite`")
+        by_name = {s["shard"]: s for s in shards}
+        out = Path(os.path.normpath(manifest_dir / shards[0]["path"])).parent
+        tasks = [t for t in plan_shards(source, name, out, manifest_dir, opts, library) if t.shard in
+                 {c.shard for c in bad}]
+        for task in tasks:
+            task.stats_path.unlink(missing_ok=True)
+        with contextlib.closing(parallel_map(render_shard, tasks, jobs, f"repair {name}",
+                                             [len(t.samples) for t in tasks], quiet)) as rebuilt:
+            for _ in rebuilt:
+                pass
+        fmt = opts.fmt
+        return [check_shard(_Task(manifest_dir, by_name[t.shard], fmt)) for t in tasks]
