@@ -71,7 +71,7 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
     backend.check()
     if backend.name == "loky":
         try:
-            with parallel_config(backend="loky"):
+            with parallel_config(backend="loky", initializer=_ignore_sigint):
                 yield
         finally:
             _stop_loky()
@@ -111,6 +111,12 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
                 yield
         finally:
             ray.shutdown()
+
+
+def _ignore_sigint() -> None:
+    """Loky worker initializer: Ctrl-C goes to the whole foreground process group, and only the main process
+    should react (it stops the workers and says how to resume) instead of each worker printing a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

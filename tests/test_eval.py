@@ -351,3 +351,30 @@ def test_partial_face_pairs_group_by_part_and_factor(tmp_path):
     assert [r.name for r in results] == ["p holistic", "p partial-same part1=nose part2=nose factor=0.2 centered=False",
                                          "p partial-same part1=nose part2=nose factor=0.4 centered=False"]
     assert [r.pairs for r in results] == [40, 20, 20]
+
+
+def test_partiallfw_protocol_prints_the_papers_table(lfw_sets, tmp_path):
+    """Non-centered and centered `occgen partial` sets of lfw-mini's pairs, scored as the attention paper reports."""
+    root = lfw_sets["root"]
+    faces = shared("lfw-mini") / "aligned-112x96"
+    common = ["partial", "--src", faces, "--pairs", lfw_sets["pairs"], "--out", root / "shards", "--manifests",
+              root / "manifests", "-j", "1"]
+    run(occgen_main, *common, "--name", "pl")
+    run(occgen_main, *common, "--centered", "--name", "pl-c")
+    run_dir = make_run(tmp_path / "attention-like", variant="baseline")
+    out = tmp_path / "res"
+    result = run(main, "eval", "--model", run_dir, "--protocol", "partiallfw", "--pairs",
+                 root / "manifests" / "pl", "--pairs", root / "manifests" / "pl-c", "--out", out, "-q")
+    summary = json.loads((out / "results.json").read_text())["partiallfw"]
+    assert [(r["protocol"], r["centered"]) for r in summary] == [
+        ("holistic", None), ("partial-holistic", False), ("partial-same", False), ("partial-cross", False),
+        ("partial-holistic", True), ("partial-same", True), ("partial-cross", True)]
+    # partial-holistic and partial-same: 3 parts x 9 factors; partial-cross: 4 pairs of parts x 9
+    assert [r["groups"] for r in summary] == [1, 27, 27, 36, 27, 27, 36]
+    groups = [v for v in json.loads((out / "results.json").read_text())["verification"]
+              if v["group"].get("protocol") == "partial-same" and v["group"].get("centered") is False]
+    assert summary[2]["accuracy"] == pytest.approx(np.mean([v["accuracy"] for v in groups]))
+    assert "## PartialLFW" in result.output and "non-centered" in result.output
+    bad = run(main, "eval", "--model", run_dir, "--protocol", "partiallfw", "--pairs", lfw_sets["pairs"],
+              "--out", out, ok=False)
+    assert bad.exit_code == 2 and "occgen partial" in bad.output

@@ -74,8 +74,12 @@ def read_key_list(path: str) -> np.ndarray:
 
 
 @main.command("eval")
-@click.option("--pairs", help="Pairs: a pairs manifest (manifests/NAME, from `occgen build --pairs`) or an "
-              "LFW-format pairs.txt.")
+@click.option("--pairs", "pairs_list", multiple=True, help="Pairs: a pairs manifest (manifests/NAME, from "
+              "`occgen build --pairs` or `occgen partial`) or an LFW-format pairs.txt; repeatable (e.g. the "
+              "non-centered and centered partial sets).")
+@click.option("--protocol", type=click.Choice(["pairs", "partiallfw"]), default="pairs", show_default=True,
+              help="partiallfw: also print the PartialLFW table (holistic; non-centered and centered "
+                   "partial-holistic, -same, -cross), each the mean over its part combinations and factors.")
 @click.option("--embeddings", "embeddings", multiple=True,
               help="Embeddings file (repeatable): one verification set each (label: the file name), both images of "
                    "a pair taken from it.")
@@ -97,8 +101,8 @@ def read_key_list(path: str) -> np.ndarray:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json, results.md and the PNG plots.")
 @model_options
-def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probes, distractors, gallery_keys, probe_keys,
-             out, model_settings) -> None:
+def eval_cmd(pairs_list, protocol, embeddings, sets, model, metric, folds, fars, gallery, probes, distractors,
+             gallery_keys, probe_keys, out, model_settings) -> None:
     """Evaluate face embeddings on verification pairs and/or identification lists.
 
     \b
@@ -106,19 +110,25 @@ def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probe
       fromnet eval --pairs lfw/pairs.txt --set clean=clean.parquet --set N-O=clean.parquet,occ-2.parquet --out res
       fromnet eval --pairs manifests/occ-lfw-pairs --model runs/from --out res      (groups by protocol)
       fromnet eval --gallery clean.parquet --probes clean=clean.parquet --probes occ=occ-2.parquet --out res
+      fromnet eval --model runs/attention --protocol partiallfw --pairs manifests/partial-lfw \\
+          --pairs manifests/partial-lfw-centered --out res
     """
     from fromnet.eval.identification import identify
     from fromnet.eval.pairs import read_pairs
-    from fromnet.eval.report import write_report
+    from fromnet.eval.report import partiallfw_summary, write_report
     from fromnet.eval.verification import DEFAULT_FARS, PairSet, evaluate_set, select_folds
 
     factory = (lambda: ModelRunner(model, model_settings)) if model else None
     src = Sources(factory, out)
     fars = tuple(fars) or DEFAULT_FARS
     verification, identification = [], []
-    if pairs is None and (sets or embeddings):
+    if not pairs_list and (sets or embeddings):
         raise UserError("--set/--embeddings evaluate verification pairs: give --pairs (a pairs manifest or pairs.txt)")
-    if pairs is not None:
+    if protocol == "partiallfw" and not (pairs_list and model and not sets and not embeddings
+                                         and all(Path(p).is_dir() for p in pairs_list)):
+        raise UserError("--protocol partiallfw scores --model on the pairs manifests of `occgen partial`: give "
+                        "--model RUN and --pairs manifests/PARTIAL (and the centered one)")
+    for pairs in pairs_list:
         table = read_pairs(pairs)
         if folds:
             table = select_folds(table, folds)
@@ -136,7 +146,9 @@ def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probe
             pair_sets.append(PairSet(_stem(path), emb, emb))
         if not pair_sets and model and Path(pairs).is_dir():
             emb = src.get(pairs)
-            pair_sets.append(PairSet(_stem(pairs), emb, emb))
+            # PartialLFW pools the centered and non-centered manifests into one row set per model
+            label = _stem(model) if protocol == "partiallfw" else _stem(pairs)
+            pair_sets.append(PairSet(label, emb, emb))
         if not pair_sets:
             raise UserError("nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest")
         for ps in pair_sets:
@@ -158,8 +170,12 @@ def eval_cmd(pairs, embeddings, sets, model, metric, folds, fars, gallery, probe
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:
         raise UserError("nothing to evaluate: give --pairs with --embeddings/--set/--model, or --gallery with --probes")
-    info = {"metric": metric, "pairs": pairs, "folds": list(folds) or None, "model": model,
+    info = {"metric": metric, "pairs": ", ".join(pairs_list) or None, "folds": list(folds) or None, "model": model,
             "flip": model_settings["flip"] if model else None}
-    text = write_report(out, verification, identification, {k: v for k, v in info.items() if v is not None})
+    partial = partiallfw_summary(verification) if protocol == "partiallfw" else []
+    if protocol == "partiallfw" and not partial:
+        raise UserError("--protocol partiallfw: these pairs hold no PartialLFW protocols; build them with "
+                        "`occgen partial`")
+    text = write_report(out, verification, identification, {k: v for k, v in info.items() if v is not None}, partial)
     click.echo(text, nl=False)
     click.echo(f"-> {out}/results.md, results.json" + ", plots" * bool(verification))

@@ -46,6 +46,35 @@ def verification_table(results: Sequence[VerificationResult]) -> str:
     return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
 
 
+#: Rows of the PartialLFW table (Hörmann et al., ICIP 2021): (protocol, centered), holistic first.
+PARTIAL_ROWS = [("holistic", None)] + [(p, c) for c in (False, True)
+                                       for p in ("partial-holistic", "partial-same", "partial-cross")]
+
+
+def partiallfw_summary(results: Sequence[VerificationResult]) -> list[dict[str, Any]]:
+    """Per model and PartialLFW protocol, the mean accuracy over its part combinations and the nine factors."""
+    rows = []
+    for label in dict.fromkeys(r.label for r in results):
+        for protocol, centered in PARTIAL_ROWS:
+            groups = [r for r in results if r.label == label and r.group.get("protocol") == protocol
+                      and (centered is None or bool(r.group.get("centered")) == centered)]
+            if not groups:
+                continue
+            if centered is None:  # holistic pairs are the same in the centered and non-centered builds
+                groups = groups[:1]
+            rows.append({"set": label, "protocol": protocol, "centered": centered, "groups": len(groups),
+                         "accuracy": float(sum(r.accuracy for r in groups) / len(groups))})
+    return rows
+
+
+def partiallfw_table(summary: Sequence[dict[str, Any]]) -> str:
+    """The paper's table: holistic, then non-centered and centered partial-holistic / -same / -cross."""
+    head = ["set", "protocol", "crops", "groups", "mean accuracy %"]
+    rows = [[r["set"], r["protocol"], {None: "-", False: "non-centered", True: "centered"}[r["centered"]],
+             str(r["groups"]), _pct(r["accuracy"])] for r in summary]
+    return _markdown(head, rows)
+
+
 def identification_table(results: Sequence[IdentificationResult]) -> str:
     head = ["probes", "evaluated", "no mate", "gallery", "distractors", "rank-1 %", "rank-5 %", "occluded area %"]
     rows = [[r.label, f"{r.probes:,}", f"{r.no_mate:,}", f"{r.gallery:,}", f"{r.distractors:,}", _pct(r.rank1),
@@ -172,10 +201,14 @@ def _save(fig, path: Path) -> None:
 
 
 def write_report(out: Path, verification: Sequence[VerificationResult], identification: Sequence[IdentificationResult],
-                 info: dict[str, Any]) -> str:
-    """Write results.json, results.md and the plots into ``out``; return the Markdown text (also printed)."""
+                 info: dict[str, Any], partial: Sequence[dict[str, Any]] = ()) -> str:
+    """Write results.json, results.md and the plots into ``out``; return the Markdown text (also printed).
+    ``partial`` (from partiallfw_summary) adds the PartialLFW table."""
     out = Path(out)
     parts = [f"# Evaluation\n\n{_info_lines(info)}"]
+    if partial:
+        parts.append("## PartialLFW\n\n" + partiallfw_table(partial) + "\n\nEach row: the mean of the 10-fold "
+                     "accuracies of its part combinations and the nine crop factors.")
     plots = []
     if verification:
         parts.append("## Verification\n\n" + verification_table(verification) + "\n\n" + LEGEND)
@@ -192,7 +225,7 @@ def write_report(out: Path, verification: Sequence[VerificationResult], identifi
     text = "\n\n".join(parts) + "\n"
     atomic_write(out / "results.md", text.encode())
     atomic_write(out / "results.json", json_bytes({
-        **info, "verification": [r.to_json() for r in verification],
+        **info, "partiallfw": list(partial), "verification": [r.to_json() for r in verification],
         "identification": [r.to_json() for r in identification], "plots": plots}))
     return text
 
