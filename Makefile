@@ -21,9 +21,12 @@ demo: setup
 	rm -rf runs/demo
 	$(BIN)/fromnet train --shards manifests/occ-demo --variant from --K 5 --backbone r18 --width-mult 0.25 \
 		--batch-size 32 --epochs 2 --milestones 1 --workers 2 --out runs/demo
+	$(BIN)/occgen build --src demo --clean-ratio 1 --out out/shards --name demo-clean -q
+	$(BIN)/fromnet eval --model runs/demo --gallery manifests/demo-clean --probes clean=manifests/demo-clean \
+		--probes occluded=manifests/occ-demo --out runs/demo/eval -q
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) out manifests/occ-demo* runs/demo
+	rm -rf $(VENV) out manifests/occ-demo* manifests/demo-clean runs/demo
