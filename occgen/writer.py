@@ -155,6 +155,20 @@ def write_tar(path: Path, samples: Iterable[Mapping[str, Any]]) -> tuple[int, st
     return size, digest.hexdigest()
 
 
+def write_shard(tar_path: Path, manifest_dir: Path, shard: str, stats_path: Path, samples: Iterable[Mapping[str, Any]],
+                rows: list[dict[str, Any]], errors: list[dict[str, Any]], schema: pa.Schema) -> dict[str, Any]:
+    """Write one shard's files in the order that keeps resuming safe: the tar, its manifest and errors parts, then
+    the stats file that marks the shard complete. ``samples`` fills ``rows`` and ``errors`` as the tar is written."""
+    size, digest = write_tar(tar_path, samples)
+    atomic_write(manifest_dir / "samples.parquet" / f"{shard}.parquet", parquet_bytes(rows, schema))
+    atomic_write(manifest_dir / "errors.parquet" / f"{shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
+    warnings = sum(e.get("kind") == "warning" for e in errors)
+    stats = {"shard": shard, "path": os.path.relpath(tar_path, manifest_dir), "samples": len(rows),
+             "errors": len(errors) - warnings, "warnings": warnings, "bytes": size, "sha256": digest}
+    atomic_write(stats_path, json_bytes(stats))  # written last: marks the shard complete
+    return stats
+
+
 def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     """Parquet file bytes for ``rows`` under a fixed schema (no pandas metadata: stable bytes)."""
     # Column-wise: Table.from_pylist costs more per row than rendering the sample does.

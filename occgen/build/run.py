@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ from occgen.build.sources import Item, Source, read_bytes
 from occgen.sets.regions import fit_region
 from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,
-    write_tar,
+    write_shard,
 )
 
 @dataclass(frozen=True)
@@ -154,14 +153,8 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
     """Worker: render every sample of one shard and write its tar and manifest parts atomically."""
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    size, digest = write_tar(task.tar_path, _render_samples(task, rows, errors))
-    atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, SAMPLES_SCHEMA))
-    atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
-    warnings = sum(e["kind"] == "warning" for e in errors)
-    stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows),
-             "errors": len(errors) - warnings, "warnings": warnings, "bytes": size, "sha256": digest}
-    atomic_write(task.stats_path, json_bytes(stats))  # written last: marks the shard complete
-    return stats
+    return write_shard(task.tar_path, task.manifest_dir, task.shard, task.stats_path,
+                       _render_samples(task, rows, errors), rows, errors, SAMPLES_SCHEMA)
 
 
 def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | None]:

@@ -20,7 +20,6 @@ left eye-mouth, nose-mouth; doubled).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode
 from occgen.runner import Summary, parallel_map
 from occgen.sets.pairs import Pair, resolve, row
-from occgen.writer import ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, json_bytes, parquet_bytes, sha256, write_tar
+from occgen.writer import SAMPLES_SCHEMA, atomic_write, json_bytes, sha256, write_shard
 
 PARTS = ("left_eye", "right_eye", "nose", "mouth")
 FACTORS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
@@ -166,13 +165,8 @@ def render_shard(task: PartialTask) -> dict[str, Any]:
     """Worker: every partial face of one shard, into its tar and manifest parts (stats file last)."""
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    size, digest = write_tar(task.tar_path, _samples(task, rows, errors))
-    atomic_write(task.manifest_dir / "samples.parquet" / f"{task.shard}.parquet", parquet_bytes(rows, PARTIAL_SCHEMA))
-    atomic_write(task.manifest_dir / "errors.parquet" / f"{task.shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
-    stats = {"shard": task.shard, "path": os.path.relpath(task.tar_path, task.manifest_dir), "samples": len(rows),
-             "errors": len(errors), "bytes": size, "sha256": digest}
-    atomic_write(task.stats_path, json_bytes(stats))
-    return stats
+    return write_shard(task.tar_path, task.manifest_dir, task.shard, task.stats_path, _samples(task, rows, errors),
+                       rows, errors, PARTIAL_SCHEMA)
 
 
 def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]):
