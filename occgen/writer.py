@@ -15,6 +15,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +156,36 @@ def write_tar(path: Path, samples: Iterable[Mapping[str, Any]]) -> tuple[int, st
     return size, digest.hexdigest()
 
 
-def write_shard(tar_path: Path, manifest_dir: Path, shard: str, stats_path: Path, samples: Iterable[Mapping[str, Any]],
-                rows: list[dict[str, Any]], errors: list[dict[str, Any]], schema: pa.Schema) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ShardPlace:
+    """Where shard ``index`` of dataset ``name`` lives: its tar, and its parts and stats file in the manifest."""
+
+    index: int
+    name: str
+    tar_path: Path
+    manifest_dir: Path
+
+    @property
+    def shard(self) -> str:
+        return f"{self.name}-{self.index:06d}"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.manifest_dir / "shards" / f"{self.shard}.json"
+
+
+def write_shard(place: ShardPlace, samples: Iterable[Mapping[str, Any]], rows: list[dict[str, Any]],
+                errors: list[dict[str, Any]], schema: pa.Schema) -> dict[str, Any]:
     """Write one shard's files in the order that keeps resuming safe: the tar, its manifest and errors parts, then
     the stats file that marks the shard complete. ``samples`` fills ``rows`` and ``errors`` as the tar is written."""
+    tar_path, manifest_dir, shard = place.tar_path, place.manifest_dir, place.shard
     size, digest = write_tar(tar_path, samples)
     atomic_write(manifest_dir / "samples.parquet" / f"{shard}.parquet", parquet_bytes(rows, schema))
     atomic_write(manifest_dir / "errors.parquet" / f"{shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
     warnings = sum(e.get("kind") == "warning" for e in errors)
     stats = {"shard": shard, "path": os.path.relpath(tar_path, manifest_dir), "samples": len(rows),
              "errors": len(errors) - warnings, "warnings": warnings, "bytes": size, "sha256": digest}
-    atomic_write(stats_path, json_bytes(stats))  # written last: marks the shard complete
+    atomic_write(place.stats_path, json_bytes(stats))  # written last: marks the shard complete
     return stats
 
 

@@ -33,7 +33,7 @@ from occgen.build.sources import Item, Source, read_bytes
 from occgen.sets.regions import fit_region
 from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,
-    write_shard,
+    ShardPlace, write_shard,
 )
 
 @dataclass(frozen=True)
@@ -58,24 +58,12 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
-class ShardTask:
-    index: int
-    name: str
-    tar_path: Path
-    manifest_dir: Path
+class ShardTask(ShardPlace):
     source_root: Path | None
     samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
     options: BuildOptions
     library_digest: str  # which occluder library the workers must use (OccluderLibrary.digest)
     library_root: Path  # its folder, absolute: workers of a cluster may run in another working directory
-
-    @property
-    def shard(self) -> str:
-        return f"{self.name}-{self.index:06d}"
-
-    @property
-    def stats_path(self) -> Path:
-        return self.manifest_dir / "shards" / f"{self.shard}.json"
 
 
 @dataclass
@@ -153,8 +141,7 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
     """Worker: render every sample of one shard and write its tar and manifest parts atomically."""
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    return write_shard(task.tar_path, task.manifest_dir, task.shard, task.stats_path,
-                       _render_samples(task, rows, errors), rows, errors, SAMPLES_SCHEMA)
+    return write_shard(task, _render_samples(task, rows, errors), rows, errors, SAMPLES_SCHEMA)
 
 
 def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | None]:

@@ -36,7 +36,7 @@ from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode
 from occgen.runner import Summary, parallel_map
 from occgen.sets.pairs import Pair, resolve, row
-from occgen.writer import SAMPLES_SCHEMA, atomic_write, json_bytes, sha256, write_shard
+from occgen.writer import SAMPLES_SCHEMA, ShardPlace, atomic_write, json_bytes, sha256, write_shard
 
 PARTS = ("left_eye", "right_eye", "nose", "mouth")
 FACTORS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
@@ -143,30 +143,17 @@ class PartialOptions:
 
 
 @dataclass(frozen=True)
-class PartialTask:
-    index: int
-    name: str
-    tar_path: Path
-    manifest_dir: Path
+class PartialTask(ShardPlace):
     source_root: Path | None
     samples: tuple[tuple[str, Item, int], ...]  # (key, item, copy)
     options: PartialOptions
-
-    @property
-    def shard(self) -> str:
-        return f"{self.name}-{self.index:06d}"
-
-    @property
-    def stats_path(self) -> Path:
-        return self.manifest_dir / "shards" / f"{self.shard}.json"
 
 
 def render_shard(task: PartialTask) -> dict[str, Any]:
     """Worker: every partial face of one shard, into its tar and manifest parts (stats file last)."""
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    return write_shard(task.tar_path, task.manifest_dir, task.shard, task.stats_path, _samples(task, rows, errors),
-                       rows, errors, PARTIAL_SCHEMA)
+    return write_shard(task, _samples(task, rows, errors), rows, errors, PARTIAL_SCHEMA)
 
 
 def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]):
