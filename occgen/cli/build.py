@@ -9,15 +9,15 @@ import click
 import pyarrow.parquet as pq
 
 from occgen.build.run import BuildOptions, build
-from occgen.images import FORMATS
 from occgen.cli import main
+from occgen.clicommon import shard_output_options
 from occgen.cli.label import label_manifest
 from occgen.errors import UserError
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.build.plan import parse_scales
 from occgen.build.render import COMPAT_MODES
 from occgen.clicommon import parse_size
-from occgen.runner import BACKENDS, Backend, ErrorLimit, default_jobs, sigterm_interrupts
+from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
 from occgen.build.sources import open_source
 from occgen.report.card import command_line, write_card
 from occgen.sets.pairs import describe as describe_pairs, pair_rows, picks as pair_picks, read_pairs, resolve, write_pairs
@@ -53,14 +53,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--compat", type=click.Choice(COMPAT_MODES), default="paper", show_default=True,
               help="'paper': size capped at the face, alpha paste; 'from': the authors' release (cap W-1 x H-1, opaque paste).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; each sample's generator is seeded by (seed, key).")
-@click.option("-j", "--jobs", default=default_jobs(), show_default="all cores", type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
-@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="jpg", show_default=True, help="Stored image format.")
-@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"), show_default=True,
-              help="Folder for the shards NAME-000000.tar, ...")
-@click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"), show_default=True,
-              help="Folder for manifests/NAME/.")
+@shard_output_options
 @click.option("--name", help="Dataset name (default: occ-<source folder name>).")
 @click.option("--K", "ks", type=click.IntRange(K_MIN, K_MAX), multiple=True,
               help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.")

@@ -8,11 +8,11 @@ import click
 
 from occgen.build.sources import open_source, read_bytes
 from occgen.cli import main
+from occgen.clicommon import shard_output_options
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array
+from occgen.images import decode_array
 from occgen.report.card import command_line, write_card
 from occgen.report.preview import png_bytes
-from occgen.runner import default_jobs
 from occgen.sets.pairs import describe, read_pairs, write_pairs
 from occgen.sets.partial import PartialOptions, area_range, build_partial, parts_sheet, template_of
 from occgen.writer import atomic_write
@@ -24,14 +24,7 @@ from occgen.writer import atomic_write
 @click.option("--pairs", "pairs_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="LFW-style pairs list (e.g. LFW view 2's pairs.txt).")
 @click.option("--centered", is_flag=True, help="Move each part's landmark to the image centre (default: in place).")
-@click.option("-j", "--jobs", default=default_jobs(), show_default="all cores", type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
-@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="jpg", show_default=True, help="Stored image format.")
-@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"), show_default=True,
-              help="Folder for the shards NAME-000000.tar, ...")
-@click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"),
-              show_default=True, help="Folder for manifests/NAME/.")
+@shard_output_options
 @click.option("--name", help="Dataset name (default: partial-<source folder name>[-centered]).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
