@@ -3,7 +3,7 @@
 A run folder holds ``checkpoints/step-NNNNNNNN.pt`` and ``checkpoints/latest`` (a one-line file naming the newest,
 replaced atomically after the checkpoint itself is complete, so it never names half a file). A checkpoint is a
 dict of tensors, numbers and strings only (no pickled classes): the model's ``state_dict``, the classifier's
-full weight and momentum (gathered from every rank), the optimizers, scheduler and scaler states, RNG states, the
+full weight and momentum (gathered from every rank), the optimizers, schedule and scaler states, RNG states, the
 data position, and ``model_spec``, which rebuilds the network without the training config.
 """
 

@@ -171,9 +171,6 @@ class Trainer:
         opt = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.optimizer = torch.optim.SGD(self.model.parameters(), **opt)
         self.head_optimizer = torch.optim.SGD(self.head.parameters(), **opt)
-        per_epoch = self.plan.steps_per_epoch
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg.milestones, per_epoch))
-                           for o in (self.optimizer, self.head_optimizer)]
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.step = 0
         if resume_state is not None:
@@ -199,7 +196,8 @@ class Trainer:
             "classifier": {"weight": self.head.full_weight().cpu(),
                            "momentum": None if momentum is None else self.head.gather_rows(momentum).cpu()},
             "optimizer": self.optimizer.state_dict(),
-            "schedulers": [s.state_dict() for s in self.schedulers],
+            "schedule": {"lr": self.cfg.lr, "milestones": list(self.cfg.milestones),
+                         "steps_per_epoch": self.plan.steps_per_epoch, "step": self.step},
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -234,11 +232,6 @@ class Trainer:
         if momentum is not None:
             weight = self._head_weight()
             self.head_optimizer.state[weight]["momentum_buffer"] = self.head.local_rows(momentum).to(device).clone()
-        for scheduler, saved in zip(self.schedulers, state["schedulers"]):
-            scheduler.load_state_dict(saved)
-        for opt in (self.optimizer, self.head_optimizer):  # the lr the schedule gives at this step
-            for group in opt.param_groups:
-                group["lr"] = self.cfg.lr * lr_factor(state["step"], self.cfg.milestones, self.plan.steps_per_epoch)
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -318,6 +311,14 @@ class Trainer:
         result.seconds = time.perf_counter() - began
         return result
 
+    def set_lr(self) -> float:
+        """The schedule is a function of the step (so of the data position), set before each update."""
+        lr = self.cfg.lr * lr_factor(self.step, self.cfg.milestones, self.plan.steps_per_epoch)
+        for opt in (self.optimizer, self.head_optimizer):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
     def _train_step(self, micro: list[dict[str, Any]], per_process: int, autocast: torch.dtype | None
                     ) -> dict[str, float]:
         cfg, world = self.cfg, self.world
@@ -359,12 +360,10 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             self.scaler.unscale_(self.head_optimizer)
             clip_global(self.model, self.head, cfg.clip_grad, world)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.set_lr()
         self.scaler.step(self.optimizer)
         self.scaler.step(self.head_optimizer)
         self.scaler.update()
-        for scheduler in self.schedulers:
-            scheduler.step()
         stats = {"loss": loss, "loss_id": totals[1].item() / n, "loss_pattern": None, "pattern_acc": None, "lr": lr}
         if needs_targets(cfg.variant):
             stats["loss_pattern"] = totals[2].item() / n

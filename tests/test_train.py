@@ -147,3 +147,24 @@ def test_bench_prints_step_and_loader_figures_beside_the_simple_way(mix):
                                           "16", "-j", "0", "-j", "1"])
     assert result.exit_code == 0, result.output
     assert "plain PIL loop" in result.output and result.output.count("vs plain") == 2
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_clipping_and_online_occlusion(mix, tmp_path, precision):
+    run = tmp_path / precision
+    train("--shards", str(mix), *TINY, "-j", "0", "--steps", "2", "--precision", precision, "--clip-grad", "1.0",
+          "--occlude-online", "1:0.5:3", "--out", str(run))
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss_pattern"] > 0 for r in rows)
+    state = torch.load(checkpoint.resolve(run), weights_only=True)
+    assert state["scaler"]["scale"] if precision == "fp16" else True
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mix, tmp_path):
+    run = tmp_path / "nan"
+    result = CliRunner().invoke(fromnet_main, ["train", "--shards", str(mix), *TINY, "-j", "0", "--steps", "6",
+                                               "--lr", "1e30", "--ckpt-every", "1", "--out", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "the loss became" in result.output and "Traceback" not in result.output
+    step = torch.load(checkpoint.resolve(run), weights_only=True)["step"]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(run) if r["step"] <= step)
