@@ -74,6 +74,39 @@ def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: lis
     return result
 
 
+@dataclass
+class AttentionReadout:
+    """The attention variant's view of a face: its K raw maps and their importance s (sums to 1)."""
+
+    name: str
+    attention: np.ndarray  # (K, h, w)
+    importance: np.ndarray  # (K,)
+
+
+def read_attention(model: torch.nn.Module, faces: np.ndarray, names: list[str]) -> list[AttentionReadout]:
+    """Attention maps and importances of each face in (N, H, W, 3) uint8 RGB."""
+    with torch.inference_mode():
+        out = model(to_input(torch.from_numpy(np.require(faces, requirements="CW"))))
+    return [AttentionReadout(name, out.attention[n].float().numpy(), out.importance[n].float().numpy())
+            for n, name in enumerate(names)]
+
+
+def describe_attention(r: AttentionReadout) -> str:
+    shares = ", ".join(f"map {k}: s = {v:.3f}" for k, v in enumerate(r.importance))
+    peaks = ", ".join(f"map {k} peaks at cell {tuple(int(i) for i in np.unravel_index(a.argmax(), a.shape))}"
+                      for k, a in enumerate(r.attention))
+    return f"{r.name}\n  importance: {shares}\n  {peaks} (row, col of the {r.attention.shape[1]}x" \
+           f"{r.attention.shape[2]} grid)"
+
+
+def draw_attention(faces: np.ndarray, readouts: list[AttentionReadout]) -> Image.Image:
+    """One strip per face (the face, then each map blended over it), stacked top to bottom."""
+    from fromnet.viz import attention_overlay
+
+    strips = [attention_overlay(face, r.attention, r.importance) for face, r in zip(faces, readouts)]
+    return Image.fromarray(np.concatenate(strips, axis=0))
+
+
 def describe(r: OcclusionReadout) -> str:
     """A few lines for the terminal: the pattern and the KxK mask (low = judged occluded)."""
     lines = [r.name]

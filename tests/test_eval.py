@@ -322,6 +322,14 @@ def test_occlusion_readout_and_cli(lfw_sets, tmp_path):
     baseline = make_run(tmp_path / "baseline", "baseline")
     result = run(main, "occlusion", "--model", baseline, paths[0], ok=False)
     assert result.exit_code == 2 and "no mask decoder" in result.output
+    # The attention variant: its K maps and their importance, drawn as one strip per face.
+    torch.manual_seed(0)
+    spec = ModelSpec("attention", 4, (112, 96), "r18", 0.25)
+    save(tmp_path / "attention", 1, {"model_spec": spec.to_dict(), "model": build_model(**spec.build_kwargs())
+                                     .state_dict(), "step": 1})
+    text = run(main, "occlusion", "--model", tmp_path / "attention", *paths, "--draw", drawn).output
+    assert text.count("importance: map 0: s = ") == 2 and "map 3" in text
+    assert Image.open(drawn).size == (5 * 96, 2 * 112)  # the face and 4 maps, two faces
 
 
 def test_report_draws_region_bars_for_sets_named_after_regions(tmp_path):

@@ -1,4 +1,5 @@
-"""`fromnet occlusion`: the occlusion pattern and KxK mask a FROM checkpoint predicts for aligned faces."""
+"""`fromnet occlusion`: the occlusion pattern and KxK mask a FROM checkpoint predicts for aligned faces, or the
+attention maps of the attention variant."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from occgen.errors import UserError
 
 @main.command("occlusion")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", required=True, help="A FROM run folder or checkpoint (a variant with a mask decoder).")
+@click.option("--model", required=True, help="A run folder or checkpoint: a FROM variant with a mask decoder, or "
+              "the attention variant (its K maps and their importance).")
 @click.option("--draw", "draw_to", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a PNG of the faces with the grid, the mask (red = switched off) and the pattern.")
 @click.option("--K", "K", type=click.IntRange(1, 8), help="Grid of the mask read-out (default: the model's K).")
@@ -26,9 +28,8 @@ def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K:
     import numpy as np
 
     from fromnet.checkpoint import load_model
-    from fromnet.occlusion import describe, draw, read_occlusion
+    from fromnet.occlusion import describe, describe_attention, draw, draw_attention, read_attention, read_occlusion
     from occgen.images import load_rgb
-    from occgen.writer import atomic_write
 
     loaded = load_model(model, "cpu")
     size = tuple(loaded.spec.input_size)
@@ -40,14 +41,28 @@ def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K:
                             f"{size[0]}x{size[1]} faces (align photos with `occgen align`)")
         faces.append(face)
     batch = np.stack(faces)
+    names = [str(p) for p in images]
+    if loaded.spec.variant == "attention":
+        readouts = read_attention(loaded.model, batch, names)
+        for r in readouts:
+            click.echo(describe_attention(r))
+        if draw_to is not None:
+            _write_png(draw_attention(batch, readouts), draw_to)
+        return
     if K is not None and K != loaded.spec.K and loaded.model.predictor is not None:
         raise UserError(f"--K {K}: this model's pattern predictor was trained at K={loaded.spec.K}")
     k = K or loaded.spec.K
-    readouts = read_occlusion(loaded.model, k, batch, [str(p) for p in images])
+    readouts = read_occlusion(loaded.model, k, batch, names)
     for r in readouts:
         click.echo(describe(r))
     if draw_to is not None:
-        buf = io.BytesIO()
-        draw(batch, readouts, k).save(buf, format="PNG")
-        atomic_write(draw_to, buf.getvalue())
-        click.echo(f"-> {draw_to}")
+        _write_png(draw(batch, readouts, k), draw_to)
+
+
+def _write_png(image, path: Path) -> None:
+    from occgen.writer import atomic_write
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
+    click.echo(f"-> {path}")
