@@ -27,7 +27,7 @@ LFW, PAIRS = DATA / "lfw-112x96", DATA / "lfw-meta" / "pairs.txt"
 MODELS = {  # label: extra `fromnet train` options
     "Baseline-Aug": ["--variant", "baseline"],
     "FROM": ["--variant", "from", "--K", "5"],
-    "Attention": ["--variant", "attention", "--K", "4"],
+    "Attention": ["--variant", "attention", "--K", "4", "--margin", "softmax"],  # its paper's loss (attention.toml)
 }
 
 
@@ -76,6 +76,7 @@ def main() -> None:
     common = ["--out", str(shards), "--manifests", str(manifests), "-q"]
     started = time.perf_counter()
     train_dir, pairs, small, people = split(work)
+    # Builds resume (they skip finished shards), so rerunning for another --models reuses the sets.
     run(occgen, "build", "--src", str(train_dir), "--name", "mix-train", "--clean-ratio", "0.3333", "--scales",
         "1:0.5:5", "--shard-size", "500", "--seed", "1", "--K", "5", *common)
     sets = ["nn"]
