@@ -55,7 +55,7 @@ def bench_train(variant, backbone, width_mult, batch_size, precisions, compile_,
               help="Loader processes to time (repeatable; default 1 and 2).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per run.")
-@click.option("--K", "K", type=click.IntRange(1, 8), default=5, show_default=True,
+@click.option("--K", "K", type=click.IntRange(0, 8), default=5, show_default=True,
               help="Join pattern labels for this K (0 skips labels).")
 def bench_loader(manifest, workers, batch_size, batches, K):
     """fromnet's loader (decode, flip, labels, batching) against a plain PIL decode loop, in images/s."""
