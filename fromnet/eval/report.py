@@ -194,8 +194,8 @@ def _save(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    # bbox_inches="tight" fits any number of legend rows (tight_layout gives up on tall legends, with a warning)
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
     _pyplot().close(fig)
     atomic_write(path, buf.getvalue())
 
