@@ -7,7 +7,6 @@ a plain PIL decode loop for the loader), so that a busy machine slows both alike
 from __future__ import annotations
 
 import io
-import statistics
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -85,14 +84,6 @@ def bench_steps(configs: list[StepConfig], make, steps: int, warmup: int) -> Non
             seconds = run()
             if round_ >= warmup:
                 cfg.times.append(seconds)
-
-
-def best(times: list[float]) -> float:
-    return min(times)
-
-
-def median(times: list[float]) -> float:
-    return statistics.median(times)
 
 
 # -- loader ---------------------------------------------------------------------------------------------------------

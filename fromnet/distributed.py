@@ -67,15 +67,6 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj, world: World):
-    """Rank 0's picklable object on every rank (small things: a decision, a path)."""
-    if not world.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_gather_cat(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Concatenate equal-shaped tensors from every rank along dim 0 (no gradient)."""
     if not world.distributed:

@@ -29,7 +29,7 @@ from fromnet.data import (OnlineOcclusion, Source, StreamPlan, TrainStream, buil
 from fromnet.distributed import World
 from fromnet.losses import Margin, MarginHead, make_criterion
 from fromnet.models import VARIANTS, build_model
-from fromnet.params import TrainConfig, merge_resumed, write_toml
+from fromnet.params import TrainConfig, merge_resumed, read_toml, write_toml
 from fromnet.partial_fc import ShardedMarginHead
 from fromnet.progress import Progress
 from occgen.build.plan import parse_scales
@@ -248,7 +248,7 @@ class Trainer:
         workers = usable_workers(self.cfg.workers, per_process * plan.lanes)
         return torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=workers, pin_memory=world.device.type == "cuda",
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+            prefetch_factor=4 if workers else None)
 
     def fit(self, end: int) -> Result:
         cfg, world, plan = self.cfg, self.world, self.plan
@@ -460,8 +460,6 @@ def prepare(cfg_overrides: dict[str, Any], config: TrainConfig, resume: bool, wo
     if resume:
         if not saved_cfg.is_file():
             raise UserError(f"--resume: {run} holds no run (no config.toml); start it without --resume")
-        from fromnet.params import read_toml
-
         cfg = merge_resumed(TrainConfig(**read_toml(saved_cfg)), cfg_overrides)
         state = checkpoint.load(run) if (checkpoint.checkpoint_dir(run) / checkpoint.LATEST).is_file() else None
     else:

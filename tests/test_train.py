@@ -157,7 +157,8 @@ def test_mixed_precision_clipping_and_online_occlusion(mix, tmp_path, precision)
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss_pattern"] > 0 for r in rows)
     state = torch.load(checkpoint.resolve(run), weights_only=True)
-    assert state["scaler"]["scale"] if precision == "fp16" else True
+    assert bool(state["scaler"]) == (precision == "fp16")  # the gradient scaler runs (and is saved) for fp16 only
+    assert f'precision = "{precision}"' in (run / "config.toml").read_text()
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mix, tmp_path):

@@ -16,24 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
-LFW, PAIRS = DATA / "lfw-112x96", DATA / "lfw-meta" / "pairs.txt"
+from expcommon import DATA, LFW, link_images, run
+
+PAIRS = DATA / "lfw-meta" / "pairs.txt"
 MODELS = {  # label: extra `fromnet train` options
     "Baseline-Aug": ["--variant", "baseline"],
     "FROM": ["--variant", "from", "--K", "5"],
     "Attention": ["--variant", "attention", "--K", "4", "--margin", "softmax"],  # its paper's loss (attention.toml)
 }
-
-
-def run(*cmd: str) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def split(work: Path) -> tuple[Path, Path, Path, int]:
@@ -47,11 +41,7 @@ def split(work: Path) -> tuple[Path, Path, Path, int]:
         if person.name in held_out or len(images) < 2:
             continue
         people += 1
-        folder = work / "train" / person.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for image in images:
-            if not (folder / image.name).exists():
-                (folder / image.name).symlink_to(image)
+        link_images(work / "train" / person.name, images)
     test = work / "pairs-fold10.txt"
     test.write_text("1\t300\n" + "\n".join(fold) + "\n")
     small = work / "pairs-fold10-200.txt"

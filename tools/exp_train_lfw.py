@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -22,8 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parent.parent
-LFW = REPO.parent / "shared" / "data" / "lfw-112x96"
+from expcommon import LFW, link_images, run
 
 
 def split(work: Path, min_images: int, held_out: int) -> tuple[Path, Path, int]:
@@ -35,18 +33,8 @@ def split(work: Path, min_images: int, held_out: int) -> tuple[Path, Path, int]:
             continue
         people += 1
         for part, chosen in (("train", images[:-held_out]), ("val", images[-held_out:])):
-            folder = work / part / person.name
-            folder.mkdir(parents=True, exist_ok=True)
-            for image in chosen:
-                link = folder / image.name
-                if not link.exists():
-                    link.symlink_to(image)
+            link_images(work / part / person.name, chosen)
     return work / "train", work / "val", people
-
-
-def run(*cmd: str) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def main() -> None:

@@ -33,7 +33,9 @@ def bench() -> None:
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 def bench_train(variant, backbone, width_mult, batch_size, precisions, compile_, classes, steps, warmup, device):
     """Forward, loss, backward and SGD step on a fixed random batch, per precision and memory layout."""
-    from fromnet.bench import TrainStep, bench_steps, best, median, step_configs
+    import statistics
+
+    from fromnet.bench import TrainStep, bench_steps, step_configs
 
     dev = torch.device(device)
     configs = step_configs(list(precisions or ("fp32", "bf16")), compile_)
@@ -41,11 +43,11 @@ def bench_train(variant, backbone, width_mult, batch_size, precisions, compile_,
                f"x{width_mult:g}, batch {batch_size}, {classes} classes; best of {steps} steps after {warmup} warm-up")
     bench_steps(configs, lambda cfg: TrainStep(cfg, variant, backbone, width_mult, batch_size, classes, 5, dev),
                 steps, warmup)
-    simple = best(configs[0].times)
+    simple = min(configs[0].times)
     for cfg in configs:
-        b = best(cfg.times)
+        b = min(cfg.times)
         click.echo(f"  {cfg.name:<30} {b:8.4f} s/step {batch_size / b:9.1f} img/s  x{simple / b:4.2f} vs simple "
-                   f"(median {median(cfg.times):.4f} s)")
+                   f"(median {statistics.median(cfg.times):.4f} s)")
 
 
 @bench.command("loader")

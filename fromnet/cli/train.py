@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -141,4 +140,4 @@ def _summary(trainer, result, end: int) -> None:
     if result.step < end:
         lines.append(f"next       fromnet train --out {result.run} --resume   (continues to step {end})")
     lines.append(f"evaluate   fromnet eval --model {result.run} ...")
-    click.echo("\n".join(lines), err=sys.stderr.isatty())
+    click.echo("\n".join(lines))
