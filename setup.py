@@ -1,5 +1,5 @@
 """What setup.cfg cannot say: the repo's top-level ``occluders/`` folder ships inside the wheel as the package
-data folder ``occgen/occluders/``, where ``occgen.build.occluders`` finds the default library once installed.
+data folder ``occgen/occluders/``, where ``occgen.occlude.occluders`` finds the default library once installed.
 
 Each data folder is listed as a (namespace) package so that setuptools copies it without warnings. All package
 data is declared here (setup.py's ``package_data`` replaces setup.cfg's): the occluders and fromnet's training

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
-from occgen.build.plan import SampleRandom, sample_seed
+from occgen.occlude.plan import SampleRandom, sample_seed
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
 from occgen.label.patterns import label_boxes, regression_target
@@ -446,8 +446,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         return batch
 
     def _occlude(self, face: np.ndarray, key: str, epoch: int) -> tuple[np.ndarray, dict[str, Any]]:
-        from occgen.build.occluders import load_library
-        from occgen.build.run import BuildOptions, occlude_sample
+        from occgen.occlude.occluders import load_library
+        from occgen.occlude.run import BuildOptions, occlude_sample
 
         online = self.plan.online
         if self._library is None:

@@ -32,7 +32,7 @@ from fromnet.models import VARIANTS, build_model
 from fromnet.params import TrainConfig, merge_resumed, read_toml, write_toml
 from fromnet.partial_fc import ShardedMarginHead
 from fromnet.progress import Progress
-from occgen.build.plan import parse_scales
+from occgen.occlude.plan import parse_scales
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes
 from occgen.writer import atomic_write

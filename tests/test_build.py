@@ -14,9 +14,9 @@ import webdataset as wds
 from PIL import Image
 from click.testing import CliRunner
 
-from occgen.build import demo
+from occgen.occlude import demo
 from occgen.cli import main
-from occgen.build.plan import parse_scales, sample_key
+from occgen.occlude.plan import parse_scales, sample_key
 from occgen.errors import UserError
 
 from conftest import REPO, shared

@@ -18,8 +18,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from occgen.build import demo
-from occgen.build.plan import sample_key
+from occgen.occlude import demo
+from occgen.occlude.plan import sample_key
 
 from conftest import REPO
 from test_build import files, run

@@ -17,9 +17,9 @@ from conftest import shared
 from occgen.cli import main
 from occgen.errors import UserError
 from occgen.label.labels import write_labels
-from occgen.build.occluders import load_library
+from occgen.occlude.occluders import load_library
 from occgen.label.patterns import label_boxes, num_patterns, regression_target
-from occgen.build.render import place, scaled_size
+from occgen.occlude.render import place, scaled_size
 
 BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
 
@@ -103,7 +103,7 @@ def test_shards_of_only_clean_samples_with_untyped_boxes(tmp_path):
 
 
 def test_real_geometry_from_real_occluders(tmp_path):
-    """Boxes made by Algorithm 1 (occgen.build.render) from the real occluder library on the real face size."""
+    """Boxes made by Algorithm 1 (occgen.occlude.render) from the real occluder library on the real face size."""
     library = load_library(shared("occluders-openclipart-fluent"))
     faces = sorted(shared("lfw-mini/aligned-112x96").rglob("*.jpg"))
     rng = np.random.default_rng(100)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occgen.build.calibrate import calibrate
-from occgen.build.coverage import expected_box_fraction
+from occgen.occlude.calibrate import calibrate
+from occgen.occlude.coverage import expected_box_fraction
 from occgen.errors import UserError
 from occgen.images import load_rgb
-from occgen.build.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
-from occgen.build.render import ScaledOccluder, occlude, place, scaled_size
+from occgen.occlude.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
+from occgen.occlude.render import ScaledOccluder, occlude, place, scaled_size
 from tests.conftest import shared
 
 #: The FROM paper's mean occluded fraction of the face on LFW for s = 1, 2, 3.

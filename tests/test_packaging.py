@@ -51,7 +51,7 @@ def test_wheel_installs_and_runs_occgen_and_fromnet(tmp_path: Path, monkeypatch)
     work = tmp_path / "work"
     work.mkdir()
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(work)}
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import occgen.build.occluders as o; print(o.DEFAULT_LIBRARY)"],
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import occgen.occlude.occluders as o; print(o.DEFAULT_LIBRARY)"],
                            cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where == str(site / "occgen" / "occluders"), where
     shipped = sorted(p.relative_to(site).as_posix() for p in site.glob("fromnet/configs/*.toml"))

@@ -1,11 +1,11 @@
-"""Algorithm 1 geometry and pasting (occgen.build.render), on small generated images."""
+"""Algorithm 1 geometry and pasting (occgen.occlude.render), on small generated images."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from occgen.build.render import Box, ScaledOccluder, occlude, place, scaled_size
+from occgen.occlude.render import Box, ScaledOccluder, occlude, place, scaled_size
 
 
 def test_scaled_size_is_capped_at_the_face():

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from occgen.build.calibrate import TARGETS
-from occgen.build.coverage import expected_box_fraction
-from occgen.build.occluders import load_library
+from occgen.occlude.calibrate import TARGETS
+from occgen.occlude.coverage import expected_box_fraction
+from occgen.occlude.occluders import load_library
 from occgen.cli import main
 from occgen.label.labels import labels_path
 

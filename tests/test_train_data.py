@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from fromnet.data import (OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, decode_face,
                           iter_ordered, parse_source, read_manifest, sample_meta)
-from occgen.build.occluders import load_library
-from occgen.build.plan import sample_seed
-from occgen.build.run import BuildOptions, occlude_sample
+from occgen.occlude.occluders import load_library
+from occgen.occlude.plan import sample_seed
+from occgen.occlude.run import BuildOptions, occlude_sample
 from occgen.cli import main as occgen_main
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from occgen.build import demo
+from occgen.occlude import demo
 
 from test_build import files, run
 

@@ -27,11 +27,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from occgen.build import demo  # noqa: E402
-from occgen.build.run import BuildOptions, build  # noqa: E402
-from occgen.build.occluders import DEFAULT_LIBRARY, load_library  # noqa: E402
-from occgen.build.plan import parse_scales  # noqa: E402
-from occgen.build.sources import from_tree  # noqa: E402
+from occgen.occlude import demo  # noqa: E402
+from occgen.occlude.run import BuildOptions, build  # noqa: E402
+from occgen.occlude.occluders import DEFAULT_LIBRARY, load_library  # noqa: E402
+from occgen.occlude.plan import parse_scales  # noqa: E402
+from occgen.occlude.sources import from_tree  # noqa: E402
 from occgen.runner import Backend  # noqa: E402
 
 

@@ -41,8 +41,8 @@ from PIL import Image, ImageChops, ImageDraw
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from occgen.build.calibrate import BASE_SIZE, TARGETS, Fit, calibrate  # noqa: E402
-from occgen.build.occluders import CATEGORIES  # noqa: E402
+from occgen.occlude.calibrate import BASE_SIZE, TARGETS, Fit, calibrate  # noqa: E402
+from occgen.occlude.occluders import CATEGORIES  # noqa: E402
 
 MAX_SIDE = 160
 OPENCLIPART_LICENCE = "public domain (Open Clip Art Library)"

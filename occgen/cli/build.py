@@ -8,17 +8,17 @@ from pathlib import Path
 import click
 import pyarrow.parquet as pq
 
-from occgen.build.run import BuildOptions, build
+from occgen.occlude.run import BuildOptions, build
 from occgen.cli import main
 from occgen.clicommon import shard_output_options
 from occgen.cli.label import label_manifest
 from occgen.errors import UserError
 from occgen.label.patterns import K_MAX, K_MIN
-from occgen.build.plan import parse_scales
-from occgen.build.render import COMPAT_MODES
+from occgen.occlude.plan import parse_scales
+from occgen.occlude.render import COMPAT_MODES
 from occgen.clicommon import parse_size
 from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
-from occgen.build.sources import open_source
+from occgen.occlude.sources import open_source
 from occgen.report.card import command_line, write_card
 from occgen.sets.pairs import describe as describe_pairs, pair_rows, picks as pair_picks, read_pairs, resolve, write_pairs
 from occgen.sets.regions import REGIONS, group_categories

@@ -13,7 +13,7 @@ from occgen.errors import UserError
 from occgen.report.card import refresh_card
 from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
 from occgen.label.patterns import K_MAX, K_MIN
-from occgen.build.render import COMPAT_MODES
+from occgen.occlude.render import COMPAT_MODES
 
 
 @main.command("label")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from occgen.build.calibrate import TARGETS
-from occgen.build.occluders import load_library
-from occgen.build.plan import parse_scales
-from occgen.build.render import COMPAT_MODES
+from occgen.occlude.calibrate import TARGETS
+from occgen.occlude.occluders import load_library
+from occgen.occlude.plan import parse_scales
+from occgen.occlude.render import COMPAT_MODES
 from occgen.cli import main
 from occgen.clicommon import parse_size
 from occgen.errors import UserError

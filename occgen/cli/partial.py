@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from occgen.build.sources import open_source, read_bytes
+from occgen.occlude.sources import open_source, read_bytes
 from occgen.cli import main
 from occgen.clicommon import shard_output_options
 from occgen.errors import UserError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from occgen.build.verify import PROBLEMS, repair, verify
+from occgen.occlude.verify import PROBLEMS, repair, verify
 from occgen.cli import main
 from occgen.runner import default_jobs
 

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 
 from occgen.errors import UserError
 from occgen.label.patterns import block_edges, check_compat, check_k, label_boxes, num_patterns, regression_target
-from occgen.build.render import Compat
+from occgen.occlude.render import Compat
 from occgen.writer import atomic_write, table_bytes
 
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")

@@ -48,7 +48,7 @@ from functools import lru_cache
 import numpy as np
 
 from occgen.errors import UserError
-from occgen.build.render import COMPAT_MODES, Compat
+from occgen.occlude.render import COMPAT_MODES, Compat
 
 K_MIN, K_MAX = 1, 8
 #: The release adds this to the union so that an empty mask scores 0 instead of 0/0.

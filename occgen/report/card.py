@@ -20,7 +20,7 @@ import click
 import pandas as pd
 from click.core import ParameterSource
 
-from occgen.build.occluders import DEFAULT_LIBRARY
+from occgen.occlude.occluders import DEFAULT_LIBRARY
 from occgen.report.stats import compute, read_labels, read_manifest, table
 from occgen.writer import atomic_write
 

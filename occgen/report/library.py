@@ -1,6 +1,6 @@
 """What an occluder library will do to a face before anything is built: each file's size and expected occluded
 area per scale, the library's mean (coverage.expected_box_fraction, the computation the build's geometry
-implies), saturation, and a calibration to the FROM paper's figures (occgen.build.calibrate)."""
+implies), saturation, and a calibration to the FROM paper's figures (occgen.occlude.calibrate)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from occgen.build.calibrate import TARGETS, Fit, calibrate
-from occgen.build.coverage import expected_box_fraction
-from occgen.build.occluders import REFERENCE_FACE, OccluderLibrary
-from occgen.build.render import Compat, scaled_size
+from occgen.occlude.calibrate import TARGETS, Fit, calibrate
+from occgen.occlude.coverage import expected_box_fraction
+from occgen.occlude.occluders import REFERENCE_FACE, OccluderLibrary
+from occgen.occlude.render import Compat, scaled_size
 from occgen.writer import atomic_write
 
 #: A scale saturates when at least this share of the occluders covers the whole face there (the project's library,

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from occgen.build.calibrate import TARGETS  # noqa: E402
+from occgen.occlude.calibrate import TARGETS  # noqa: E402
 from occgen.writer import atomic_write  # noqa: E402
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from occgen.build.plan import sample_key
-from occgen.build.sources import Item, Source
+from occgen.occlude.plan import sample_key
+from occgen.occlude.sources import Item, Source
 from occgen.errors import UserError
 from occgen.writer import atomic_write, parquet_bytes
 

@@ -29,9 +29,9 @@ import pyarrow as pa
 
 from occgen import __version__
 from occgen.align.transform import TEMPLATES, Template
-from occgen.build.plan import sample_key
-from occgen.build.run import _complete, _prepare  # the build's resume rules, shared
-from occgen.build.sources import Item, Source, read_bytes
+from occgen.occlude.plan import sample_key
+from occgen.occlude.run import _complete, _prepare  # the build's resume rules, shared
+from occgen.occlude.sources import Item, Source, read_bytes
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode
 from occgen.runner import Summary, parallel_map

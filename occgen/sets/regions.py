@@ -7,7 +7,7 @@ and pasted over it, so the occluded box *is* the region (its pixel area is what 
 from __future__ import annotations
 
 from occgen.errors import UserError
-from occgen.build.occluders import CATEGORIES, REFERENCE_FACE
+from occgen.occlude.occluders import CATEGORIES, REFERENCE_FACE
 
 #: Boxes (x0, y0, x1, y1), half-open, on the 112x96 (HxW) SphereFace/CosFace crop, as in the authors' release.
 REGIONS: dict[str, tuple[int, int, int, int]] = {

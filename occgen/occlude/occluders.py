@@ -19,7 +19,7 @@ from typing import Protocol
 from PIL import Image
 
 from occgen.errors import UserError
-from occgen.build.render import Compat, ScaledOccluder
+from occgen.occlude.render import Compat, ScaledOccluder
 
 #: The nine FROM categories (PDSN folder names).
 CATEGORIES: tuple[str, ...] = (

@@ -25,11 +25,11 @@ import numpy as np
 from occgen import __version__
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode, resize
-from occgen.build.occluders import OccluderLibrary, load_library
-from occgen.build.plan import draw, sample_key, sample_seed
-from occgen.build.render import Compat, occlude, scaled_size
+from occgen.occlude.occluders import OccluderLibrary, load_library
+from occgen.occlude.plan import draw, sample_key, sample_seed
+from occgen.occlude.render import Compat, occlude, scaled_size
 from occgen.runner import Backend, Summary, parallel_map
-from occgen.build.sources import Item, Source, read_bytes
+from occgen.occlude.sources import Item, Source, read_bytes
 from occgen.sets.regions import fit_region
 from occgen.writer import (
     ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,

@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from occgen.build.occluders import REFERENCE_FACE
-from occgen.build.render import Compat, scaled_size
+from occgen.occlude.occluders import REFERENCE_FACE
+from occgen.occlude.render import Compat, scaled_size
 
 
 @lru_cache(maxsize=None)

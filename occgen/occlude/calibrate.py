@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from occgen.build.coverage import expected_box_fraction
-from occgen.build.occluders import REFERENCE_FACE
+from occgen.occlude.coverage import expected_box_fraction
+from occgen.occlude.occluders import REFERENCE_FACE
 
 #: Mean clipped-box fraction of the face the FROM paper reports for Algorithm 1 on LFW, per scale s.
 TARGETS: dict[float, float] = {1.0: 0.1876, 2.0: 0.4309, 3.0: 0.5200}

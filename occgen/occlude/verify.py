@@ -20,9 +20,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from occgen.build.occluders import load_library
-from occgen.build.run import LOCK, BuildOptions, fingerprint as build_fingerprint, plan_shards, render_shard
-from occgen.build.sources import Source, from_list, from_tree, open_source
+from occgen.occlude.occluders import load_library
+from occgen.occlude.run import LOCK, BuildOptions, fingerprint as build_fingerprint, plan_shards, render_shard
+from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.errors import UserError
 from occgen.runner import parallel_map
 from occgen.writer import exclusive

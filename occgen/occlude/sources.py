@@ -14,8 +14,8 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from occgen.build import demo
-from occgen.build.plan import sample_key
+from occgen.occlude import demo
+from occgen.occlude.plan import sample_key
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS
 
