@@ -3,7 +3,7 @@ data folder ``occgen/occluders/``, where ``occgen.occlude.occluders`` finds the 
 
 Each data folder is listed as a (namespace) package so that setuptools copies it without warnings. All package
 data is declared here (setup.py's ``package_data`` replaces setup.cfg's): the occluders and fromnet's training
-recipes (``fromnet/configs/*.toml``).
+recipes (``fromnet/train/configs/*.toml``).
 """
 
 from setuptools import find_namespace_packages, find_packages, setup
@@ -13,5 +13,5 @@ OCCLUDERS = ["occgen.occluders"] + [f"occgen.occluders.{p}" for p in find_namesp
 setup(
     packages=find_packages(include=["occgen*", "fromnet*"]) + OCCLUDERS,
     package_dir={"occgen.occluders": "occluders"},
-    package_data={"fromnet": ["configs/*.toml"], **{p: ["*"] for p in OCCLUDERS}},
+    package_data={"fromnet.train": ["configs/*.toml"], **{p: ["*"] for p in OCCLUDERS}},
 )

@@ -38,8 +38,14 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict)  # extra NetConfig fields
 
     def build_kwargs(self) -> dict[str, Any]:
-        return dict(variant=self.variant, K=self.K, input_size=tuple(self.input_size), backbone=self.backbone,
-                    width_mult=self.width_mult, **self.overrides)
+        return dict(
+            variant=self.variant,
+            K=self.K,
+            input_size=tuple(self.input_size),
+            backbone=self.backbone,
+            width_mult=self.width_mult,
+            **self.overrides,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 
 from fromnet.checkpoint import load_model
-from fromnet.data import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
 from fromnet.eval.pairs import embeddings_table
+from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
 from occgen.errors import UserError
 from occgen.runner import parallel_map
 from occgen.writer import atomic_write, table_bytes
@@ -78,7 +78,7 @@ def _per_channel(text: str, what: str) -> np.ndarray:
     return np.array(values * (3 // len(values)), dtype=np.float32)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OnnxOptions:
     """How an ONNX embedder wants its input: size, channel order, normalisation (x - mean) / std, layout."""
 
@@ -149,11 +149,12 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def open_embedder(model: str, device: str = "auto", precision: str = "auto",
-                  onnx: OnnxOptions = OnnxOptions()) -> Embedder:
+def open_embedder(
+    model: str, device: str = "auto", precision: str = "auto", onnx: OnnxOptions = OnnxOptions()
+) -> Embedder:
     """A fromnet run folder / checkpoint, or ``onnx:PATH``."""
     if model.startswith(ONNX_PREFIX):
-        return OnnxEmbedder(Path(model[len(ONNX_PREFIX):]), onnx)
+        return OnnxEmbedder(Path(model[len(ONNX_PREFIX) :]), onnx)
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     dev = pick_device(device)
@@ -175,11 +176,17 @@ def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np
 def _face_row(sample: dict, size: tuple[int, int], where: str) -> tuple[dict, np.ndarray]:
     face = decode_face(sample)
     if face.shape[:2] != tuple(size):
-        raise UserError(f"{where}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
-                        f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size")
+        raise UserError(
+            f"{where}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
+            f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size"
+        )
     meta = sample_meta(sample)
-    return dict(key=sample["__key__"], src=meta.get("src", sample["__key__"]),
-                occluded=bool(meta.get("occluded", False)), box_area_ratio=meta.get("box_area_ratio")), face
+    return dict(
+        key=sample["__key__"],
+        src=meta.get("src", sample["__key__"]),
+        occluded=bool(meta.get("occluded", False)),
+        box_area_ratio=meta.get("box_area_ratio"),
+    ), face
 
 
 def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tuple[list[dict], np.ndarray]:
@@ -192,8 +199,9 @@ def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tup
     return rows, np.stack(faces) if faces else np.zeros((0, *size, 3), np.uint8)
 
 
-def batches(manifest_path: Path, batch_size: int, size: tuple[int, int], workers: int = 0
-            ) -> Iterator[tuple[list[dict], np.ndarray]]:
+def batches(
+    manifest_path: Path, batch_size: int, size: tuple[int, int], workers: int = 0
+) -> Iterator[tuple[list[dict], np.ndarray]]:
     """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error.
 
     With ``workers`` > 1, whole shards are decoded in that many processes (results still in shard order), so a
@@ -201,11 +209,14 @@ def batches(manifest_path: Path, batch_size: int, size: tuple[int, int], workers
     """
     manifest = read_manifest(manifest_path)
     if workers > 1:
-        chunks = parallel_map(partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers,
-                              "decode", quiet=True)
+        chunks = parallel_map(
+            partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers, "decode", quiet=True
+        )
     else:
-        chunks = (([row], face[None]) for row, face in
-                  (_face_row(s, size, str(manifest_path)) for s in iter_ordered(manifest)))
+        chunks = (
+            ([row], face[None])
+            for row, face in (_face_row(s, size, str(manifest_path)) for s in iter_ordered(manifest))
+        )
     rows: list[dict] = []
     faces: list[np.ndarray] = []
     held = 0
@@ -221,16 +232,25 @@ def batches(manifest_path: Path, batch_size: int, size: tuple[int, int], workers
         yield rows, np.concatenate(faces)
 
 
-def embed_manifest(manifest_path: str | Path, embedder: Embedder, batch_size: int = 256, flip: bool = False,
-                   quiet: bool = False, workers: int = 0) -> pa.Table:
+def embed_manifest(
+    manifest_path: str | Path,
+    embedder: Embedder,
+    batch_size: int = 256,
+    flip: bool = False,
+    quiet: bool = False,
+    workers: int = 0,
+) -> pa.Table:
     """Embed every sample of a manifest, in build order, as an embeddings table."""
     manifest_path = Path(manifest_path)
     total = read_manifest(manifest_path).samples
     rows: list[dict] = []
     vectors: list[np.ndarray] = []
     show = not quiet and sys.stderr.isatty()
-    bar = click.progressbar(length=total, label=f"embed {manifest_path.name}", file=sys.stderr, show_pos=True) \
-        if show else None
+    bar = (
+        click.progressbar(length=total, label=f"embed {manifest_path.name}", file=sys.stderr, show_pos=True)
+        if show
+        else None
+    )
     for meta, faces in batches(manifest_path, batch_size, embedder.input_size, workers):
         vectors.append(embed_faces(embedder, faces, flip))
         rows.extend(meta)
@@ -243,8 +263,12 @@ def embed_manifest(manifest_path: str | Path, embedder: Embedder, batch_size: in
     if not np.isfinite(matrix).all():
         raise UserError(f"{embedder.name}: the model gave NaN/inf embeddings for {manifest_path}")
     area = np.array([np.nan if r["box_area_ratio"] is None else r["box_area_ratio"] for r in rows], np.float32)
-    return embeddings_table([r["key"] for r in rows], [r["src"] for r in rows], matrix,
-                            {"occluded": np.array([r["occluded"] for r in rows], bool), "box_area_ratio": area})
+    return embeddings_table(
+        [r["key"] for r in rows],
+        [r["src"] for r in rows],
+        matrix,
+        {"occluded": np.array([r["occluded"] for r in rows], bool), "box_area_ratio": area},
+    )
 
 
 def write_embeddings(table: pa.Table, path: str | Path) -> None:

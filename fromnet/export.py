@@ -1,6 +1,6 @@
 """The embedding network as ONNX, checked against PyTorch with onnxruntime before it is kept.
 
-The graph takes ``input`` (N, 3, H, W) float32 faces normalised to [-1, 1] (RGB, as `fromnet.data.to_input` gives)
+The graph takes ``input`` (N, 3, H, W) float32 faces normalised to [-1, 1] (RGB, as `fromnet.shards.to_input` gives)
 and returns ``embedding`` (N, D); the batch dimension is dynamic. It is written with torch's TorchScript-based
 exporter (``dynamo=False``: the torch.export-based one needs onnxscript, which this project does not install) at
 opset 17, and only renamed into place once onnxruntime reproduces PyTorch's embeddings on a batch of a size other
@@ -55,8 +55,16 @@ def to_onnx_bytes(model: nn.Module, input_size: tuple[int, int], opset: int = OP
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and the shape-check trace warning
-        torch.onnx.export(wrapper, (example,), buf, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["embedding"], dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["embedding"],
+            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+        )
     return buf.getvalue()
 
 
@@ -82,8 +90,9 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = OPSET, tolerance:
     data = to_onnx_bytes(model, size, opset)
     diff = check_onnx(data, model, size)
     if not diff <= tolerance:
-        raise UserError(f"ONNX export of {loaded.path} differs from PyTorch by {diff:.2e} (> {tolerance:g}); "
-                        "not written")
+        raise UserError(
+            f"ONNX export of {loaded.path} differs from PyTorch by {diff:.2e} (> {tolerance:g}); not written"
+        )
     atomic_write(Path(out), data)
     with torch.inference_mode():
         dim = EmbeddingOnly(model).eval()(torch.zeros(2, 3, *size)).shape[1]

@@ -150,8 +150,9 @@ class MarginHead(nn.Module):
     def num_classes(self) -> int:
         return self.classifier.weight.shape[0]
 
-    def forward(self, embedding: torch.Tensor, labels: torch.Tensor,
-                weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, embedding: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         per_sample = F.cross_entropy(self.classifier(embedding, labels), labels, reduction="none")
         return per_sample.mean() if weight is None else (per_sample * weight.float()).mean()
 
@@ -189,8 +190,13 @@ class FromLoss(nn.Module):
         self.head = head
         self.lam = lam
 
-    def forward(self, out: FromOutput, labels: torch.Tensor, patterns: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None) -> LossParts:
+    def forward(
+        self,
+        out: FromOutput,
+        labels: torch.Tensor,
+        patterns: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> LossParts:
         """Give `patterns` (class indices) or `boxes` (normalized corners) for variants that predict them."""
         main = self.head(out.embedding, labels)
         pred = None
@@ -240,19 +246,27 @@ class AttentionLoss(nn.Module):
         self.lambda_wce = lambda_wce
         self.lambda_div = lambda_div
 
-    def forward(self, out: FromOutput, labels: torch.Tensor, patterns: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None) -> LossParts:
+    def forward(
+        self,
+        out: FromOutput,
+        labels: torch.Tensor,
+        patterns: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> LossParts:
         """`patterns` and `boxes` are accepted for the common call and ignored: this variant predicts neither."""
         if not isinstance(out, AttentionOutput) or out.parts is None:
-            raise ValueError("AttentionLoss needs the output of an attention model (parts, attention, importance); "
-                             "use FromLoss for the FROM variants")
+            raise ValueError(
+                "AttentionLoss needs the output of an attention model (parts, attention, importance); "
+                "use FromLoss for the FROM variants"
+            )
         wce = weighted_ce(self.head, out.parts, labels, out.importance)
         div = diversity_loss(out.attention, out.importance)
         return LossParts(total=self.lambda_wce * wce + self.lambda_div * div, margin=wce, pred=div)
 
 
-def make_criterion(variant: str, head: nn.Module, lam: float = 1.0, lambda_wce: float = 1.0,
-                   lambda_div: float = 1.0) -> nn.Module:
+def make_criterion(
+    variant: str, head: nn.Module, lam: float = 1.0, lambda_wce: float = 1.0, lambda_div: float = 1.0
+) -> nn.Module:
     """The training criterion of a variant: FromLoss(head, lam) for the FROM family, AttentionLoss(head,
     lambda_wce, lambda_div) for "attention". Weights that do not apply to the variant are ignored, so a trainer
     can pass all of its settings."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fromnet.data import to_input
+from fromnet.shards import to_input
 from occgen.errors import UserError
 from occgen.label.patterns import block_edges, pattern_catalog
 
@@ -40,7 +40,7 @@ def block_means(mask: np.ndarray, K: int, height: int, width: int) -> np.ndarray
     cols = np.minimum(np.arange(width) * w // width, w - 1)
     full = mask[rows][:, cols]
     ye, xe = block_edges(K, height), block_edges(K, width)
-    return np.array([[full[ye[i]:ye[i + 1], xe[j]:xe[j + 1]].mean() for j in range(K)] for i in range(K)])
+    return np.array([[full[ye[i] : ye[i + 1], xe[j] : xe[j + 1]].mean() for j in range(K)] for i in range(K)])
 
 
 def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: list[str]) -> list[OcclusionReadout]:
@@ -64,8 +64,12 @@ def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: lis
             if pattern > 0:
                 rect = tuple(int(v) for v in catalog[pattern])
                 x0, y0, x1, y1 = rect
-                blocks = (int(np.searchsorted(xe, x0)), int(np.searchsorted(ye, y0)),
-                          int(np.searchsorted(xe, x1)), int(np.searchsorted(ye, y1)))
+                blocks = (
+                    int(np.searchsorted(xe, x0)),
+                    int(np.searchsorted(ye, y0)),
+                    int(np.searchsorted(xe, x1)),
+                    int(np.searchsorted(ye, y1)),
+                )
         elif out.box is not None:  # the regression ablation predicts the box itself
             x0, y0, x1, y1 = (out.box[n].float().numpy() * [width, height, width, height]).round().astype(int)
             rect = (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
@@ -87,16 +91,22 @@ def read_attention(model: torch.nn.Module, faces: np.ndarray, names: list[str]) 
     """Attention maps and importances of each face in (N, H, W, 3) uint8 RGB."""
     with torch.inference_mode():
         out = model(to_input(torch.from_numpy(np.require(faces, requirements="CW"))))
-    return [AttentionReadout(name, out.attention[n].float().numpy(), out.importance[n].float().numpy())
-            for n, name in enumerate(names)]
+    return [
+        AttentionReadout(name, out.attention[n].float().numpy(), out.importance[n].float().numpy())
+        for n, name in enumerate(names)
+    ]
 
 
 def describe_attention(r: AttentionReadout) -> str:
     shares = ", ".join(f"map {k}: s = {v:.3f}" for k, v in enumerate(r.importance))
-    peaks = ", ".join(f"map {k} peaks at cell {tuple(int(i) for i in np.unravel_index(a.argmax(), a.shape))}"
-                      for k, a in enumerate(r.attention))
-    return f"{r.name}\n  importance: {shares}\n  {peaks} (row, col of the {r.attention.shape[1]}x" \
-           f"{r.attention.shape[2]} grid)"
+    peaks = ", ".join(
+        f"map {k} peaks at cell {tuple(int(i) for i in np.unravel_index(a.argmax(), a.shape))}"
+        for k, a in enumerate(r.attention)
+    )
+    return (
+        f"{r.name}\n  importance: {shares}\n  {peaks} (row, col of the {r.attention.shape[1]}x"
+        f"{r.attention.shape[2]} grid)"
+    )
 
 
 def draw_attention(faces: np.ndarray, readouts: list[AttentionReadout]) -> Image.Image:
@@ -111,9 +121,14 @@ def describe(r: OcclusionReadout) -> str:
     """A few lines for the terminal: the pattern and the KxK mask (low = judged occluded)."""
     lines = [r.name]
     if r.pattern is not None:
-        where = "clean (no occlusion)" if r.rect is None else (
-            f"block cols {_span(r.blocks[0], r.blocks[2])}, rows {_span(r.blocks[1], r.blocks[3])} = pixels "
-            f"x {r.rect[0]}-{r.rect[2]}, y {r.rect[1]}-{r.rect[3]}")
+        where = (
+            "clean (no occlusion)"
+            if r.rect is None
+            else (
+                f"block cols {_span(r.blocks[0], r.blocks[2])}, rows {_span(r.blocks[1], r.blocks[3])} = pixels "
+                f"x {r.rect[0]}-{r.rect[2]}, y {r.rect[1]}-{r.rect[3]}"
+            )
+        )
         lines.append(f"  pattern {r.pattern} (p = {r.probability:.3f}): {where}")
     elif r.rect is not None:
         lines.append(f"  predicted box: x {r.rect[0]}-{r.rect[2]}, y {r.rect[1]}-{r.rect[3]}")

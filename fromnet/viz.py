@@ -32,8 +32,10 @@ def attention_overlay(face_uint8_hwc: np.ndarray, attention_maps, importance, al
         raise ValueError(f"face must be an (H, W, 3) uint8 RGB array, got {face.dtype} {face.shape}")
     maps, weights = _array(attention_maps), _array(importance).reshape(-1)
     if maps.ndim != 3 or maps.shape[0] != weights.shape[0]:
-        raise ValueError(f"attention_maps must be (K, h, w) with one importance per map; got maps {maps.shape}, "
-                         f"importance {weights.shape}")
+        raise ValueError(
+            f"attention_maps must be (K, h, w) with one importance per map; got maps {maps.shape}, "
+            f"importance {weights.shape}"
+        )
     h, w = face.shape[:2]
     base = face.astype(np.float32) / 255.0
     panels = [face]

@@ -34,17 +34,42 @@ def parse_size(text: str) -> tuple[int, int]:
 def shard_output_options(f):
     """The options every shard-writing command shares: workers, shard size, image format, and where files go."""
     options = [
-        click.option("-j", "--jobs", default=default_jobs(), show_default="all cores", type=click.IntRange(min=1),
-                     help="Worker processes."),
-        click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
-                     help="Samples per shard."),
-        click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="jpg", show_default=True,
-                     help="Stored image format."),
-        click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality."),
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
-                     show_default=True, help="Folder for the shards NAME-000000.tar, ..."),
-        click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"),
-                     show_default=True, help="Folder for manifests/NAME/."),
+        click.option(
+            "-j",
+            "--jobs",
+            default=default_jobs(),
+            show_default="all cores",
+            type=click.IntRange(min=1),
+            help="Worker processes.",
+        ),
+        click.option(
+            "--shard-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Samples per shard."
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(list(FORMATS)),
+            default="jpg",
+            show_default=True,
+            help="Stored image format.",
+        ),
+        click.option(
+            "--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality."
+        ),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("shards"),
+            show_default=True,
+            help="Folder for the shards NAME-000000.tar, ...",
+        ),
+        click.option(
+            "--manifests",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("manifests"),
+            show_default=True,
+            help="Folder for manifests/NAME/.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

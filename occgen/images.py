@@ -19,7 +19,9 @@ from occgen.errors import UserError
 
 #: Formats a build can store samples in.
 FORMATS = ("jpg", "png", "webp")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+)
 
 
 #: Images with more pixels than this are refused before decoding: a small file can claim a huge size
@@ -52,8 +54,9 @@ def decode_rgb(data: bytes, name: str = "<bytes>") -> Image.Image:
 
 def _check_pixels(width: int, height: int, name: str) -> None:
     if width * height > MAX_PIXELS:
-        raise UserError(f"{name}: refused, {width}x{height} is over the decompression-bomb limit of "
-                        f"{MAX_PIXELS:,} pixels")
+        raise UserError(
+            f"{name}: refused, {width}x{height} is over the decompression-bomb limit of {MAX_PIXELS:,} pixels"
+        )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -61,8 +61,9 @@ class Backend:
         try:
             __import__(module)
         except ImportError:
-            raise UserError(f"--backend {self.name} needs the {module} package: "
-                            f"pip install 'occgen-fromnet[{extra}]'") from None
+            raise UserError(
+                f"--backend {self.name} needs the {module} package: pip install 'occgen-fromnet[{extra}]'"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -87,8 +88,12 @@ def _workers(backend: Backend, jobs: int) -> Iterator[None]:
             else:
                 with _sigint_ignored():  # inherited by the worker processes: Ctrl-C reaches this process only,
                     cluster = LocalCluster(  # which then closes the cluster
-                        n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0",  # a free port
-                        silence_logs=logging.ERROR)
+                        n_workers=jobs,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=":0",  # a free port
+                        silence_logs=logging.ERROR,
+                    )
                 stack.enter_context(cluster)
                 stack.enter_context(Client(cluster))
             with parallel_config(backend="dask", wait_for_workers_timeout=60):
@@ -187,17 +192,21 @@ def parallel_map(
         else:
             stack.enter_context(_workers(backend, jobs))
             stream = backend.name != "ray"  # Ray's joblib backend cannot stream results: they come all at the end
-            results = iter(Parallel(n_jobs=jobs, return_as="generator" if stream else "list", batch_size=1,
-                                    pre_dispatch="2*n_jobs")(delayed(fn)(t) for t in tasks))
+            results = iter(
+                Parallel(
+                    n_jobs=jobs, return_as="generator" if stream else "list", batch_size=1, pre_dispatch="2*n_jobs"
+                )(delayed(fn)(t) for t in tasks)
+            )
         bar = stack.enter_context(
-            click.progressbar(length=sum(weights), label=label, file=sys.stderr, show_pos=True) if show else _NoBar())
+            click.progressbar(length=sum(weights), label=label, file=sys.stderr, show_pos=True) if show else _NoBar()
+        )
         for w, result in zip(weights, results):
             bar.update(w)
             yield result
 
 
 class _NoBar:
-    def __enter__(self) -> "_NoBar":
+    def __enter__(self) -> _NoBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,13 +224,15 @@ class ErrorLimit:
     percent: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ErrorLimit":
+    def parse(cls, text: str) -> ErrorLimit:
         """'10' -> at most 10 failed inputs; '2.5%' -> at most 2.5% of the inputs."""
         try:
             limit = cls(percent=float(text[:-1])) if text.endswith("%") else cls(count=int(text))
         except ValueError:
             limit = cls(count=-1)
-        if (limit.count is not None and limit.count < 0) or (limit.percent is not None and not 0 <= limit.percent <= 100):
+        if (limit.count is not None and limit.count < 0) or (
+            limit.percent is not None and not 0 <= limit.percent <= 100
+        ):
             raise UserError(f"--max-errors {text}: give a count (10) or a percentage of the inputs (1%)")
         return limit
 

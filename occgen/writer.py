@@ -25,36 +25,38 @@ import pyarrow.parquet as pq
 from occgen.errors import UserError
 
 #: One row per sample. Boxes are half-open pixel rectangles; box_* is clipped to the image, raw_* is not.
-SAMPLES_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("shard", pa.string()),
-    ("identity", pa.int32()),
-    ("identity_name", pa.string()),
-    ("src", pa.string()),
-    ("copy", pa.int32()),
-    ("occluded", pa.bool_()),
-    ("scale", pa.float32()),
-    ("occluder", pa.string()),
-    ("occluder_category", pa.string()),
-    ("center_x", pa.int32()),
-    ("center_y", pa.int32()),
-    ("raw_x0", pa.int32()),
-    ("raw_y0", pa.int32()),
-    ("raw_x1", pa.int32()),
-    ("raw_y1", pa.int32()),
-    ("box_x0", pa.int32()),
-    ("box_y0", pa.int32()),
-    ("box_x1", pa.int32()),
-    ("box_y1", pa.int32()),
-    ("box_area_ratio", pa.float32()),
-    ("pixel_area_ratio", pa.float32()),
-    ("seed", pa.int64()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("format", pa.string()),
-    ("bytes", pa.int64()),
-    ("sha256", pa.string()),
-])
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("identity", pa.int32()),
+        ("identity_name", pa.string()),
+        ("src", pa.string()),
+        ("copy", pa.int32()),
+        ("occluded", pa.bool_()),
+        ("scale", pa.float32()),
+        ("occluder", pa.string()),
+        ("occluder_category", pa.string()),
+        ("center_x", pa.int32()),
+        ("center_y", pa.int32()),
+        ("raw_x0", pa.int32()),
+        ("raw_y0", pa.int32()),
+        ("raw_x1", pa.int32()),
+        ("raw_y1", pa.int32()),
+        ("box_x0", pa.int32()),
+        ("box_y0", pa.int32()),
+        ("box_x1", pa.int32()),
+        ("box_y1", pa.int32()),
+        ("box_area_ratio", pa.float32()),
+        ("pixel_area_ratio", pa.float32()),
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
 
 #: One row per input that could not be used (kind "error") or was used after a fix (kind "warning").
 ERRORS_SCHEMA = pa.schema([("input", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
@@ -115,12 +117,21 @@ def _ustar_header(name: str, size: int) -> bytes:
         raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
     fields = (
         raw.ljust(100, b"\0"),
-        b"0000444\0", b"0000000\0", b"0000000\0",  # mode, uid, gid
-        b"%011o\0" % size, b"%011o\0" % _MTIME,
+        b"0000444\0",
+        b"0000000\0",
+        b"0000000\0",  # mode, uid, gid
+        b"%011o\0" % size,
+        b"%011o\0" % _MTIME,
         b" " * 8,  # checksum placeholder
-        b"0", b"\0" * 100,  # regular file, no link
-        b"ustar\x0000", b"\0" * 32, b"\0" * 32,  # magic+version, uname, gname
-        b"0000000\0", b"0000000\0", b"\0" * 155, b"\0" * 12,  # devmajor, devminor, prefix, pad
+        b"0",
+        b"\0" * 100,  # regular file, no link
+        b"ustar\x0000",
+        b"\0" * 32,
+        b"\0" * 32,  # magic+version, uname, gname
+        b"0000000\0",
+        b"0000000\0",
+        b"\0" * 155,
+        b"\0" * 12,  # devmajor, devminor, prefix, pad
     )
     header = b"".join(fields)
     checksum = b"%06o\0 " % sum(header)
@@ -137,6 +148,7 @@ def write_tar(path: Path, samples: Iterable[Mapping[str, Any]]) -> tuple[int, st
     tmp = _temporary(path)
     digest, size = hashlib.sha256(), 0
     with open(tmp, "wb") as f:
+
         def put(chunk: bytes) -> None:
             nonlocal size
             f.write(chunk)
@@ -174,8 +186,13 @@ class ShardPlace:
         return self.manifest_dir / "shards" / f"{self.shard}.json"
 
 
-def write_shard(place: ShardPlace, samples: Iterable[Mapping[str, Any]], rows: list[dict[str, Any]],
-                errors: list[dict[str, Any]], schema: pa.Schema) -> dict[str, Any]:
+def write_shard(
+    place: ShardPlace,
+    samples: Iterable[Mapping[str, Any]],
+    rows: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    schema: pa.Schema,
+) -> dict[str, Any]:
     """Write one shard's files in the order that keeps resuming safe: the tar, its manifest and errors parts, then
     the stats file that marks the shard complete. ``samples`` fills ``rows`` and ``errors`` as the tar is written."""
     tar_path, manifest_dir, shard = place.tar_path, place.manifest_dir, place.shard
@@ -183,8 +200,15 @@ def write_shard(place: ShardPlace, samples: Iterable[Mapping[str, Any]], rows: l
     atomic_write(manifest_dir / "samples.parquet" / f"{shard}.parquet", parquet_bytes(rows, schema))
     atomic_write(manifest_dir / "errors.parquet" / f"{shard}.parquet", parquet_bytes(errors, ERRORS_SCHEMA))
     warnings = sum(e.get("kind") == "warning" for e in errors)
-    stats = {"shard": shard, "path": os.path.relpath(tar_path, manifest_dir), "samples": len(rows),
-             "errors": len(errors) - warnings, "warnings": warnings, "bytes": size, "sha256": digest}
+    stats = {
+        "shard": shard,
+        "path": os.path.relpath(tar_path, manifest_dir),
+        "samples": len(rows),
+        "errors": len(errors) - warnings,
+        "warnings": warnings,
+        "bytes": size,
+        "sha256": digest,
+    }
     atomic_write(place.stats_path, json_bytes(stats))  # written last: marks the shard complete
     return stats
 
@@ -226,7 +250,7 @@ def read_tar(path: Path) -> Iterable[tuple[str, bytes]]:
         buf = memoryview(f.read())
     offset, end = 0, len(buf)
     while offset + 512 <= end:
-        header = buf[offset:offset + 512]
+        header = buf[offset : offset + 512]
         if header[0] == 0 and not any(header):
             return
         if header[156:157] not in (b"0", b"\0"):
@@ -237,7 +261,7 @@ def read_tar(path: Path) -> Iterable[tuple[str, bytes]]:
         start = offset + 512
         if start + size > end:
             raise UserError(f"{path}: truncated in member {name}; rebuild the shard (rerun `occgen build`)")
-        yield (f"{prefix}/{name}" if prefix else name), bytes(buf[start:start + size])
+        yield (f"{prefix}/{name}" if prefix else name), bytes(buf[start : start + size])
         offset = start + (size + 511) // 512 * 512
     if offset < end:
         raise UserError(f"{path}: truncated at byte {offset}; rebuild the shard (rerun `occgen build`)")

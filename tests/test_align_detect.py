@@ -9,8 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import ImageOps
 
-from occgen.align import transform
-from occgen.align import detect
+from occgen.align import detect, transform
 from occgen.align.run import RECORD, make_settings, run_align
 from occgen.errors import UserError
 from occgen.images import load_rgb
@@ -83,10 +82,12 @@ def test_mtcnn_puts_the_eyes_on_the_template(tmp_path):
     assert (tmp_path / "rec" / RECORD).read_bytes() == (tmp_path / "rec2" / RECORD).read_bytes()
     rows = pq.read_table(tmp_path / "rec" / RECORD).to_pylist()
     template = transform.TEMPLATES["112x96"]
-    per_eye = np.array([
-        transform.point_errors(np.reshape(r["landmarks"], (5, 2)), np.reshape(r["fit"], (2, 3)), template)[:2]
-        for r in rows
-    ])
+    per_eye = np.array(
+        [
+            transform.point_errors(np.reshape(r["landmarks"], (5, 2)), np.reshape(r["fit"], (2, 3)), template)[:2]
+            for r in rows
+        ]
+    )
     assert (per_eye <= 3).mean() >= 0.95, np.sort(per_eye.ravel())  # the 95%, counted per eye
     eye_errors = per_eye.max(axis=1)  # per image: both eyes
     assert (eye_errors <= 3).mean() >= 0.9, np.sort(eye_errors)

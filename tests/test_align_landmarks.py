@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occgen.errors import UserError
 from occgen.align.landmarks import read_landmarks
+from occgen.errors import UserError
 from tests.conftest import shared
 
 
@@ -70,8 +70,11 @@ def test_csv_header_with_aliases_and_score(tmp_path):
         ("a.jpg 1 2 3 4 5 6 7 8 9 10\nb.jpg 1 2 3 4 5 6 7 8 9 ten\n", r"line 2: field 11 is 'ten', not a number"),
         ("a.jpg 1 2 3 4 5 6 7 8 9 10\n./a.jpg 1 2 3 4 5 6 7 8 9 10\n", r"a.jpg appears on lines 1 and 2"),
         ("# image\tleye_x\tleye_y\nx.jpg\t1\t2\n", r"header lacks reye_x/reye_y, nose_x/nose_y"),
-        ("# image\tleye_x\tleye_y\treye_x\treye_y\tnose_x\tnose_y\tlmouth_x\tlmouth_y\trmouth_x\trmouth_y\tstatus\n"
-         "x.jpg\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\n", r"line 2: 11 columns, expected 12 as in the header"),
+        (
+            "# image\tleye_x\tleye_y\treye_x\treye_y\tnose_x\tnose_y\tlmouth_x\tlmouth_y\trmouth_x\trmouth_y\tstatus\n"
+            "x.jpg\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\n",
+            r"line 2: 11 columns, expected 12 as in the header",
+        ),
         ("\n\n", r"landmark file is empty"),
     ],
 )

@@ -12,13 +12,21 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from fromnet.cli import main
-from fromnet.data import to_input
-from fromnet.losses import (AttentionLoss, FromLoss, LossParts, Margin, MarginHead, diversity_loss, make_criterion,
-                            weighted_ce)
+from fromnet.losses import (
+    AttentionLoss,
+    FromLoss,
+    LossParts,
+    Margin,
+    MarginHead,
+    diversity_loss,
+    make_criterion,
+    weighted_ce,
+)
 from fromnet.models import AttentionOutput, FromOutput, build_model
 from fromnet.models.attention import attentional_pool, recalibrate
 from fromnet.models.iresnet import IRBlock, IResNet
 from fromnet.models.summary import count_parameters, summarize
+from fromnet.shards import to_input
 from fromnet.viz import attention_overlay
 from occgen.images import load_rgb
 from tests.conftest import shared
@@ -34,6 +42,7 @@ def tiny(K: int = 4, input_size=(112, 96), **kw):
 
 
 # -- Attend: recalibration and pooling ------------------------------------------------------------------------------
+
 
 def test_recalibration_by_hand():
     # Map 0 is 0 everywhere (sigmoid 0.5), map 1 is 40 everywhere (sigmoid 1): GAP (0.5, 1), so
@@ -87,6 +96,7 @@ def test_model_wires_extract_attend_aggregate():
 
 # -- shapes, configuration, size --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", list(SIZES))
 def test_output_shapes(size):
     for K in (1, 3, 4):
@@ -134,6 +144,7 @@ def test_full_size_parameters_and_flops():
 
 # -- losses ---------------------------------------------------------------------------------------------------------
 
+
 def _maps(*rows: list[float]) -> torch.Tensor:
     """Raw maps (1, K, 1, P) whose pixel softmax is known: -inf pixels get probability exactly 0."""
     return torch.tensor([rows])[:, :, None, :]
@@ -153,7 +164,7 @@ def test_diversity_maximum_when_all_maps_are_one():
     assert diversity_loss(a, torch.tensor([[0.4, 0.3, 0.2, 0.1]])).item() == pytest.approx(0.6)
     torch.manual_seed(0)
     rand, s = torch.randn(6, 4, 5, 5) * 3, torch.randn(6, 4).softmax(1)
-    per_sample = torch.stack([diversity_loss(rand[i:i + 1], s[i:i + 1]) for i in range(6)])
+    per_sample = torch.stack([diversity_loss(rand[i : i + 1], s[i : i + 1]) for i in range(6)])
     assert (per_sample >= 0).all() and (per_sample <= 1 - s.max(1).values + 1e-6).all()
     assert diversity_loss(rand, s).item() == pytest.approx(per_sample.mean().item())  # batch mean
 
@@ -172,17 +183,20 @@ def test_weighted_ce_is_the_importance_weighted_sum(preset):
     head = MarginHead(8, 5, Margin.preset(preset))
     parts, labels = torch.randn(3, 4, 8), torch.tensor([0, 4, 2])
     s = torch.randn(3, 4).softmax(1)
-    per = torch.stack([F.cross_entropy(head.classifier(parts[:, k], labels), labels, reduction="none")
-                       for k in range(4)], dim=1)  # (N, K) cross-entropies
+    per = torch.stack(
+        [F.cross_entropy(head.classifier(parts[:, k], labels), labels, reduction="none") for k in range(4)], dim=1
+    )  # (N, K) cross-entropies
     expected = (s * per).sum(1).mean()  # sum over k of the batch mean of s_k * CE_k
     got = weighted_ce(head, parts, labels, s)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert got.item() == pytest.approx(sum(head(parts[:, k], labels, weight=s[:, k]) for k in range(4)).item(),
-                                       rel=1e-5)
+    assert got.item() == pytest.approx(
+        sum(head(parts[:, k], labels, weight=s[:, k]) for k in range(4)).item(), rel=1e-5
+    )
     # Equal importance on identical parts is the plain identity loss of that part.
     same = parts[:, :1].expand(3, 4, 8)
     assert weighted_ce(head, same, labels, torch.full((3, 4), 0.25)).item() == pytest.approx(
-        head(parts[:, 0], labels).item(), rel=1e-5)
+        head(parts[:, 0], labels).item(), rel=1e-5
+    )
 
 
 def test_softmax_preset_is_plain_cross_entropy_on_raw_logits():
@@ -226,6 +240,7 @@ def test_make_criterion_picks_the_variant_family():
 
 
 # -- training -------------------------------------------------------------------------------------------------------
+
 
 def real_batch(people: int = 4, per_person: int = 4) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Real aligned LFW faces: (N, 3, 112, 96) inputs in [-1, 1], identity labels, and the uint8 faces."""
@@ -273,6 +288,7 @@ def test_channels_last_bf16_autocast_step():
 
 # -- picture --------------------------------------------------------------------------------------------------------
 
+
 def test_attention_overlay_on_a_real_face():
     _, _, faces = real_batch(people=1, per_person=1)
     face = faces[0]
@@ -281,7 +297,7 @@ def test_attention_overlay_on_a_real_face():
     maps[2] = 1.0
     img = attention_overlay(face, maps, torch.tensor([0.2, 0.5, 0.3]))
     assert img.shape == (112, 4 * 96, 3) and img.dtype == np.uint8
-    panels = [img[:, i * 96:(i + 1) * 96].astype(int) for i in range(4)]
+    panels = [img[:, i * 96 : (i + 1) * 96].astype(int) for i in range(4)]
     below_label = slice(14, None)
     assert np.array_equal(panels[0], face)
     assert np.array_equal(panels[1][below_label], face[below_label])  # no response: the face unchanged

@@ -7,11 +7,24 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_build import files, run
 
-COMMON = ["build", "--src", "demo", "--copies", "2", "--clean-ratio", "0.25", "--shard-size", "24", "--seed", "9",
-          "-q", "--name", "b"]
+COMMON = [
+    "build",
+    "--src",
+    "demo",
+    "--copies",
+    "2",
+    "--clean-ratio",
+    "0.25",
+    "--shard-size",
+    "24",
+    "--seed",
+    "9",
+    "-q",
+    "--name",
+    "b",
+]
 
 
 def _build(root: Path, *extra: str) -> dict[str, bytes]:
@@ -37,8 +50,11 @@ def test_dask_local_cluster_and_joined_cluster_give_loky_bytes(tmp_path: Path):
 
 
 def test_ray_gives_loky_bytes(tmp_path: Path):
-    pytest.importorskip("ray", reason="needs the ray extra (pip install 'occgen-fromnet[ray]'), not installed in CI: "
-                        "Ray is large and slow to start on small machines")
+    pytest.importorskip(
+        "ray",
+        reason="needs the ray extra (pip install 'occgen-fromnet[ray]'), not installed in CI: "
+        "Ray is large and slow to start on small machines",
+    )
     loky = _build(tmp_path / "loky", "-j", "2")
     assert _build(tmp_path / "ray", "--backend", "ray", "-j", "2") == loky
 
@@ -46,16 +62,20 @@ def test_ray_gives_loky_bytes(tmp_path: Path):
 @pytest.mark.parametrize("backend, module", [("dask", "distributed"), ("ray", "ray")])
 def test_missing_backend_extra_says_what_to_install(tmp_path: Path, monkeypatch, backend: str, module: str):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
-    result = run(*COMMON, "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"), "--backend", backend,
-                 ok=False)
+    result = run(
+        *COMMON, "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"), "--backend", backend, ok=False
+    )
     assert result.exit_code == 2
     assert f"--backend {backend} needs the {module} package: pip install 'occgen-fromnet[{backend}]'" in result.output
     assert not (tmp_path / "m").exists()  # refused before anything was written
 
 
 def test_scheduler_and_address_go_with_their_backend(tmp_path: Path):
-    for args in (["--scheduler", "tcp://127.0.0.1:1"], ["--backend", "ray", "--scheduler", "tcp://127.0.0.1:1"],
-                 ["--backend", "dask", "--address", "auto"]):
+    for args in (
+        ["--scheduler", "tcp://127.0.0.1:1"],
+        ["--backend", "ray", "--scheduler", "tcp://127.0.0.1:1"],
+        ["--backend", "dask", "--address", "auto"],
+    ):
         result = run(*COMMON, "--out", str(tmp_path / "o"), *args, ok=False)
         assert result.exit_code == 2 and "--scheduler goes with --backend dask" in result.output
 
@@ -65,6 +85,16 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path: Path):
     import dask
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        result = run(*COMMON, "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"), "--backend", "dask",
-                     "--scheduler", "tcp://127.0.0.1:9", ok=False)
+        result = run(
+            *COMMON,
+            "--out",
+            str(tmp_path / "o"),
+            "--manifests",
+            str(tmp_path / "m"),
+            "--backend",
+            "dask",
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            ok=False,
+        )
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output

@@ -11,15 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
-from PIL import Image
 from click.testing import CliRunner
-
-from occgen.occlude import demo
-from occgen.cli import main
-from occgen.occlude.plan import parse_scales, sample_key
-from occgen.errors import UserError
-
 from conftest import REPO, shared
+from PIL import Image
+
+from occgen.cli import main
+from occgen.errors import UserError
+from occgen.occlude import demo
+from occgen.occlude.plan import parse_scales, sample_key
 
 SHARED_OCCLUDERS = "occluders-openclipart-fluent"
 
@@ -39,8 +38,16 @@ def files(folder: Path) -> dict[str, bytes]:
 def odd_tree(tmp_path: Path) -> Path:
     """A small <identity>/<image> tree in every accepted format, plus a corrupt and a truncated file."""
     root = tmp_path / "faces"
-    formats = [("a.jpg", "JPEG"), ("b.PNG", "PNG"), ("c.pgm", "PPM"), ("d.gif", "GIF"), ("e.webp", "WEBP"),
-               ("f.bmp", "BMP"), ("g", "PNG"), ("subject01.glasses", "GIF")]
+    formats = [
+        ("a.jpg", "JPEG"),
+        ("b.PNG", "PNG"),
+        ("c.pgm", "PPM"),
+        ("d.gif", "GIF"),
+        ("e.webp", "WEBP"),
+        ("f.bmp", "BMP"),
+        ("g", "PNG"),
+        ("subject01.glasses", "GIF"),
+    ]
     for ident in range(3):
         d = root / f"id{ident}"
         d.mkdir(parents=True)
@@ -74,8 +81,27 @@ def test_keys_are_stable_unique_and_dot_free():
 
 def test_lfw_mini_build_reads_back(tmp_path: Path):
     src = shared("lfw-mini") / "aligned-112x96"
-    run("build", "--src", str(src), "--scales", "1:0.5:5", "--copies", "2", "--out", str(tmp_path / "out"),
-        "--manifests", str(tmp_path / "m"), "--name", "occ-lfwmini", "--shard-size", "30", "-j", "2", "--seed", "7")
+    run(
+        "build",
+        "--src",
+        str(src),
+        "--scales",
+        "1:0.5:5",
+        "--copies",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "occ-lfwmini",
+        "--shard-size",
+        "30",
+        "-j",
+        "2",
+        "--seed",
+        "7",
+    )
     inputs = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.jpg"))
     df = pd.read_parquet(tmp_path / "m" / "occ-lfwmini" / "samples.parquet")
     assert len(df) == 2 * len(inputs) == 96
@@ -107,7 +133,20 @@ def test_lfw_mini_build_reads_back(tmp_path: Path):
 
 
 def test_outputs_are_byte_identical_for_any_worker_count_and_rerun(tmp_path: Path):
-    common = ["build", "--src", "demo", "--copies", "2", "--clean-ratio", "0.25", "--shard-size", "40", "--seed", "3", "-q"]
+    common = [
+        "build",
+        "--src",
+        "demo",
+        "--copies",
+        "2",
+        "--clean-ratio",
+        "0.25",
+        "--shard-size",
+        "40",
+        "--seed",
+        "3",
+        "-q",
+    ]
     for label, jobs in (("a", "1"), ("b", "2"), ("c", "2")):
         run(*common, "-j", jobs, "--out", str(tmp_path / label / "out"), "--manifests", str(tmp_path / label / "m"))
     a, b, c = (files(tmp_path / x) for x in "abc")
@@ -119,8 +158,21 @@ def test_outputs_are_byte_identical_for_any_worker_count_and_rerun(tmp_path: Pat
 
 
 def test_resume_rebuilds_only_missing_shards(tmp_path: Path):
-    args = ["build", "--src", "demo", "--shard-size", "32", "--out", str(tmp_path / "out"), "--manifests",
-            str(tmp_path / "m"), "--name", "d", "-j", "2"]
+    args = [
+        "build",
+        "--src",
+        "demo",
+        "--shard-size",
+        "32",
+        "--out",
+        str(tmp_path / "out"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "d",
+        "-j",
+        "2",
+    ]
     run(*args)
     before = files(tmp_path)
     # An interrupted run: one shard never finished (its stats mark missing, a stale temporary left behind),
@@ -147,8 +199,19 @@ def test_changed_occluder_images_need_overwrite(tmp_path: Path):
     lib = tmp_path / "lib" / "cup"
     lib.mkdir(parents=True)
     Image.new("RGBA", (30, 40), (200, 0, 0, 255)).save(lib / "0001.png")
-    args = ["build", "--src", "demo", "--occluders", str(tmp_path / "lib"), "--out", str(tmp_path / "o"),
-            "--manifests", str(tmp_path / "m"), "-j", "1"]
+    args = [
+        "build",
+        "--src",
+        "demo",
+        "--occluders",
+        str(tmp_path / "lib"),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "-j",
+        "1",
+    ]
     run(*args)
     Image.new("RGBA", (30, 40), (0, 200, 0, 255)).save(lib / "0001.png")  # same name, other picture
     result = run(*args, ok=False)
@@ -156,8 +219,23 @@ def test_changed_occluder_images_need_overwrite(tmp_path: Path):
 
 
 def test_odd_formats_and_bad_files_are_recorded(tmp_path: Path, odd_tree: Path):
-    run("build", "--src", str(odd_tree), "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"),
-        "--name", "odd", "--format", "png", "-j", "2", "--max-errors", "3")
+    run(
+        "build",
+        "--src",
+        str(odd_tree),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "odd",
+        "--format",
+        "png",
+        "-j",
+        "2",
+        "--max-errors",
+        "3",
+    )
     df = pd.read_parquet(tmp_path / "m" / "odd" / "samples.parquet")
     errors = pd.read_parquet(tmp_path / "m" / "odd" / "errors.parquet").set_index("input")["reason"]
     assert len(df) == 3 * 8
@@ -170,21 +248,61 @@ def test_odd_formats_and_bad_files_are_recorded(tmp_path: Path, odd_tree: Path):
 def test_list_file_and_named_sources(tmp_path: Path, odd_tree: Path, monkeypatch):
     listing = tmp_path / "list.txt"
     listing.write_text("id0/a.jpg 5\nid1/b.PNG 12\nid2/missing.jpg 5\nid2/c.pgm 0\n")
-    run("build", "--src", str(listing), "--root", str(odd_tree), "--out", str(tmp_path / "o"),
-        "--manifests", str(tmp_path / "m"), "--name", "lst", "--max-errors", "1")
+    run(
+        "build",
+        "--src",
+        str(listing),
+        "--root",
+        str(odd_tree),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "lst",
+        "--max-errors",
+        "1",
+    )
     df = pd.read_parquet(tmp_path / "m" / "lst" / "samples.parquet").set_index("src")
     assert df.loc["id0/a.jpg", "identity"] == 1 and df.loc["id1/b.PNG", "identity"] == 2
     assert df.loc["id2/c.pgm", "identity_name"] == "0"
     assert list(pd.read_parquet(tmp_path / "m" / "lst" / "errors.parquet")["input"]) == ["id2/missing.jpg"]
 
     monkeypatch.setenv("OCCGEN_SRC_MYFACES", str(odd_tree))
-    run("build", "--src", "myfaces", "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"), "--max-errors", "12%")
+    run(
+        "build",
+        "--src",
+        "myfaces",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--max-errors",
+        "12%",
+    )
     assert len(pd.read_parquet(tmp_path / "m" / "occ-myfaces" / "samples.parquet")) == 24
 
 
 def test_clean_ratio_per_scale_and_compat(tmp_path: Path):
-    run("build", "--src", "demo", "--copies", "3", "--clean-ratio", "0.3333", "--out", str(tmp_path / "o"),
-        "--manifests", str(tmp_path / "m"), "--name", "mix", "--shard-size", "1000", "--K", "5")
+    run(
+        "build",
+        "--src",
+        "demo",
+        "--copies",
+        "3",
+        "--clean-ratio",
+        "0.3333",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "mix",
+        "--shard-size",
+        "1000",
+        "--K",
+        "5",
+    )
     df = pd.read_parquet(tmp_path / "m" / "mix" / "samples.parquet")
     assert abs((~df.occluded).mean() - 1 / 3) < 0.08
     clean = df[~df.occluded]
@@ -196,8 +314,22 @@ def test_clean_ratio_per_scale_and_compat(tmp_path: Path):
     lab = pd.read_parquet(tmp_path / "m" / "mix" / "labels-k5.parquet").set_index("key").loc[df.key]
     assert ((lab.pattern.values == 0) == ~df.occluded.values).all()
 
-    run("build", "--src", "demo", "--scales", "1,2", "--per-scale", "--compat", "from", "--out", str(tmp_path / "o"),
-        "--manifests", str(tmp_path / "m"), "--name", "occ-demo")
+    run(
+        "build",
+        "--src",
+        "demo",
+        "--scales",
+        "1,2",
+        "--per-scale",
+        "--compat",
+        "from",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "occ-demo",
+    )
     one, two = (pd.read_parquet(tmp_path / "m" / f"occ-demo-{s}" / "samples.parquet") for s in ("1.0", "2.0"))
     assert set(one.scale) == {1.0} and set(two.scale) == {2.0}
     assert (one.occluder.values == two.occluder.values).all() and (one.center_x.values == two.center_x.values).all()
@@ -207,12 +339,38 @@ def test_clean_ratio_per_scale_and_compat(tmp_path: Path):
 
 def test_occluder_subsets_and_user_libraries(tmp_path: Path):
     lib = shared(SHARED_OCCLUDERS)
-    run("build", "--src", "demo", "--occluders", str(lib), "--categories", "cup,hand", "--out", str(tmp_path / "o"),
-        "--manifests", str(tmp_path / "m"), "--name", "sub")
+    run(
+        "build",
+        "--src",
+        "demo",
+        "--occluders",
+        str(lib),
+        "--categories",
+        "cup,hand",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "sub",
+    )
     df = pd.read_parquet(tmp_path / "m" / "sub" / "samples.parquet")
     assert set(df.occluder_category) == {"cup", "hand"}
-    run("build", "--src", "demo", "--occluders", str(lib), "--exclude-categories", "hand", "--out", str(tmp_path / "o"),
-        "--manifests", str(tmp_path / "m"), "--name", "exc")
+    run(
+        "build",
+        "--src",
+        "demo",
+        "--occluders",
+        str(lib),
+        "--exclude-categories",
+        "hand",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "exc",
+    )
     assert "hand" not in set(pd.read_parquet(tmp_path / "m" / "exc" / "samples.parquet").occluder_category)
 
 
@@ -236,9 +394,23 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[s
     (tmp_path / "broken" / "cup").mkdir(parents=True)
     (tmp_path / "broken" / "cup" / "0001.png").write_bytes(b"\x89PNG broken")
     args = [{"EMPTY": str(tmp_path / "empty"), "BROKEN": str(tmp_path / "broken")}.get(a, a) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "occgen", "build", *args, "--out", str(tmp_path / "o"),
-                           "--manifests", str(tmp_path / "m")], capture_output=True, text=True, cwd=tmp_path,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "occgen",
+            "build",
+            *args,
+            "--out",
+            str(tmp_path / "o"),
+            "--manifests",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -247,8 +419,25 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[s
 def test_default_library_matches_the_paper_occlusion_figures_on_lfw_mini(tmp_path: Path):
     """Algorithm 1 with the project's library occludes ~18.76/43.09/52.00% of LFW faces at s = 1, 2, 3."""
     src = shared("lfw-mini") / "aligned-112x96"
-    run("build", "--src", str(src), "--scales", "1,2,3", "--per-scale", "--copies", "25", "--seed", "100",
-        "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"), "--name", "cal", "-q")
+    run(
+        "build",
+        "--src",
+        str(src),
+        "--scales",
+        "1,2,3",
+        "--per-scale",
+        "--copies",
+        "25",
+        "--seed",
+        "100",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "cal",
+        "-q",
+    )
     for scale, paper in (("1.0", 18.76), ("2.0", 43.09), ("3.0", 52.00)):
         df = pd.read_parquet(tmp_path / "m" / f"cal-{scale}" / "samples.parquet")
         assert len(df) == 48 * 25

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 
-from conftest import shared
 from fromnet.checkpoint import ModelSpec, save
 from fromnet.cli import main
 from fromnet.embed import OnnxEmbedder, OnnxOptions, embed_faces, open_embedder
@@ -31,8 +31,15 @@ from occgen.label.patterns import pattern_catalog
 from occgen.writer import atomic_write, table_bytes
 
 # >= 16 channels everywhere (oneDNN#6035), as tests/test_models.py's TINY
-TINY = dict(widths=(16, 16, 32, 32), depths=(1, 1, 1, 1), stem_width=16, pyramid_width=16, decoder_width=16,
-            fc_mask_reduced=4, embedding_dim=24)
+TINY = dict(
+    widths=(16, 16, 32, 32),
+    depths=(1, 1, 1, 1),
+    stem_width=16,
+    pyramid_width=16,
+    decoder_width=16,
+    fc_mask_reduced=4,
+    embedding_dim=24,
+)
 
 
 def run(cli, *args: str, ok: bool = True):
@@ -56,12 +63,28 @@ def lfw_sets(tmp_path_factory) -> dict[str, Path]:
     """Clean and s = 2 occluded builds of lfw-mini (48 faces each) and a tiny FROM run."""
     faces = shared("lfw-mini") / "aligned-112x96"
     root = tmp_path_factory.mktemp("lfw")
-    common = ["--src", faces, "--out", root / "shards", "--manifests", root / "manifests", "-j", "1", "-q",
-              "--shard-size", "20"]
+    common = [
+        "--src",
+        faces,
+        "--out",
+        root / "shards",
+        "--manifests",
+        root / "manifests",
+        "-j",
+        "1",
+        "-q",
+        "--shard-size",
+        "20",
+    ]
     run(occgen_main, "build", *common, "--clean-ratio", "1", "--name", "clean")
     run(occgen_main, "build", *common, "--scales", "2", "--name", "occ-2")
-    return dict(root=root, clean=root / "manifests" / "clean", occ=root / "manifests" / "occ-2",
-                run=make_run(root / "runs" / "tiny"), pairs=shared("lfw-mini") / "pairs_mini.txt")
+    return dict(
+        root=root,
+        clean=root / "manifests" / "clean",
+        occ=root / "manifests" / "occ-2",
+        run=make_run(root / "runs" / "tiny"),
+        pairs=shared("lfw-mini") / "pairs_mini.txt",
+    )
 
 
 def test_pairs_txt_lfw_view2_and_mini():
@@ -69,14 +92,21 @@ def test_pairs_txt_lfw_view2_and_mini():
     assert len(full) == 6000 and full["same"].sum() == 3000
     assert (full.groupby("fold")["same"].agg(["size", "sum"]).values == [600, 300]).all()
     assert full["fold"].tolist()[:600] == [0] * 600 and full["fold"].iloc[600] == 1
-    assert full.iloc[0][["src1", "src2", "same"]].tolist() == ["Abel_Pacheco/Abel_Pacheco_0001.jpg",
-                                                               "Abel_Pacheco/Abel_Pacheco_0004.jpg", True]
+    assert full.iloc[0][["src1", "src2", "same"]].tolist() == [
+        "Abel_Pacheco/Abel_Pacheco_0001.jpg",
+        "Abel_Pacheco/Abel_Pacheco_0004.jpg",
+        True,
+    ]
     mini = read_pairs_txt(shared("lfw-mini") / "pairs_mini.txt")
     assert len(mini) == 40 and mini["same"].sum() == 20 and set(mini["fold"]) == {0}
 
 
 def test_bad_pairs_files_are_user_errors(tmp_path):
-    for text, message in [("10 300\nA 1 2\n", "header says"), ("x y\n", "first line"), ("1 1\nA 1\nB 1 C 2\n", "3 fields")]:
+    for text, message in [
+        ("10 300\nA 1 2\n", "header says"),
+        ("x y\n", "first line"),
+        ("1 1\nA 1\nB 1 C 2\n", "3 fields"),
+    ]:
         (tmp_path / "p.txt").write_text(text)
         with pytest.raises(UserError, match=message):
             read_pairs_txt(tmp_path / "p.txt")
@@ -98,8 +128,9 @@ def generated_pairs_manifest(folder: Path, rng) -> tuple[Path, Path]:
                 vecs.append(base[p] + rng.normal(scale=noise, size=16))
                 area.append(a)
     emb = folder / "emb.parquet"
-    atomic_write(emb, table_bytes(embeddings_table(keys, srcs, np.array(vecs),
-                                                   {"box_area_ratio": np.array(area, np.float32)})))
+    atomic_write(
+        emb, table_bytes(embeddings_table(keys, srcs, np.array(vecs), {"box_area_ratio": np.array(area, np.float32)}))
+    )
     rows = []
     for protocol, second in (("N-O", "occ"), ("O-O", "occ")):
         first = "clean" if protocol == "N-O" else "occ"
@@ -107,9 +138,18 @@ def generated_pairs_manifest(folder: Path, rng) -> tuple[Path, Path]:
             q = (p + 1) % people
             same = p % 2 == 0
             other = p if same else q
-            rows.append(dict(pair=len(rows) % 40, fold=(p * 2) // people, same=same, key1=f"p{p}_1-{first}",
-                             key2=f"p{other}_2-{second}", src1=f"P{p}/P{p}_0001.jpg", src2=f"P{other}/P{other}_0002.jpg",
-                             protocol=protocol))
+            rows.append(
+                dict(
+                    pair=len(rows) % 40,
+                    fold=(p * 2) // people,
+                    same=same,
+                    key1=f"p{p}_1-{first}",
+                    key2=f"p{other}_2-{second}",
+                    src1=f"P{p}/P{p}_0001.jpg",
+                    src2=f"P{other}/P{other}_0002.jpg",
+                    protocol=protocol,
+                )
+            )
     table = pd.DataFrame(rows).astype({"pair": "int32", "fold": "int16"})
     (folder / "pairs").mkdir()
     table.to_parquet(folder / "pairs" / "pairs.parquet", index=False)
@@ -124,13 +164,16 @@ def test_pairs_manifest_is_grouped_by_protocol_and_matched_by_key(tmp_path):
     n_o, o_o = results
     assert n_o.mean_area == pytest.approx(0.4) and o_o.mean_area == pytest.approx(0.4)
     assert n_o.accuracy > o_o.accuracy  # more noise on both sides costs accuracy
-    assert [t.refused for t in n_o.tar] == ["FAR 0.001 needs >= 1,000 impostor pairs; have 20",
-                                            "FAR 0.0001 needs >= 10,000 impostor pairs; have 20"]
+    assert [t.refused for t in n_o.tar] == [
+        "FAR 0.001 needs >= 1,000 impostor pairs; have 20",
+        "FAR 0.0001 needs >= 10,000 impostor pairs; have 20",
+    ]
     # the same scores by hand: cosine of each pair's two rows, found by key
     rows = {k: i for i, k in enumerate(emb.keys)}
     first = emb.vectors[[rows[k] for k in pairs.key1[:40]]]
     second = emb.vectors[[rows[k] for k in pairs.key2[:40]]]
     from fromnet.eval import metrics
+
     kf = metrics.kfold_accuracy(metrics.cosine_scores(first, second), pairs.same[:40].to_numpy(), pairs.fold[:40])
     assert n_o.accuracy == pytest.approx(kf.mean) and n_o.fold_thresholds == pytest.approx(kf.thresholds.tolist())
     # one held-out fold, as an experiment evaluates its models: dealt round-robin into 10 folds
@@ -146,8 +189,11 @@ def test_embeddings_from_elsewhere_match_lfw_pairs_by_src(tmp_path):
     srcs = sorted(set(pairs.src1) | set(pairs.src2))
     rng = np.random.default_rng(1)
     # another tool's file: its own keys, PNG names; only src says which face is which
-    table = embeddings_table([f"row{i}" for i in range(len(srcs))], [s.replace(".jpg", ".png") for s in srcs],
-                             rng.normal(size=(len(srcs), 8)))
+    table = embeddings_table(
+        [f"row{i}" for i in range(len(srcs))],
+        [s.replace(".jpg", ".png") for s in srcs],
+        rng.normal(size=(len(srcs), 8)),
+    )
     atomic_write(tmp_path / "ext.parquet", table_bytes(table))
     emb = read_embeddings(tmp_path / "ext.parquet")
     [r] = evaluate_set(pairs, PairSet("ext", emb, emb), metric="euclidean")
@@ -172,14 +218,20 @@ def test_identification_rank1_own_photo_excluded_and_distractors():
 
 
 def test_region_names():
-    assert [region_of(x) for x in ("occ-lfw-left_eye", "left-eye", "eyes", "occ-lfw-2.0", "right face")] == \
-        ["left_eye", "left_eye", "eyes", None, "right_face"]
+    assert [region_of(x) for x in ("occ-lfw-left_eye", "left-eye", "eyes", "occ-lfw-2.0", "right face")] == [
+        "left_eye",
+        "left_eye",
+        "eyes",
+        None,
+        "right_face",
+    ]
 
 
 def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
     clean, occ = tmp_path / "clean.parquet", tmp_path / "occ.parquet"
-    out = run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["clean"], "--out", clean,
-              "--batch-size", "20").output
+    out = run(
+        main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["clean"], "--out", clean, "--batch-size", "20"
+    ).output
     assert "48 faces, 24-d" in out
     run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["occ"], "--out", occ, "--flip")
     table = pq.read_table(clean)
@@ -191,19 +243,51 @@ def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
     assert o.column("occluded").all() and (o.column("box_area_ratio") > 0).all()
     # neither batch size nor decoding worker processes change the rows; flip fusion sums face and mirror
     again = tmp_path / "again.parquet"
-    run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["clean"], "--out", again, "--batch-size", "7",
-        "-j", "2")
+    run(
+        main,
+        "embed",
+        "--model",
+        lfw_sets["run"],
+        "--shards",
+        lfw_sets["clean"],
+        "--out",
+        again,
+        "--batch-size",
+        "7",
+        "-j",
+        "2",
+    )
     assert pq.read_table(again).drop_columns(["embedding"]).equals(table.drop_columns(["embedding"]))
     np.testing.assert_allclose(read_embeddings(again).vectors, read_embeddings(clean).vectors, atol=1e-5)
     embedder = open_embedder(str(lfw_sets["run"]), "cpu")
     face = np.asarray(Image.open(shared("lfw-mini") / "aligned-112x96/Amelia_Vega/Amelia_Vega_0001.jpg"))[None]
-    np.testing.assert_allclose(embed_faces(embedder, face, flip=True),
-                               embedder(face) + embedder(np.ascontiguousarray(face[:, :, ::-1])), atol=1e-5)
+    np.testing.assert_allclose(
+        embed_faces(embedder, face, flip=True),
+        embedder(face) + embedder(np.ascontiguousarray(face[:, :, ::-1])),
+        atol=1e-5,
+    )
 
     res = tmp_path / "res"
-    out = run(main, "eval", "--pairs", lfw_sets["pairs"], "--set", f"clean={clean}", "--set", f"N-O={clean},{occ}",
-              "--set", f"O-O={occ}", "--gallery", clean, "--probes", f"clean={clean}", "--probes", f"occluded={occ}",
-              "--out", res).output
+    out = run(
+        main,
+        "eval",
+        "--pairs",
+        lfw_sets["pairs"],
+        "--set",
+        f"clean={clean}",
+        "--set",
+        f"N-O={clean},{occ}",
+        "--set",
+        f"O-O={occ}",
+        "--gallery",
+        clean,
+        "--probes",
+        f"clean={clean}",
+        "--probes",
+        f"occluded={occ}",
+        "--out",
+        res,
+    ).output
     assert "| N-O " in out and "rank-1" in out
     result = json.loads((res / "results.json").read_text())
     names = [r["name"] for r in result["verification"]]
@@ -220,8 +304,19 @@ def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
 
     # --model embeds manifests on the way, and gives the same figures as the files did
     res2 = tmp_path / "res2"
-    run(main, "eval", "--pairs", lfw_sets["pairs"], "--set", f"N-O={lfw_sets['clean']},{lfw_sets['occ']}",
-        "--model", lfw_sets["run"], "--out", res2, "-q")
+    run(
+        main,
+        "eval",
+        "--pairs",
+        lfw_sets["pairs"],
+        "--set",
+        f"N-O={lfw_sets['clean']},{lfw_sets['occ']}",
+        "--model",
+        lfw_sets["run"],
+        "--out",
+        res2,
+        "-q",
+    )
     # (occ.parquet above used --flip; compare against a plain embedding of the occluded set)
     plain = tmp_path / "occ-plain.parquet"
     run(main, "embed", "--model", lfw_sets["run"], "--shards", lfw_sets["occ"], "--out", plain)
@@ -236,19 +331,36 @@ def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
     (tmp_path / "g.txt").write_text("\n".join(keys.nth(0)))
     (tmp_path / "p.txt").write_text("\n".join(manifest.key[~manifest.key.isin(keys.nth(0))]))
     res4 = tmp_path / "res4"
-    run(main, "eval", "--gallery", clean, "--gallery-keys", tmp_path / "g.txt", "--probes", occ,
-        "--probe-keys", tmp_path / "p.txt", "--distractors", clean, "--out", res4)
+    run(
+        main,
+        "eval",
+        "--gallery",
+        clean,
+        "--gallery-keys",
+        tmp_path / "g.txt",
+        "--probes",
+        occ,
+        "--probe-keys",
+        tmp_path / "p.txt",
+        "--distractors",
+        clean,
+        "--out",
+        res4,
+    )
     [ident] = json.loads((res4 / "results.json").read_text())["identification"]
     assert (ident["gallery"], ident["probes"], ident["distractors"]) == (12, 36, 48)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["eval", "--set", "x=a.parquet", "--out", "o"], "give --pairs"),
-    (["eval", "--pairs", "PAIRS", "--set", "N-O=MANIFEST", "--out", "o"], "give --model to embed it"),
-    (["eval", "--pairs", "PAIRS", "--out", "o"], "nothing to evaluate the pairs on"),
-    (["embed", "--model", "nowhere", "--shards", "MANIFEST", "--out", "e.parquet"], "no such checkpoint"),
-    (["occlusion", "--model", "RUN", "FACE_WRONG_SIZE"], "this model takes aligned 112x96"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["eval", "--set", "x=a.parquet", "--out", "o"], "give --pairs"),
+        (["eval", "--pairs", "PAIRS", "--set", "N-O=MANIFEST", "--out", "o"], "give --model to embed it"),
+        (["eval", "--pairs", "PAIRS", "--out", "o"], "nothing to evaluate the pairs on"),
+        (["embed", "--model", "nowhere", "--shards", "MANIFEST", "--out", "e.parquet"], "no such checkpoint"),
+        (["occlusion", "--model", "RUN", "FACE_WRONG_SIZE"], "this model takes aligned 112x96"),
+    ],
+)
 def test_cli_user_errors_are_one_line(lfw_sets, tmp_path, args, message):
     wrong = tmp_path / "wide.jpg"
     Image.new("RGB", (112, 112)).save(wrong)
@@ -266,8 +378,12 @@ def test_onnx_export_round_trip_and_onnx_embedder(lfw_sets, tmp_path):
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[0] == "batch"
     embedder = open_embedder(str(lfw_sets["run"]), "cpu")
-    faces = np.stack([np.asarray(Image.open(p)) for p in
-                      sorted((shared("lfw-mini") / "aligned-112x96" / "Geoff_Hoon").glob("*.jpg"))])
+    faces = np.stack(
+        [
+            np.asarray(Image.open(p))
+            for p in sorted((shared("lfw-mini") / "aligned-112x96" / "Geoff_Hoon").glob("*.jpg"))
+        ]
+    )
     x = (faces.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
     got = session.run(None, {"input": x})[0]
     assert np.abs(got - embedder(faces)).max() <= 1e-4  # batch of 4, exported with 2: the batch is dynamic
@@ -286,8 +402,10 @@ def test_onnx_export_round_trip_and_onnx_embedder(lfw_sets, tmp_path):
 
 def test_missing_onnxruntime_is_a_clear_error(lfw_sets, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [onnx] extra were not installed
-    for args in (["export", "--onnx", lfw_sets["run"], "--out", tmp_path / "m.onnx"],
-                 ["embed", "--model", "onnx:m.onnx", "--shards", lfw_sets["clean"], "--out", tmp_path / "e.parquet"]):
+    for args in (
+        ["export", "--onnx", lfw_sets["run"], "--out", tmp_path / "m.onnx"],
+        ["embed", "--model", "onnx:m.onnx", "--shards", lfw_sets["clean"], "--out", tmp_path / "e.parquet"],
+    ):
         result = run(main, *args, ok=False)
         assert result.exit_code == 2 and "pip install 'occgen-fromnet[onnx]'" in result.output
 
@@ -325,8 +443,11 @@ def test_occlusion_readout_and_cli(lfw_sets, tmp_path):
     # The attention variant: its K maps and their importance, drawn as one strip per face.
     torch.manual_seed(0)
     spec = ModelSpec("attention", 4, (112, 96), "r18", 0.25)
-    save(tmp_path / "attention", 1, {"model_spec": spec.to_dict(), "model": build_model(**spec.build_kwargs())
-                                     .state_dict(), "step": 1})
+    save(
+        tmp_path / "attention",
+        1,
+        {"model_spec": spec.to_dict(), "model": build_model(**spec.build_kwargs()).state_dict(), "step": 1},
+    )
     text = run(main, "occlusion", "--model", tmp_path / "attention", *paths, "--draw", drawn).output
     assert text.count("importance: map 0: s = ") == 2 and "map 3" in text
     assert Image.open(drawn).size == (5 * 96, 2 * 112)  # the face and 4 maps, two faces
@@ -356,8 +477,11 @@ def test_partial_face_pairs_group_by_part_and_factor(tmp_path):
     table["centered"] = pd.array(np.where(partial, False, None), dtype="boolean")
     table.to_parquet(pairs_dir / "pairs.parquet", index=False)
     results = evaluate_files(pairs_dir, {"p": (emb_path, emb_path)})
-    assert [r.name for r in results] == ["p holistic", "p partial-same part1=nose part2=nose factor=0.2 centered=False",
-                                         "p partial-same part1=nose part2=nose factor=0.4 centered=False"]
+    assert [r.name for r in results] == [
+        "p holistic",
+        "p partial-same part1=nose part2=nose factor=0.2 centered=False",
+        "p partial-same part1=nose part2=nose factor=0.4 centered=False",
+    ]
     assert [r.pairs for r in results] == [40, 20, 20]
 
 
@@ -365,24 +489,68 @@ def test_partiallfw_protocol_prints_the_papers_table(lfw_sets, tmp_path):
     """Non-centered and centered `occgen partial` sets of lfw-mini's pairs, scored as the attention paper reports."""
     root = lfw_sets["root"]
     faces = shared("lfw-mini") / "aligned-112x96"
-    common = ["partial", "--src", faces, "--pairs", lfw_sets["pairs"], "--out", root / "shards", "--manifests",
-              root / "manifests", "-j", "1"]
+    common = [
+        "partial",
+        "--src",
+        faces,
+        "--pairs",
+        lfw_sets["pairs"],
+        "--out",
+        root / "shards",
+        "--manifests",
+        root / "manifests",
+        "-j",
+        "1",
+    ]
     run(occgen_main, *common, "--name", "pl")
     run(occgen_main, *common, "--centered", "--name", "pl-c")
     run_dir = make_run(tmp_path / "attention-like", variant="baseline")
     out = tmp_path / "res"
-    result = run(main, "eval", "--model", run_dir, "--protocol", "partiallfw", "--pairs",
-                 root / "manifests" / "pl", "--pairs", root / "manifests" / "pl-c", "--out", out, "-q")
+    result = run(
+        main,
+        "eval",
+        "--model",
+        run_dir,
+        "--protocol",
+        "partiallfw",
+        "--pairs",
+        root / "manifests" / "pl",
+        "--pairs",
+        root / "manifests" / "pl-c",
+        "--out",
+        out,
+        "-q",
+    )
     summary = json.loads((out / "results.json").read_text())["partiallfw"]
     assert [(r["protocol"], r["centered"]) for r in summary] == [
-        ("holistic", None), ("partial-holistic", False), ("partial-same", False), ("partial-cross", False),
-        ("partial-holistic", True), ("partial-same", True), ("partial-cross", True)]
+        ("holistic", None),
+        ("partial-holistic", False),
+        ("partial-same", False),
+        ("partial-cross", False),
+        ("partial-holistic", True),
+        ("partial-same", True),
+        ("partial-cross", True),
+    ]
     # partial-holistic and partial-same: 3 parts x 9 factors; partial-cross: 4 pairs of parts x 9
     assert [r["groups"] for r in summary] == [1, 27, 27, 36, 27, 27, 36]
-    groups = [v for v in json.loads((out / "results.json").read_text())["verification"]
-              if v["group"].get("protocol") == "partial-same" and v["group"].get("centered") is False]
+    groups = [
+        v
+        for v in json.loads((out / "results.json").read_text())["verification"]
+        if v["group"].get("protocol") == "partial-same" and v["group"].get("centered") is False
+    ]
     assert summary[2]["accuracy"] == pytest.approx(np.mean([v["accuracy"] for v in groups]))
     assert "## PartialLFW" in result.output and "non-centered" in result.output
-    bad = run(main, "eval", "--model", run_dir, "--protocol", "partiallfw", "--pairs", lfw_sets["pairs"],
-              "--out", out, ok=False)
+    bad = run(
+        main,
+        "eval",
+        "--model",
+        run_dir,
+        "--protocol",
+        "partiallfw",
+        "--pairs",
+        lfw_sets["pairs"],
+        "--out",
+        out,
+        ok=False,
+    )
     assert bad.exit_code == 2 and "occgen partial" in bad.output

@@ -16,13 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
+from conftest import REPO
 from PIL import Image
+from test_build import files, run
 
 from occgen.occlude import demo
 from occgen.occlude.plan import sample_key
-
-from conftest import REPO
-from test_build import files, run
 
 #: Two paths whose sample keys coincide: same readable part, and a 32-bit hash collision (found by search).
 COLLIDING = ("id7/x# ^=y.jpg", "id7/x' #@y.jpg")
@@ -39,7 +38,7 @@ def _bomb_jpeg(face: Image.Image) -> bytes:
     face.save(buf, format="JPEG")
     data = bytearray(buf.getvalue())
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
     return bytes(data)
 
 
@@ -64,8 +63,14 @@ def bad_corpus(root: Path) -> tuple[set[str], dict[str, str], dict[str, str]]:
     (root / "id2").mkdir()
     (root / "id2" / "bomb.jpg").write_bytes(_bomb_jpeg(face))
     _save(root / "id2" / "bigger.png", face.resize((192, 224)), "PNG")
-    odd_names = ["id 3/with space.jpg", "idé/ünïcödé 顔.jpg", "id4/dots.in.the.name.jpg", "id4/a b.jpg", "id4/a_b.jpg",
-                 COLLIDING[0]]
+    odd_names = [
+        "id 3/with space.jpg",
+        "idé/ünïcödé 顔.jpg",
+        "id4/dots.in.the.name.jpg",
+        "id4/a b.jpg",
+        "id4/a_b.jpg",
+        COLLIDING[0],
+    ]
     for rel in odd_names:
         _save(root / rel, face, "JPEG", quality=95)
     good |= set(odd_names) | {"id2/bigger.png"}
@@ -81,10 +86,16 @@ def bad_corpus(root: Path) -> tuple[set[str], dict[str, str], dict[str, str]]:
     (root / "id6" / "loop").symlink_to(root)  # id6/loop -> the tree itself
     (root / "README.txt").write_text("not a face")
     errors = {
-        "id0/truncated.jpg": "cannot decode", "id0/empty.jpg": "empty file", "id0/text.jpg": "cannot decode",
-        "id2/bomb.jpg": "decompression-bomb limit", COLLIDING[1]: f"same sample key as {COLLIDING[0]}",
-        "id5/fifo.jpg": "not a regular file", "id5/dangling.jpg": "broken symlink",
-        "id5/latin1-\\xe9.jpg": "not valid UTF-8", "id6/loop/": "symlink loop", "README.txt": "not inside",
+        "id0/truncated.jpg": "cannot decode",
+        "id0/empty.jpg": "empty file",
+        "id0/text.jpg": "cannot decode",
+        "id2/bomb.jpg": "decompression-bomb limit",
+        COLLIDING[1]: f"same sample key as {COLLIDING[0]}",
+        "id5/fifo.jpg": "not a regular file",
+        "id5/dangling.jpg": "broken symlink",
+        "id5/latin1-\\xe9.jpg": "not valid UTF-8",
+        "id6/loop/": "symlink loop",
+        "README.txt": "not inside",
     }
     return good, errors, {"id2/bigger.png": "resized from 224x192 to 112x96"}
 
@@ -93,8 +104,25 @@ def test_bad_corpus_every_file_accounted_for(tmp_path: Path):
     root = tmp_path / "faces"
     good, errors, warnings = bad_corpus(root)
     assert sample_key(COLLIDING[0], 0) == sample_key(COLLIDING[1], 0)
-    result = run("build", "--src", str(root), "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"),
-                 "--name", "bad", "--format", "png", "--clean-ratio", "1", "-j", "1", "--max-errors", "50%")
+    result = run(
+        "build",
+        "--src",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "bad",
+        "--format",
+        "png",
+        "--clean-ratio",
+        "1",
+        "-j",
+        "1",
+        "--max-errors",
+        "50%",
+    )
     assert f"{len(good)} samples written, {len(errors)} errors, 1 warning" in result.output
     assert "1 input used after a fix" in result.output and f"{len(errors)} inputs not used" in result.output
     df = pd.read_parquet(tmp_path / "m" / "bad" / "samples.parquet")
@@ -113,9 +141,14 @@ def test_bad_corpus_every_file_accounted_for(tmp_path: Path):
         by_src[sample["json"]["src"]] = sample["png"]
     assert set(by_src) == good and all(img.shape == (112, 96, 3) for img in by_src.values())
     grey = np.asarray(demo.face(0, 0).convert("L"), dtype=np.int16)
-    for src, want, tol in (("id1/cmyk.jpg", reference, 4), ("id1/rgba.png", reference, 0),
-                           ("id1/palette.gif", reference, 6), ("id1/grey16.png", grey[..., None], 0),
-                           ("idé/ünïcödé 顔.jpg", reference, 4), ("id2/bigger.png", reference, 6)):
+    for src, want, tol in (
+        ("id1/cmyk.jpg", reference, 4),
+        ("id1/rgba.png", reference, 0),
+        ("id1/palette.gif", reference, 6),
+        ("id1/grey16.png", grey[..., None], 0),
+        ("idé/ünïcödé 顔.jpg", reference, 4),
+        ("id2/bigger.png", reference, 6),
+    ):
         assert np.abs(by_src[src].astype(np.int16) - want).mean() <= tol, src
 
 
@@ -124,15 +157,45 @@ def test_strict_size_rejects_other_sizes(tmp_path: Path):
     for j in range(3):
         _save(root / "a" / f"{j}.png", demo.face(1, j), "PNG")
     _save(root / "b" / "big.png", demo.face(1, 5).resize((192, 224)), "PNG")
-    result = run("build", "--src", str(root), "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"),
-                 "--strict-size", "--max-errors", "1", "-j", "1")
+    result = run(
+        "build",
+        "--src",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--strict-size",
+        "--max-errors",
+        "1",
+        "-j",
+        "1",
+    )
     assert "3 samples written, 1 error" in result.output
     table = pd.read_parquet(tmp_path / "m" / "occ-faces" / "errors.parquet")
     assert table.to_dict("records") == [
-        {"input": "b/big.png", "reason": "is 224x192, not 112x96 like the other inputs (--strict-size)", "kind": "error"}]
+        {
+            "input": "b/big.png",
+            "reason": "is 224x192, not 112x96 like the other inputs (--strict-size)",
+            "kind": "error",
+        }
+    ]
     # --size sets the face size instead of the first input's: now the three small faces are the odd ones.
-    result = run("build", "--src", str(root), "--out", str(tmp_path / "o"), "--manifests", str(tmp_path / "m"),
-                 "--name", "big", "--size", "224x192", "-j", "1")
+    result = run(
+        "build",
+        "--src",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "big",
+        "--size",
+        "224x192",
+        "-j",
+        "1",
+    )
     assert "4 samples written, 0 errors, 3 warnings" in result.output
     assert set(pd.read_parquet(tmp_path / "m" / "big" / "samples.parquet").width) == {192}
 
@@ -149,9 +212,29 @@ def test_unreadable_file_is_recorded(tmp_path: Path):
     for j in range(2):
         _save(root / "a" / f"{j}.jpg", demo.face(0, j), "JPEG")
     (root / "a" / "1.jpg").chmod(0)
-    proc = subprocess.run([*prefix, sys.executable, "-m", "occgen", "build", "--src", "faces", "--out", "o",
-                           "--manifests", "m", "--max-errors", "1", "-j", "1"], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "occgen",
+            "build",
+            "--src",
+            "faces",
+            "--out",
+            "o",
+            "--manifests",
+            "m",
+            "--max-errors",
+            "1",
+            "-j",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     table = pd.read_parquet(tmp_path / "m" / "occ-faces" / "errors.parquet")
     assert list(table.input) == ["a/1.jpg"] and table.reason[0] == "cannot read (Permission denied)"
@@ -191,8 +274,16 @@ def test_symlinked_identity_folders_build_like_the_real_tree(tmp_path: Path):
     (linked / "person3" / "again").symlink_to(linked / "person3")  # a loop inside an identity folder
     common = ["--copies", "2", "--shard-size", "5", "-j", "1", "--name", "t", "--max-errors", "1"]
     for tree in ("real", "linked"):
-        run("build", "--src", str(tmp_path / tree), "--out", str(tmp_path / f"o-{tree}"),
-            "--manifests", str(tmp_path / f"m-{tree}"), *common)
+        run(
+            "build",
+            "--src",
+            str(tmp_path / tree),
+            "--out",
+            str(tmp_path / f"o-{tree}"),
+            "--manifests",
+            str(tmp_path / f"m-{tree}"),
+            *common,
+        )
     assert files(tmp_path / "o-real") == files(tmp_path / "o-linked")
     parts = [files(tmp_path / f"m-{tree}" / "t" / "samples.parquet") for tree in ("real", "linked")]
     assert parts[0] == parts[1] and len(pd.read_parquet(tmp_path / "m-real" / "t" / "samples.parquet")) == 24
@@ -207,9 +298,15 @@ BUILD = ["--src", "demo", "--copies", "2", "--shard-size", "8", "--seed", "5", "
 
 def _start(cwd: Path, *extra: str) -> subprocess.Popen:
     """`occgen build` with 2 loky workers in its own process group (as a shell job would be)."""
-    return subprocess.Popen([sys.executable, "-m", "occgen", "build", *BUILD, "-j", "2", "--out", "o",
-                             "--manifests", "m", *extra], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "occgen", "build", *BUILD, "-j", "2", "--out", "o", "--manifests", "m", *extra],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def _group_alive(pgid: int) -> list[int]:
@@ -251,8 +348,12 @@ def test_sigkill_at_any_point_then_rerun_equals_an_uninterrupted_build(tmp_path:
         work.mkdir()
         proc = _start(work)
         marks = work / "m" / "occ-demo" / "shards"
-        _wait_until(lambda: (work / "m" / "occ-demo" / "build.json").exists()
-                    and (shards_done == 0 or len(list(marks.glob("*.json"))) >= shards_done))
+        _wait_until(
+            lambda: (
+                (work / "m" / "occ-demo" / "build.json").exists()
+                and (shards_done == 0 or len(list(marks.glob("*.json"))) >= shards_done)
+            )
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert _no_group_left(proc.pid)
@@ -316,19 +417,32 @@ def test_a_second_run_of_the_same_build_is_refused_while_the_first_runs(tmp_path
     assert result.exit_code == 2 and "another run of the build occ-demo" in result.output
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b""), "is an empty file"),
-    (lambda p: Image.new("RGBA", (20, 30), (255, 0, 0, 0)).save(p), "is fully transparent"),
-    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n broken"), "cannot be read"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b""), "is an empty file"),
+        (lambda p: Image.new("RGBA", (20, 30), (255, 0, 0, 0)).save(p), "is fully transparent"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n broken"), "cannot be read"),
+    ],
+)
 def test_bad_occluders_fail_at_load_time_with_the_file_named(tmp_path: Path, make, message: str):
     lib = tmp_path / "lib"
     for category in ("cup", "hand"):
         (lib / category).mkdir(parents=True)
         Image.new("RGBA", (20, 30), (0, 200, 0, 255)).save(lib / category / "0001.png")
     make(lib / "hand" / "0002.png")
-    result = run("build", "--src", "demo", "--occluders", str(lib), "--out", str(tmp_path / "o"), "--manifests",
-                 str(tmp_path / "m"), ok=False)
+    result = run(
+        "build",
+        "--src",
+        "demo",
+        "--occluders",
+        str(lib),
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        ok=False,
+    )
     assert result.exit_code == 2
     assert f"occluder {lib / 'hand' / '0002.png'} {message}" in result.output
     assert not (tmp_path / "o").exists()  # before any work

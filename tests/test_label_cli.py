@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 
-from conftest import shared
 from occgen.cli import main
 from occgen.errors import UserError
 from occgen.label.labels import write_labels
-from occgen.occlude.occluders import load_library
 from occgen.label.patterns import label_boxes, num_patterns, regression_target
+from occgen.occlude.occluders import load_library
 from occgen.occlude.render import place, scaled_size
 
 BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
@@ -77,8 +77,15 @@ def test_write_labels_matches_the_pure_function(tmp_path, compat, height, width)
     assert (labels["pattern"][~ordered["occluded"].to_numpy()] == 0).all()
 
     meta = json.loads(pq.read_schema(path).metadata[b"occgen.labels"])
-    assert meta == {"K": 5, "compat": compat, "num_patterns": 226, "height": height, "width": width,
-                    "x_edges": [i * width // 5 for i in range(6)], "y_edges": [i * height // 5 for i in range(6)]}
+    assert meta == {
+        "K": 5,
+        "compat": compat,
+        "num_patterns": 226,
+        "height": height,
+        "width": width,
+        "x_edges": [i * width // 5 for i in range(6)],
+        "y_edges": [i * height // 5 for i in range(6)],
+    }
 
 
 def test_output_is_independent_of_sharding_and_box_dtype(tmp_path):
@@ -108,15 +115,22 @@ def test_real_geometry_from_real_occluders(tmp_path):
     faces = sorted(shared("lfw-mini/aligned-112x96").rglob("*.jpg"))
     rng = np.random.default_rng(100)
     rows = []
-    for i, face in enumerate(faces):
+    for face in faces:
         with Image.open(face) as im:
             W, H = im.size
         for geometry in ("paper", "from"):
             occ = library.occluders[library.choose(rng)]
             size = scaled_size(occ.size, float(rng.choice(np.arange(1.0, 5.5, 0.5))), (W, H), geometry)
             _, box = place((int(rng.integers(W)), int(rng.integers(H))), size, (W, H), geometry)
-            rows.append({"key": f"{face.stem}-{geometry}", "occluded": True, **dict(zip(BOX, box.as_tuple())),
-                         "width": W, "height": H})
+            rows.append(
+                {
+                    "key": f"{face.stem}-{geometry}",
+                    "occluded": True,
+                    **dict(zip(BOX, box.as_tuple())),
+                    "width": W,
+                    "height": H,
+                }
+            )
     frame = pd.DataFrame(rows)
     manifest = write_manifest(tmp_path / "real", frame, shards=2)
     result = CliRunner().invoke(main, ["label", "--K", "5", "--K", "4", "--compat", "from", str(manifest)])

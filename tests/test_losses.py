@@ -7,8 +7,17 @@ import math
 import pytest
 import torch
 
-from fromnet.losses import (FromLoss, Margin, MarginClassifier, MarginHead, box_loss, margin_logits, margin_loss,
-                            pattern_loss, target_cosine)
+from fromnet.losses import (
+    FromLoss,
+    Margin,
+    MarginClassifier,
+    MarginHead,
+    box_loss,
+    margin_logits,
+    margin_loss,
+    pattern_loss,
+    target_cosine,
+)
 from fromnet.models.net import FromOutput
 
 COSFACE, ARCFACE, SPHEREFACE = (Margin.preset(n) for n in ("cosface", "arcface", "sphereface"))

@@ -14,8 +14,15 @@ from fromnet.models.summary import summarize
 
 # >= 16 channels into every strided 1x1 shortcut: below that, oneDNN (torch 2.13 CPU, AVX-512) corrupts memory in the
 # channels_last weight gradient (uxlfoundation/oneDNN#6035). The full-size model starts at 64.
-TINY = dict(widths=(16, 16, 32, 32), depths=(1, 2, 1, 1), stem_width=16, pyramid_width=16, decoder_width=16,
-            fc_mask_reduced=4, embedding_dim=24)
+TINY = dict(
+    widths=(16, 16, 32, 32),
+    depths=(1, 2, 1, 1),
+    stem_width=16,
+    pyramid_width=16,
+    decoder_width=16,
+    fc_mask_reduced=4,
+    embedding_dim=24,
+)
 SIZES = [(112, 96), (112, 112)]
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occgen.occlude.calibrate import calibrate
-from occgen.occlude.coverage import expected_box_fraction
 from occgen.errors import UserError
 from occgen.images import load_rgb
+from occgen.occlude.calibrate import calibrate
+from occgen.occlude.coverage import expected_box_fraction
 from occgen.occlude.occluders import CATEGORIES, DEFAULT_LIBRARY, REFERENCE_FACE, load_library
 from occgen.occlude.render import ScaledOccluder, occlude, place, scaled_size
 from tests.conftest import shared
@@ -43,8 +43,9 @@ def test_default_library_has_every_category_with_rgba_images(library):
             assert im.mode == "RGBA", o.name
             assert max(im.size) <= 160, o.name
             alpha = np.asarray(im.getchannel("A"))
-        assert alpha[0].any() and alpha[-1].any() and alpha[:, 0].any() and alpha[:, -1].any(), \
+        assert alpha[0].any() and alpha[-1].any() and alpha[:, 0].any() and alpha[:, -1].any(), (
             f"{o.name} is not cropped to its visible pixels"
+        )
         assert (alpha < 255).any(), f"{o.name} has no transparency"
 
 

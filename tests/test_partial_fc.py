@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fromnet.distributed import World
 from fromnet.losses import Margin, MarginHead
-from fromnet.partial_fc import ShardedMarginHead, class_slices
+from fromnet.train.distributed import World
+from fromnet.train.partial_fc import ShardedMarginHead, class_slices
 
 CLASSES, DIM, PER_RANK = 11, 8, 5
 
@@ -42,8 +42,13 @@ def _rank(rank: int, port: int, margin_name: str, out: dict) -> None:
         loss = head(x, labels[mine])
         loss.backward()
         weighted = head(emb[mine], labels[mine], sw[mine])
-        out[rank] = {"loss": loss.item(), "weighted": weighted.item(), "emb_grad": x.grad.clone(),
-                     "weight_grad": head.weight.grad.clone(), "full": head.full_weight().clone()}
+        out[rank] = {
+            "loss": loss.item(),
+            "weighted": weighted.item(),
+            "emb_grad": x.grad.clone(),
+            "weight_grad": head.weight.grad.clone(),
+            "full": head.full_weight().clone(),
+        }
     finally:
         dist.destroy_process_group()
 

@@ -80,11 +80,19 @@ def random_boxes(rng: np.random.Generator, n: int, H: int, W: int) -> np.ndarray
         [
             (0, 0, W, H),  # whole image
             (0, 0, W - 1, H - 1),  # whole image less the last row and column
-            (0, 0, 1, 1), (W - 1, 0, W, 1), (0, H - 1, 1, H), (W - 1, H - 1, W, H),  # corner pixels
-            (W - 1, 0, W, H), (0, H - 1, W, H),  # last column, last row
-            (0, 0, W, 1), (0, 0, 1, H),  # first row, first column
-            (5, 7, 5, 20), (3, 3, 9, 3),  # empty boxes
-            (19, 22, 38, 44), (18, 21, 39, 45), (20, 23, 37, 43),  # on, around and inside a K=5 block
+            (0, 0, 1, 1),
+            (W - 1, 0, W, 1),
+            (0, H - 1, 1, H),
+            (W - 1, H - 1, W, H),  # corner pixels
+            (W - 1, 0, W, H),
+            (0, H - 1, W, H),  # last column, last row
+            (0, 0, W, 1),
+            (0, 0, 1, H),  # first row, first column
+            (5, 7, 5, 20),
+            (3, 3, 9, 3),  # empty boxes
+            (19, 22, 38, 44),
+            (18, 21, 39, 45),
+            (20, 23, 37, 43),  # on, around and inside a K=5 block
         ]
     )
     return np.concatenate([alg1, small, special]).astype(np.int64)
@@ -151,7 +159,8 @@ def test_labels_equal_the_dense_reference(compat, H, W):
 
 @pytest.mark.parametrize("compat", ["paper", "from"])
 @pytest.mark.parametrize(
-    "H,W,K", [(9, 9, 1), (5, 7, 2), (6, 6, 3), (8, 6, 4), (12, 10, 5), (12, 12, 6), (14, 11, 5), (10, 10, 7), (11, 10, 8)]
+    "H,W,K",
+    [(9, 9, 1), (5, 7, 2), (6, 6, 3), (8, 6, 4), (12, 10, 5), (12, 12, 6), (14, 11, 5), (10, 10, 7), (11, 10, 8)],
 )
 def test_every_box_of_a_small_image(compat, H, W, K):
     # Small images make exact ties common: every possible box, against the dense reference.

@@ -11,15 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 
+from occgen.cli import main
+from occgen.label.labels import labels_path
 from occgen.occlude.calibrate import TARGETS
 from occgen.occlude.coverage import expected_box_fraction
 from occgen.occlude.occluders import load_library
-from occgen.cli import main
-from occgen.label.labels import labels_path
-
-from conftest import shared
 
 
 def run(*args: str, ok: bool = True):
@@ -37,8 +36,25 @@ def built(tmp_path_factory) -> Path:
     cwd = Path.cwd()
     try:
         os.chdir(root)
-        run("build", "--src", str(faces), "--scales", "1,2,3", "--copies", "60", "--clean-ratio", "0.1",
-            "--name", "mini", "-j", "1", "--shard-size", "1000", "--K", "5")
+        run(
+            "build",
+            "--src",
+            str(faces),
+            "--scales",
+            "1,2,3",
+            "--copies",
+            "60",
+            "--clean-ratio",
+            "0.1",
+            "--name",
+            "mini",
+            "-j",
+            "1",
+            "--shard-size",
+            "1000",
+            "--K",
+            "5",
+        )
     finally:
         os.chdir(cwd)
     return root
@@ -72,15 +88,30 @@ def test_stats_agree_with_the_manifest_and_the_library_calibration(built, tmp_pa
 
 def test_preview_sheets_show_each_scale_with_boxes_and_the_labelled_pattern(built, tmp_path):
     manifest = built / "manifests" / "mini"
-    out = run("preview", str(manifest), "--out", str(tmp_path), "-n", "5", "--boxes", "--grid", "5",
-              "--zoom", "2", "--cols", "5").output
+    out = run(
+        "preview",
+        str(manifest),
+        "--out",
+        str(tmp_path),
+        "-n",
+        "5",
+        "--boxes",
+        "--grid",
+        "5",
+        "--zoom",
+        "2",
+        "--cols",
+        "5",
+    ).output
     assert [line.split(":")[0] for line in out.splitlines()] == ["s=1", "s=2", "s=3", "clean"]
     sheet = np.asarray(Image.open(tmp_path / "sheet-s=2.png").convert("RGB"))
     assert sheet.shape == (12 + 4 + 1 * (224 + 12 + 4) + 4, 5 * (192 + 4) + 4, 3)
     red = (sheet[..., 0] > 240) & (sheet[..., 1] < 60) & (sheet[..., 2] < 60)
     assert red.sum() > 5 * 100  # every occluded box outlined
     again = tmp_path / "again"
-    run("preview", str(manifest), "--out", str(again), "-n", "5", "--boxes", "--grid", "5", "--zoom", "2", "--cols", "5")
+    run(
+        "preview", str(manifest), "--out", str(again), "-n", "5", "--boxes", "--grid", "5", "--zoom", "2", "--cols", "5"
+    )
     assert (again / "sheet-s=2.png").read_bytes() == (tmp_path / "sheet-s=2.png").read_bytes()  # seeded
 
 
@@ -138,8 +169,14 @@ def test_occluders_reports_the_build_s_expected_area_and_calibrates_a_saturating
     assert "Warning" not in out
     big = tmp_path / "big"
     rng = np.random.default_rng(0)
-    for cat, (h, w) in {"hat": (150, 220), "hand": (240, 180), "sunglasses": (90, 230), "cup": (200, 170),
-                        "scarf": (120, 250), "phone": (250, 130)}.items():
+    for cat, (h, w) in {
+        "hat": (150, 220),
+        "hand": (240, 180),
+        "sunglasses": (90, 230),
+        "cup": (200, 170),
+        "scarf": (120, 250),
+        "phone": (250, 130),
+    }.items():
         for n in range(2):
             (big / cat).mkdir(parents=True, exist_ok=True)
             rgba = rng.integers(0, 256, (h + 10 * n, w, 4), dtype=np.uint8)

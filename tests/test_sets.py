@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import webdataset as wds
 from click.testing import CliRunner
+from conftest import shared
 
 from occgen.align.transform import TEMPLATES
 from occgen.cli import main
@@ -16,8 +17,6 @@ from occgen.errors import UserError
 from occgen.sets.pairs import read_pairs
 from occgen.sets.partial import FACTORS, PARTS, area_range, landmark, partial_face, patch
 from occgen.sets.regions import GROUPS, REGIONS, region_box
-
-from conftest import shared
 
 
 def run(*args: str, ok: bool = True):
@@ -51,8 +50,18 @@ def test_bad_pairs_files_are_user_errors(tmp_path):
         read_pairs(bad)
     faces = shared("lfw-mini/aligned-112x96")
     bad.write_text("1 1\nNobody\t1\t2\nAmelia_Vega\t1\tNobody\t3\n")
-    result = run("build", "--src", str(faces), "--pairs", str(bad), "--out", str(tmp_path / "s"),
-                 "--manifests", str(tmp_path / "m"), ok=False)
+    result = run(
+        "build",
+        "--src",
+        str(faces),
+        "--pairs",
+        str(bad),
+        "--out",
+        str(tmp_path / "s"),
+        "--manifests",
+        str(tmp_path / "m"),
+        ok=False,
+    )
     assert result.exit_code == 2 and "lacks" in result.output and "Nobody/Nobody_0001" in result.output
 
 
@@ -90,8 +99,11 @@ def test_region_sets_put_the_occluder_on_the_region_box_with_the_group_s_categor
         boxes = samples[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()
         assert (boxes == np.array(box)).all(), name
         assert set(samples["occluder_category"]) <= set(GROUPS[2]) and len(set(samples["occluder_category"])) == 3
-    assert GROUPS == {1: ("book_cover", "cup", "eye_mask"), 2: ("eyeglasses", "hand", "mouth_mask"),
-                      3: ("phone", "scarf", "sunglasses")}
+    assert GROUPS == {
+        1: ("book_cover", "cup", "eye_mask"),
+        2: ("eyeglasses", "hand", "mouth_mask"),
+        3: ("phone", "scarf", "sunglasses"),
+    }
     assert region_box("eyes", (112, 112)) == (18, 30, 98, 70)
     bad = run("build", "--src", str(faces), "--regions", "--scales", "2", ok=False)
     assert bad.exit_code == 2 and "scales do not apply" in bad.output
@@ -116,8 +128,9 @@ def test_partial_geometry_keeps_the_scaled_rectangle_and_greys_the_rest():
             centered, _ = partial_face(face, part, factor, True, template)
             dx, dy = round(48 - x), round(56 - y)
             assert (centered[56, 48] == face[56 - dy, 48 - dx]).all()  # the landmark's pixel moved to the centre
-            assert (centered == 128).all(axis=2).sum() == pytest.approx(112 * 96 - (cx1 - cx0) * (cy1 - cy0),
-                                                                       abs=(cx1 - cx0) + (cy1 - cy0))
+            assert (centered == 128).all(axis=2).sum() == pytest.approx(
+                112 * 96 - (cx1 - cx0) * (cy1 - cy0), abs=(cx1 - cx0) + (cy1 - cy0)
+            )
     area = area_range(template)
     assert 0.08 < area["reference_min"] < 0.095 and 0.72 < area["reference_max"] < 0.745  # PartialLFW: 9% to 73.7%
 
@@ -127,17 +140,36 @@ def test_partial_build_writes_the_four_protocols_and_is_the_same_for_any_job_cou
     outs = {}
     for jobs in ("1", "2"):
         root = tmp_path / f"j{jobs}"
-        result = run("partial", "--src", str(faces), "--pairs", str(pairs_txt), "--centered", "--name", "pl",
-                     "--out", str(root / "shards"), "--manifests", str(root / "manifests"), "-j", jobs,
-                     "--shard-size", "400")
+        result = run(
+            "partial",
+            "--src",
+            str(faces),
+            "--pairs",
+            str(pairs_txt),
+            "--centered",
+            "--name",
+            "pl",
+            "--out",
+            str(root / "shards"),
+            "--manifests",
+            str(root / "manifests"),
+            "-j",
+            jobs,
+            "--shard-size",
+            "400",
+        )
         outs[jobs] = {p.name: p.read_bytes() for p in sorted((root / "shards").glob("*.tar"))}
     assert outs["1"] == outs["2"] and len(outs["1"]) == 4
     assert "kept area" in result.output and "9% to 73.7%" in result.output
     manifest = tmp_path / "j2" / "manifests" / "pl"
     pairs = pd.read_parquet(manifest / "pairs.parquet")
     counts = pairs.groupby("protocol", sort=False).size().to_dict()
-    assert counts == {"holistic": 40, "partial-holistic": 2 * 40 * 3 * 9, "partial-same": 40 * 3 * 9,
-                      "partial-cross": 2 * 40 * 4 * 9}
+    assert counts == {
+        "holistic": 40,
+        "partial-holistic": 2 * 40 * 3 * 9,
+        "partial-same": 40 * 3 * 9,
+        "partial-cross": 2 * 40 * 4 * 9,
+    }
     samples = pd.read_parquet(manifest / "samples.parquet").set_index("key")
     assert len(samples) == len(set(pairs["src1"]) | set(pairs["src2"])) * 37
     assert set(pairs["key1"]) | set(pairs["key2"]) <= set(samples.index)
@@ -148,6 +180,10 @@ def test_partial_build_writes_the_four_protocols_and_is_the_same_for_any_job_cou
     assert (samples.loc[ph["key2"], "factor"].to_numpy() == ph["factor"].to_numpy().astype(np.float32)).all()
     assert (samples.loc[ph["key1"], "part"] == "whole").all() and pairs["centered"].all()
     cross = pairs[pairs["protocol"] == "partial-cross"]
-    assert set(zip(cross["part1"], cross["part2"])) == {("left_eye", "right_eye"), ("left_eye", "nose"),
-                                                        ("left_eye", "mouth"), ("nose", "mouth")}
+    assert set(zip(cross["part1"], cross["part2"])) == {
+        ("left_eye", "right_eye"),
+        ("left_eye", "nose"),
+        ("left_eye", "mouth"),
+        ("nose", "mouth"),
+    }
     assert (manifest / "partial.png").stat().st_size > 10_000 and (manifest / "README.md").is_file()

@@ -16,16 +16,54 @@ from fromnet import checkpoint
 from fromnet.cli import main as fromnet_main
 from occgen.cli import main as occgen_main
 
-TINY = ["--backbone", "r18", "--width-mult", "0.25", "--batch-size", "16", "--lr", "0.05", "--epochs", "2",
-        "--milestones", "1", "--log-every", "1", "--shuffle-buffer", "64", "--seed", "3"]
+TINY = [
+    "--backbone",
+    "r18",
+    "--width-mult",
+    "0.25",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.05",
+    "--epochs",
+    "2",
+    "--milestones",
+    "1",
+    "--log-every",
+    "1",
+    "--shuffle-buffer",
+    "64",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    result = CliRunner().invoke(occgen_main, [
-        "build", "--src", "demo", "--clean-ratio", "0.3333", "--shard-size", "32", "--out", str(root / "shards"),
-        "--manifests", str(root / "manifests"), "--name", "mix", "-q", "--K", "5", "-j", "1"])
+    result = CliRunner().invoke(
+        occgen_main,
+        [
+            "build",
+            "--src",
+            "demo",
+            "--clean-ratio",
+            "0.3333",
+            "--shard-size",
+            "32",
+            "--out",
+            str(root / "shards"),
+            "--manifests",
+            str(root / "manifests"),
+            "--name",
+            "mix",
+            "-q",
+            "--K",
+            "5",
+            "-j",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root / "manifests" / "mix"
 
@@ -47,8 +85,18 @@ def losses(run: Path) -> list[float]:
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "fromnet", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "fromnet",
+        "train",
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -92,17 +140,63 @@ def test_user_errors_are_one_line(mix, tmp_path):
 def test_init_checks_every_tensor(mix, tmp_path):
     stage1 = tmp_path / "stage1"
     train("--shards", str(mix), *TINY, "-j", "0", "--steps", "1", "--variant", "baseline", "--out", str(stage1))
-    out = train("--shards", str(mix), *TINY, "-j", "0", "--steps", "1", "--variant", "from", "--init", str(stage1),
-                "--out", str(tmp_path / "stage2"))
+    out = train(
+        "--shards",
+        str(mix),
+        *TINY,
+        "-j",
+        "0",
+        "--steps",
+        "1",
+        "--variant",
+        "from",
+        "--init",
+        str(stage1),
+        "--out",
+        str(tmp_path / "stage2"),
+    )
     assert "initialised from" in out and "pyramid" in out and "classifier loaded" in out
-    result = CliRunner().invoke(fromnet_main, ["train", "--shards", str(mix), *TINY, "-j", "0", "--steps", "1",
-                                               "--width-mult", "0.5", "--init", str(stage1),
-                                               "--out", str(tmp_path / "wide")])
+    result = CliRunner().invoke(
+        fromnet_main,
+        [
+            "train",
+            "--shards",
+            str(mix),
+            *TINY,
+            "-j",
+            "0",
+            "--steps",
+            "1",
+            "--width-mult",
+            "0.5",
+            "--init",
+            str(stage1),
+            "--out",
+            str(tmp_path / "wide"),
+        ],
+    )
     assert result.exit_code == 2
     assert "does not fit this model" in result.output and "backbone.stem.0.weight" in result.output
     # The attention variant starts from the same stage 1, leaving the parts it drops (stage 4, the flat head) unused.
-    out = train("--shards", str(mix), *TINY, "-j", "0", "--steps", "2", "--variant", "attention", "--K", "4",
-                "--margin", "softmax", "--init", str(stage1), "--out", str(tmp_path / "attention"))
+    out = train(
+        "--shards",
+        str(mix),
+        *TINY,
+        "-j",
+        "0",
+        "--steps",
+        "2",
+        "--variant",
+        "attention",
+        "--K",
+        "4",
+        "--margin",
+        "softmax",
+        "--init",
+        str(stage1),
+        "--out",
+        str(tmp_path / "attention"),
+    )
     assert "left unused" in out and "classifier starts fresh" in out
     assert [r["loss_pattern"] for r in metrics(tmp_path / "attention")] == [None, None]
 
@@ -137,14 +231,36 @@ def test_sharded_classifier_trains_under_torchrun_and_resumes_on_one_process(mix
 
 def test_bench_prints_step_and_loader_figures_beside_the_simple_way(mix):
     runner = CliRunner()
-    result = runner.invoke(fromnet_main, ["bench", "train", "--backbone", "r18", "--width-mult", "0.25", "--batch-size",
-                                          "2", "--steps", "1", "--warmup", "0", "--classes", "10", "--precision", "fp32",
-                                          "--precision", "bf16"])
+    result = runner.invoke(
+        fromnet_main,
+        [
+            "bench",
+            "train",
+            "--backbone",
+            "r18",
+            "--width-mult",
+            "0.25",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--classes",
+            "10",
+            "--precision",
+            "fp32",
+            "--precision",
+            "bf16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = [ln for ln in result.output.splitlines() if "s/step" in ln]
     assert [ln.split()[0] for ln in lines] == ["fp32", "fp32", "bf16", "bf16"] and "x1.00 vs simple" in lines[0]
-    result = runner.invoke(fromnet_main, ["bench", "loader", "--shards", str(mix), "--batches", "2", "--batch-size",
-                                          "16", "-j", "0", "-j", "1"])
+    result = runner.invoke(
+        fromnet_main,
+        ["bench", "loader", "--shards", str(mix), "--batches", "2", "--batch-size", "16", "-j", "0", "-j", "1"],
+    )
     assert result.exit_code == 0, result.output
     assert "plain PIL loop" in result.output and result.output.count("vs plain") == 2
 
@@ -152,8 +268,23 @@ def test_bench_prints_step_and_loader_figures_beside_the_simple_way(mix):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_clipping_and_online_occlusion(mix, tmp_path, precision):
     run = tmp_path / precision
-    train("--shards", str(mix), *TINY, "-j", "0", "--steps", "2", "--precision", precision, "--clip-grad", "1.0",
-          "--occlude-online", "1:0.5:3", "--out", str(run))
+    train(
+        "--shards",
+        str(mix),
+        *TINY,
+        "-j",
+        "0",
+        "--steps",
+        "2",
+        "--precision",
+        precision,
+        "--clip-grad",
+        "1.0",
+        "--occlude-online",
+        "1:0.5:3",
+        "--out",
+        str(run),
+    )
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss_pattern"] > 0 for r in rows)
     state = torch.load(checkpoint.resolve(run), weights_only=True)
@@ -163,8 +294,25 @@ def test_mixed_precision_clipping_and_online_occlusion(mix, tmp_path, precision)
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mix, tmp_path):
     run = tmp_path / "nan"
-    result = CliRunner().invoke(fromnet_main, ["train", "--shards", str(mix), *TINY, "-j", "0", "--steps", "6",
-                                               "--lr", "1e30", "--ckpt-every", "1", "--out", str(run)])
+    result = CliRunner().invoke(
+        fromnet_main,
+        [
+            "train",
+            "--shards",
+            str(mix),
+            *TINY,
+            "-j",
+            "0",
+            "--steps",
+            "6",
+            "--lr",
+            "1e30",
+            "--ckpt-every",
+            "1",
+            "--out",
+            str(run),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "the loss became" in result.output and "Traceback" not in result.output
     step = torch.load(checkpoint.resolve(run), weights_only=True)["step"]

@@ -11,14 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fromnet.data import (OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, decode_face,
-                          iter_ordered, parse_source, read_manifest, sample_meta)
-from occgen.occlude.occluders import load_library
-from occgen.occlude.plan import sample_seed
-from occgen.occlude.run import BuildOptions, occlude_sample
+from fromnet.shards import decode_face, iter_ordered, read_manifest, sample_meta
+from fromnet.train.data import OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, parse_source
 from occgen.cli import main as occgen_main
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes
+from occgen.occlude.occluders import load_library
+from occgen.occlude.plan import sample_seed
+from occgen.occlude.run import BuildOptions, occlude_sample
 
 
 def occgen(*args: str) -> None:
@@ -31,11 +31,46 @@ def demo(tmp_path_factory) -> Path:
     """A small Mix-style demo set: 16 identities x 8 faces x 2 copies, 1/3 clean, 4 shards, labelled at K=5; and the
     same faces clean, in 2 shards."""
     root = tmp_path_factory.mktemp("demo")
-    occgen("build", "--src", "demo", "--copies", "2", "--clean-ratio", "0.3333", "--shard-size", "64",
-           "--out", str(root / "shards"), "--manifests", str(root / "manifests"), "--name", "mix", "-q", "--K", "5",
-           "-j", "1")
-    occgen("build", "--src", "demo", "--clean-ratio", "1", "--shard-size", "64", "--out", str(root / "shards"),
-           "--manifests", str(root / "manifests"), "--name", "clean", "-q", "-j", "1")
+    occgen(
+        "build",
+        "--src",
+        "demo",
+        "--copies",
+        "2",
+        "--clean-ratio",
+        "0.3333",
+        "--shard-size",
+        "64",
+        "--out",
+        str(root / "shards"),
+        "--manifests",
+        str(root / "manifests"),
+        "--name",
+        "mix",
+        "-q",
+        "--K",
+        "5",
+        "-j",
+        "1",
+    )
+    occgen(
+        "build",
+        "--src",
+        "demo",
+        "--clean-ratio",
+        "1",
+        "--shard-size",
+        "64",
+        "--out",
+        str(root / "shards"),
+        "--manifests",
+        str(root / "manifests"),
+        "--name",
+        "clean",
+        "-q",
+        "-j",
+        "1",
+    )
     return root / "manifests"
 
 
@@ -93,8 +128,11 @@ def test_labels_follow_the_labels_file_and_mirror_with_the_flip(demo, tmp_path):
             else:
                 flipped += 1
                 assert np.array_equal(image, face[:, ::-1])
-                box = [96 - meta["box_x1"], meta["box_y0"], 96 - meta["box_x0"], meta["box_y1"]] \
-                    if meta["occluded"] else [0, 0, 0, 0]
+                box = (
+                    [96 - meta["box_x1"], meta["box_y0"], 96 - meta["box_x0"], meta["box_y1"]]
+                    if meta["occluded"]
+                    else [0, 0, 0, 0]
+                )
                 expected = label_boxes(np.array([box], float), np.array([meta["occluded"]]), 5, 112, 96)[0][0]
                 assert batch["pattern"][i] == expected
     assert flipped > 10 and kept > 10
@@ -113,7 +151,9 @@ def test_online_occlusion_is_occgens_algorithm_1(demo, tmp_path):
             face, geo = occlude_sample(faces[key], sample_seed(5, f"{key}@{epoch}/occlude"), opts, lib)
             assert np.array_equal(batch["image"][i].numpy(), face)
             box = [[geo.get(c, 0) for c in ("box_x0", "box_y0", "box_x1", "box_y1")]]
-            assert batch["pattern"][i] == label_boxes(np.array(box, float), np.array([geo["occluded"]]), 5, 112, 96)[0][0]
+            assert (
+                batch["pattern"][i] == label_boxes(np.array(box, float), np.array([geo["occluded"]]), 5, 112, 96)[0][0]
+            )
             occluded += geo["occluded"]
     assert 0 < occluded < 64
 
@@ -133,8 +173,7 @@ def test_missing_labels_and_bad_manifests_say_what_to_run(demo, tmp_path):
 
 def test_weights_repeat_a_manifest_and_offsets_separate_identities(demo, tmp_path):
     mix, clean = read_manifest(demo / "mix"), read_manifest(demo / "clean")
-    plan = StreamPlan((Source(mix, 1.0, 0), Source(clean, 2.0, mix.num_identities)), 32, 1, 1, 0, (112, 96),
-                      flip=False)
+    plan = StreamPlan((Source(mix, 1.0, 0), Source(clean, 2.0, mix.num_identities)), 32, 1, 1, 0, (112, 96), flip=False)
     assert plan.epoch_samples == 256 + 2 * 128 and plan.num_identities == 32
     got = batches(plan, [0], 0, plan.steps_per_epoch, 0)
     from_clean = sum(int((b["label"] >= 16).sum()) for b in got)
@@ -147,7 +186,7 @@ def test_direct_tar_reader_matches_webdataset_and_falls_back_for_other_tars(demo
 
     import webdataset as wds
 
-    from fromnet.data import tar_samples
+    from fromnet.shards import tar_samples
 
     def reference(url: str) -> list[dict]:
         return list(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()))

@@ -5,14 +5,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from occgen.occlude import demo
-
 from test_build import files, run
+
+from occgen.occlude import demo
 
 
 def _build(tmp_path: Path, src: str = "demo", *extra: str) -> list[str]:
-    run("build", "--src", src, "--copies", "2", "--shard-size", "40", "--out", str(tmp_path / "o"), "--manifests",
-        str(tmp_path / "m"), "--name", "v", "-q", "-j", "1", *extra)
+    run(
+        "build",
+        "--src",
+        src,
+        "--copies",
+        "2",
+        "--shard-size",
+        "40",
+        "--out",
+        str(tmp_path / "o"),
+        "--manifests",
+        str(tmp_path / "m"),
+        "--name",
+        "v",
+        "-q",
+        "-j",
+        "1",
+        *extra,
+    )
     return [p.name for p in sorted((tmp_path / "o").glob("v-*.tar"))]
 
 

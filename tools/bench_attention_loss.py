@@ -64,12 +64,14 @@ def main() -> None:
             sec, values[name] = step(fn, head, parts, labels, s)
             if i:
                 times[name].append(sec)
-    print(f"N={args.batch} K={args.K} D={args.dim} classes={args.classes} margin={args.margin} on {dev}, "
-          f"{args.repeats} interleaved repeats")
+    print(
+        f"N={args.batch} K={args.K} D={args.dim} classes={args.classes} margin={args.margin} on {dev}, "
+        f"{args.repeats} interleaved repeats"
+    )
     for name in ways:
         t = sorted(times[name])
-        print(f"  {name:<18} min {t[0] * 1e3:7.1f} ms  median {t[len(t) // 2] * 1e3:7.1f} ms  "
-              f"loss {values[name]:.6f}")
+        print(f"  {name:<18} min {t[0] * 1e3:7.1f} ms  median {t[len(t) // 2] * 1e3:7.1f} ms  loss {values[name]:.6f}")
+
 
 if __name__ == "__main__":
     main()

@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from occgen.occlude import demo  # noqa: E402
-from occgen.occlude.run import BuildOptions, build  # noqa: E402
 from occgen.occlude.occluders import DEFAULT_LIBRARY, load_library  # noqa: E402
 from occgen.occlude.plan import parse_scales  # noqa: E402
+from occgen.occlude.run import BuildOptions, build  # noqa: E402
 from occgen.occlude.sources import from_tree  # noqa: E402
 from occgen.runner import Backend  # noqa: E402
 
@@ -107,8 +107,10 @@ def main() -> None:
             result = build(source, "bench", out, tmp / f"m{len(seconds)}", opts, jobs, quiet=True, backend=backend)
             seconds[label], shards[label] = result.summary.seconds, tree_bytes(out)
             rate = result.summary.done / seconds[label]
-            print(f"occgen build {label:<36} {rate:8,.0f} images/s ({rate / simple:.2f}x simple), "
-                  f"{seconds[label]:.1f} s for {len(result.shards)} shards")
+            print(
+                f"occgen build {label:<36} {rate:8,.0f} images/s ({rate / simple:.2f}x simple), "
+                f"{seconds[label]:.1f} s for {len(result.shards)} shards"
+            )
 
         timed("-j 1", 1)
         timed("-j 2 (loky)", 2)

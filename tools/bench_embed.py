@@ -24,9 +24,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fromnet.checkpoint import load_model  # noqa: E402
-from fromnet.data import image_field, iter_ordered, read_manifest  # noqa: E402
-from fromnet.embed import TorchEmbedder, embed_faces, batches, pick_device  # noqa: E402
+from fromnet.embed import TorchEmbedder, batches, embed_faces, pick_device  # noqa: E402
 from fromnet.models import build_model  # noqa: E402
+from fromnet.shards import image_field, iter_ordered, read_manifest  # noqa: E402
 
 
 def main() -> None:
@@ -55,8 +55,10 @@ def main() -> None:
         model = build_model(args.variant, 5, (112, 96), backbone=args.backbone, width_mult=args.width_mult)
         model, size = model.to(device).eval(), (112, 96)
     manifest = read_manifest(args.shards)
-    print(f"model {args.model or f'{args.variant} {args.backbone} x{args.width_mult}'} on {device}, "
-          f"{torch.get_num_threads()} threads, {args.precision}; faces from {manifest.name}")
+    print(
+        f"model {args.model or f'{args.variant} {args.backbone} x{args.width_mult}'} on {device}, "
+        f"{torch.get_num_threads()} threads, {args.precision}; faces from {manifest.name}"
+    )
 
     def sync() -> None:
         if device.type == "cuda":
@@ -98,8 +100,11 @@ def main() -> None:
         sync()
         t = time.perf_counter() - start
         diff = float(np.abs(np.concatenate(out)[: len(simple)] - simple).max())
-        print(f"  fromnet embed (batch {args.batch_size}, {args.workers} workers, {layout}): {n / t:8.1f} faces/s  ({n} faces; "
-              f"reading+decoding {100 * decode_time / t:.0f}% of the time; max |diff| vs simple {diff:.1e})")
+        print(
+            f"  fromnet embed (batch {args.batch_size}, {args.workers} workers, {layout}): {n / t:8.1f} faces/s  "
+            f"({n} faces; "
+            f"reading+decoding {100 * decode_time / t:.0f}% of the time; max |diff| vs simple {diff:.1e})"
+        )
 
 
 if __name__ == "__main__":

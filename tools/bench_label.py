@@ -92,13 +92,17 @@ def main() -> None:
     agree = int((fast == dense).sum())
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"K={args.K}, {height}x{width} (HxW), {len(grids)} patterns, one pinned core; "
-          f"load average {load} on {os.cpu_count()} CPUs")
+    print(
+        f"K={args.K}, {height}x{width} (HxW), {len(grids)} patterns, one pinned core; "
+        f"load average {load} on {os.cpu_count()} CPUs"
+    )
     print(f"  label_boxes paper : {rates['paper']:>12,.0f} boxes/s  ({len(boxes):,} boxes, best of {args.repeats})")
     print(f"  label_boxes from  : {rates['from']:>12,.0f} boxes/s")
     print(f"  dense per image   : {dense_rate:>12,.0f} boxes/s  ({len(few):,} boxes)")
-    print(f"  speed-up          : {rates['from'] / dense_rate:>12,.0f}x (from mode vs dense); "
-          f"labels agree on {agree}/{len(few)}")
+    print(
+        f"  speed-up          : {rates['from'] / dense_rate:>12,.0f}x (from mode vs dense); "
+        f"labels agree on {agree}/{len(few)}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         src = tmp / "src"
-        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.split("\n")
+        listed = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
         for rel in filter(None, listed):
             if (REPO / rel).is_file():
                 (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -55,17 +56,39 @@ def main() -> None:
         env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp)}
         work = tmp / "work"
         work.mkdir()
-        built = step("occgen build --src demo (installed)", ["occgen", "build", "--src", "demo", "-j", "2", "-q",
-                                                             "--out", "o", "--manifests", "m"], cwd=work, env=env)
+        built = step(
+            "occgen build --src demo (installed)",
+            ["occgen", "build", "--src", "demo", "-j", "2", "-q", "--out", "o", "--manifests", "m"],
+            cwd=work,
+            env=env,
+        )
         print("  " + built.stdout.strip())
         ref = tmp / "ref"
         ref.mkdir()
-        step("occgen build --src demo (source tree)", [sys.executable, "-m", "occgen", "build", "--src", "demo", "-j",
-                                                       "2", "-q", "--out", "o", "--manifests", "m"], cwd=ref,
-             env={**env, "PYTHONPATH": str(REPO)})
+        step(
+            "occgen build --src demo (source tree)",
+            [
+                sys.executable,
+                "-m",
+                "occgen",
+                "build",
+                "--src",
+                "demo",
+                "-j",
+                "2",
+                "-q",
+                "--out",
+                "o",
+                "--manifests",
+                "m",
+            ],
+            cwd=ref,
+            env={**env, "PYTHONPATH": str(REPO)},
+        )
         print(f"  same shard bytes as the source tree: {tree_bytes(work / 'o') == tree_bytes(ref / 'o')}")
-        summary = step("fromnet summary (installed)", ["fromnet", "summary", "--variant", "from", "--K", "5"],
-                       cwd=work, env=env)
+        summary = step(
+            "fromnet summary (installed)", ["fromnet", "summary", "--variant", "from", "--K", "5"], cwd=work, env=env
+        )
         print("  " + summary.stdout.strip().splitlines()[-1])
 
 

@@ -33,7 +33,7 @@ MODELS = {  # label: extra `fromnet train` options
 def split(work: Path) -> tuple[Path, Path, Path, int]:
     """Train tree of the people outside fold 10, and the fold's pairs (all 600, and 100 same + 100 different)."""
     lines = PAIRS.read_text().splitlines()
-    fold = lines[1 + 9 * 600:1 + 10 * 600]
+    fold = lines[1 + 9 * 600 : 1 + 10 * 600]
     held_out = {f.split()[0] for f in fold} | {f.split()[2] for f in fold if len(f.split()) == 4}
     people = 0
     for person in sorted(p for p in LFW.iterdir() if p.is_dir()):
@@ -67,53 +67,164 @@ def main() -> None:
     started = time.perf_counter()
     train_dir, pairs, small, people = split(work)
     # Builds resume (they skip finished shards), so rerunning for another --models reuses the sets.
-    run(occgen, "build", "--src", str(train_dir), "--name", "mix-train", "--clean-ratio", "0.3333", "--scales",
-        "1:0.5:5", "--shard-size", "500", "--seed", "1", "--K", "5", *common)
+    run(
+        occgen,
+        "build",
+        "--src",
+        str(train_dir),
+        "--name",
+        "mix-train",
+        "--clean-ratio",
+        "0.3333",
+        "--scales",
+        "1:0.5:5",
+        "--shard-size",
+        "500",
+        "--seed",
+        "1",
+        "--K",
+        "5",
+        *common,
+    )
     sets = ["nn"]
     run(occgen, "build", "--src", str(LFW), "--pairs", str(pairs), "--clean-ratio", "1", "--name", "nn", *common)
     for s in (1, 2, 3):
-        run(occgen, "build", "--src", str(LFW), "--pairs", str(pairs), "--scales", str(s), "--name", f"no-{s}",
-            "--seed", "100", *common)
-        run(occgen, "build", "--src", str(LFW), "--pairs", str(pairs), "--scales", str(s), "--both", "--name",
-            f"oo-{s}", "--seed", "100", *common)
+        run(
+            occgen,
+            "build",
+            "--src",
+            str(LFW),
+            "--pairs",
+            str(pairs),
+            "--scales",
+            str(s),
+            "--name",
+            f"no-{s}",
+            "--seed",
+            "100",
+            *common,
+        )
+        run(
+            occgen,
+            "build",
+            "--src",
+            str(LFW),
+            "--pairs",
+            str(pairs),
+            "--scales",
+            str(s),
+            "--both",
+            "--name",
+            f"oo-{s}",
+            "--seed",
+            "100",
+            *common,
+        )
         sets += [f"no-{s}", f"oo-{s}"]
     for centered, name in ((False, "partial"), (True, "partial-c")):
-        run(occgen, "partial", "--src", str(LFW), "--pairs", str(small), "--name", name,
-            *(["--centered"] if centered else []), "--out", str(shards), "--manifests", str(manifests))
+        run(
+            occgen,
+            "partial",
+            "--src",
+            str(LFW),
+            "--pairs",
+            str(small),
+            "--name",
+            name,
+            *(["--centered"] if centered else []),
+            "--out",
+            str(shards),
+            "--manifests",
+            str(manifests),
+        )
     prepared = time.perf_counter() - started
     results, minutes = {}, {}
     for label in args.models.split(","):
         out = work / "runs" / label
         began = time.perf_counter()
-        run(fromnet, "train", "--shards", str(manifests / "mix-train"), *MODELS[label], "--backbone", "r18",
-            "--width-mult", "0.25", "--batch-size", str(args.batch_size), "--lr", "0.1", "--epochs",
-            str(args.epochs), "--milestones", args.milestones, "--workers", "2", "--seed", "0", "--log-every", "20",
-            "--out", str(out))
+        run(
+            fromnet,
+            "train",
+            "--shards",
+            str(manifests / "mix-train"),
+            *MODELS[label],
+            "--backbone",
+            "r18",
+            "--width-mult",
+            "0.25",
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            "0.1",
+            "--epochs",
+            str(args.epochs),
+            "--milestones",
+            args.milestones,
+            "--workers",
+            "2",
+            "--seed",
+            "0",
+            "--log-every",
+            "20",
+            "--out",
+            str(out),
+        )
         minutes[label] = (time.perf_counter() - began) / 60
-        run(fromnet, "eval", "--model", str(out), *[x for s in sets for x in ("--pairs", str(manifests / s))],
-            "--out", str(work / "eval" / label), "-q")
-        run(fromnet, "eval", "--model", str(out), "--protocol", "partiallfw", "--pairs", str(manifests / "partial"),
-            "--pairs", str(manifests / "partial-c"), "--out", str(work / "eval" / f"{label}-partial"), "-q")
-        results[label] = (json.loads((work / "eval" / label / "results.json").read_text()),
-                          json.loads((work / "eval" / f"{label}-partial" / "results.json").read_text()))
+        run(
+            fromnet,
+            "eval",
+            "--model",
+            str(out),
+            *[x for s in sets for x in ("--pairs", str(manifests / s))],
+            "--out",
+            str(work / "eval" / label),
+            "-q",
+        )
+        run(
+            fromnet,
+            "eval",
+            "--model",
+            str(out),
+            "--protocol",
+            "partiallfw",
+            "--pairs",
+            str(manifests / "partial"),
+            "--pairs",
+            str(manifests / "partial-c"),
+            "--out",
+            str(work / "eval" / f"{label}-partial"),
+            "-q",
+        )
+        results[label] = (
+            json.loads((work / "eval" / label / "results.json").read_text()),
+            json.loads((work / "eval" / f"{label}-partial" / "results.json").read_text()),
+        )
     labels = list(results)
-    print(f"\n{people} training people; data prepared in {prepared / 60:.1f} min; training minutes: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()))
+    print(
+        f"\n{people} training people; data prepared in {prepared / 60:.1f} min; training minutes: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items())
+    )
     print("\nLFW fold 10 (600 pairs, people never trained on), 10-fold accuracy %:\n")
     print("| set | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))
     for s in sets:
         row = [next(v for v in results[k][0]["verification"] if v["label"] == s) for k in labels]
         name = {"nn": "clean (N-N)"}.get(s, s.replace("no-", "N-O s=").replace("oo-", "O-O s="))
-        print(f"| {name} | " + " | ".join(f"{100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f}"
-                                         for v in row) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f}" for v in row)
+            + " |"
+        )
     print("\nPartialLFW-style, 200 pairs of fold 10, mean accuracy % over part combinations and nine factors:\n")
     print("| protocol | crops | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
     for i, r in enumerate(results[labels[0]][1]["partiallfw"]):
         crops = {None: "-", False: "non-centered", True: "centered"}[r["centered"]]
-        print(f"| {r['protocol']} | {crops} | "
-              + " | ".join(f"{100 * results[k][1]['partiallfw'][i]['accuracy']:.2f}" for k in labels) + " |")
+        print(
+            f"| {r['protocol']} | {crops} | "
+            + " | ".join(f"{100 * results[k][1]['partiallfw'][i]['accuracy']:.2f}" for k in labels)
+            + " |"
+        )
     print(f"\nwall time {(time.perf_counter() - started) / 60:.1f} min")
 
 

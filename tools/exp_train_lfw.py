@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from expcommon import LFW, link_images, run
 
 
@@ -54,15 +53,60 @@ def main() -> None:
     train_dir, val_dir, people = split(work, 10, 2)
     manifests, shards = work / "manifests", work / "shards"
     common = ["--out", str(shards), "--manifests", str(manifests), "-q", "--K", "5"]
-    run(occgen, "build", "--src", str(train_dir), "--name", "lfw10-train", "--copies", "2", "--clean-ratio", "0.3333",
-        "--scales", "1:0.5:5", "--shard-size", "500", "--seed", "1", *common)
+    run(
+        occgen,
+        "build",
+        "--src",
+        str(train_dir),
+        "--name",
+        "lfw10-train",
+        "--copies",
+        "2",
+        "--clean-ratio",
+        "0.3333",
+        "--scales",
+        "1:0.5:5",
+        "--shard-size",
+        "500",
+        "--seed",
+        "1",
+        *common,
+    )
     run(occgen, "build", "--src", str(val_dir), "--name", "lfw10-val", "--scales", "1:0.5:5", "--seed", "2", *common)
     out = work / "run"
     began = time.perf_counter()
-    run(fromnet, "train", "--shards", str(manifests / "lfw10-train"), "--val", str(manifests / "lfw10-val"),
-        "--variant", "from", "--K", "5", "--backbone", "r18", "--width-mult", "0.25", "--batch-size",
-        str(args.batch_size), "--lr", str(args.lr), "--epochs", str(args.epochs), "--milestones", args.milestones,
-        "--workers", str(args.workers), "--log-every", "10", "--out", str(out), "--seed", "0")
+    run(
+        fromnet,
+        "train",
+        "--shards",
+        str(manifests / "lfw10-train"),
+        "--val",
+        str(manifests / "lfw10-val"),
+        "--variant",
+        "from",
+        "--K",
+        "5",
+        "--backbone",
+        "r18",
+        "--width-mult",
+        "0.25",
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--epochs",
+        str(args.epochs),
+        "--milestones",
+        args.milestones,
+        "--workers",
+        str(args.workers),
+        "--log-every",
+        "10",
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+    )
     minutes = (time.perf_counter() - began) / 60
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
@@ -77,8 +121,10 @@ def main() -> None:
     print(f"chance: identity {1 / people:.4f}, pattern {1 / 226:.4f}; majority pattern {majority:.3f}")
     first, last = steps[:5], steps[-5:]
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
-    print(f"identity loss {mean(first, 'loss_id'):.3f} -> {mean(last, 'loss_id'):.3f}; pattern loss "
-          f"{mean(first, 'loss_pattern'):.3f} -> {mean(last, 'loss_pattern'):.3f}")
+    print(
+        f"identity loss {mean(first, 'loss_id'):.3f} -> {mean(last, 'loss_id'):.3f}; pattern loss "
+        f"{mean(first, 'loss_pattern'):.3f} -> {mean(last, 'loss_pattern'):.3f}"
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,8 +139,9 @@ def main() -> None:
     ax[0].legend()
     ax[1].plot(x, [r["pattern_acc"] for r in steps], label="pattern acc (train batches)", alpha=0.6)
     ax[1].plot([r["step"] for r in vals], [r["val_pattern_acc"] for r in vals], "o-", label="pattern acc (held out)")
-    ax[1].plot([r["step"] for r in vals], [r.get("val_identity_acc", 0) for r in vals], "s-",
-               label="identity acc (held out)")
+    ax[1].plot(
+        [r["step"] for r in vals], [r.get("val_identity_acc", 0) for r in vals], "s-", label="identity acc (held out)"
+    )
     ax[1].axhline(1 / 226, color="grey", ls=":", label="chance (1/226)")
     ax[1].set_xlabel("step")
     ax[1].legend(fontsize=8)

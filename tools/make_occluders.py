@@ -89,6 +89,7 @@ class Canvas:
         def draw(d: ImageDraw.ImageDraw) -> None:
             for x, y in pts:
                 d.ellipse([(x - r) * SS, (y - r) * SS, (x + r) * SS, (y + r) * SS], fill=255)
+
         return self._mask(draw)
 
     def paint(self, mask: Mask, fill: Fill, opacity: float = 1.0) -> None:
@@ -125,8 +126,9 @@ def inter(a: Mask, b: Mask) -> Mask:
     return ImageChops.darker(a, b)
 
 
-def superellipse(cx: float, cy: float, a: float, b: float, n: float = 2.0, taper: float = 0.0,
-                 lift: float = 0.0, n_pts: int = 120) -> list[Point]:
+def superellipse(
+    cx: float, cy: float, a: float, b: float, n: float = 2.0, taper: float = 0.0, lift: float = 0.0, n_pts: int = 120
+) -> list[Point]:
     """|x/a|^n + |y/b|^n = 1 around (cx, cy). ``taper`` narrows the bottom (widens the top when negative);
     ``lift`` raises the outer-top quarter (cat-eye), its sign giving which side is outer."""
     pts = []
@@ -143,8 +145,13 @@ def superellipse(cx: float, cy: float, a: float, b: float, n: float = 2.0, taper
 
 
 def star(cx: float, cy: float, r: float, points: int = 5) -> list[Point]:
-    return [(cx + (r if i % 2 == 0 else r * 0.42) * math.sin(math.pi * i / points),
-             cy - (r if i % 2 == 0 else r * 0.42) * math.cos(math.pi * i / points)) for i in range(2 * points)]
+    return [
+        (
+            cx + (r if i % 2 == 0 else r * 0.42) * math.sin(math.pi * i / points),
+            cy - (r if i % 2 == 0 else r * 0.42) * math.cos(math.pi * i / points),
+        )
+        for i in range(2 * points)
+    ]
 
 
 def gradient(top: RGBA, bottom: RGBA, horizontal: bool = False) -> Callable[[tuple[int, int]], Image.Image]:
@@ -154,6 +161,7 @@ def gradient(top: RGBA, bottom: RGBA, horizontal: bool = False) -> Callable[[tup
         ramp = np.round(np.array(top) * (1 - t) + np.array(bottom) * t).astype(np.uint8)
         arr = np.broadcast_to(ramp[None, :, :] if horizontal else ramp[:, None, :], (size[1], size[0], 4))
         return Image.fromarray(np.ascontiguousarray(arr), "RGBA")
+
     return make
 
 
@@ -163,11 +171,13 @@ def stripes(colours: Sequence[RGBA], width: float, vertical: bool = False) -> Ca
         band = np.array(colours, dtype=np.uint8)[idx]
         arr = np.broadcast_to(band[None, :, :] if vertical else band[:, None, :], (size[1], size[0], 4))
         return Image.fromarray(np.ascontiguousarray(arr), "RGBA")
+
     return make
 
 
 def plaid(base: RGBA, bands: Sequence[tuple[RGBA, float, float, float]]) -> Callable[[tuple[int, int]], Image.Image]:
     """Tartan: each band (colour, period, offset, width) crosses both ways at half strength."""
+
     def make(size: tuple[int, int]) -> Image.Image:
         img = np.array(Image.new("RGBA", size, base), dtype=float)
         ys, xs = np.arange(size[1])[:, None] / SS, np.arange(size[0])[None, :] / SS
@@ -176,11 +186,13 @@ def plaid(base: RGBA, bands: Sequence[tuple[RGBA, float, float, float]]) -> Call
             on = np.clip(on, 0, 0.9)[..., None]
             img = img * (1 - on) + np.array(colour, dtype=float) * on
         return Image.fromarray(np.round(img).astype(np.uint8), "RGBA")
+
     return make
 
 
 def knit(base: RGBA, dark: RGBA, pitch: float = 4.0) -> Callable[[tuple[int, int]], Image.Image]:
     """Stocking stitch: columns of small Vs."""
+
     def make(size: tuple[int, int]) -> Image.Image:
         img = Image.new("RGBA", size, base)
         d = ImageDraw.Draw(img)
@@ -189,12 +201,15 @@ def knit(base: RGBA, dark: RGBA, pitch: float = 4.0) -> Callable[[tuple[int, int
             for y in np.arange(0, size[1] + p, p * 0.8):
                 d.line([(x, y), (x + p / 2, y + p * 0.6), (x + p, y)], fill=dark, width=max(1, SS // 2))
         return img
+
     return make
 
 
-def speckle(base: RGBA, spots: Sequence[RGBA], n: int, r: tuple[float, float], seed: int,
-            shapes: str = "blob") -> Callable[[tuple[int, int]], Image.Image]:
+def speckle(
+    base: RGBA, spots: Sequence[RGBA], n: int, r: tuple[float, float], seed: int, shapes: str = "blob"
+) -> Callable[[tuple[int, int]], Image.Image]:
     """Scattered spots (tortoise shell) or five-petal flowers, placed by a fixed seed."""
+
     def make(size: tuple[int, int]) -> Image.Image:
         rnd = random.Random(seed)
         img = Image.new("RGBA", size, base)
@@ -212,6 +227,7 @@ def speckle(base: RGBA, spots: Sequence[RGBA], n: int, r: tuple[float, float], s
             else:
                 d.ellipse([x - rad, y - rad * rnd.uniform(0.5, 1.0), x + rad, y + rad], fill=colour)
         return img
+
     return make
 
 
@@ -222,6 +238,7 @@ def speckle(base: RGBA, spots: Sequence[RGBA], n: int, r: tuple[float, float], s
 @dataclass(frozen=True)
 class Spectacles:
     """Glasses seen from the front: two lenses, a bridge, temple stubs; or one wraparound shield."""
+
     frame: Fill
     lens: Fill
     frame_width: float
@@ -243,28 +260,64 @@ def draw_spectacles(spec: Spectacles) -> Image.Image:
         top = [(6 + 148 * i / 20, 10 - 5 * math.sin(math.pi * i / 20)) for i in range(21)]
         bottom = [(154 - 148 * i / 20, 52 + 4 * math.sin(math.pi * i / 20)) for i in range(21)]
         lens = minus(cv.poly(top + bottom), cv.ellipse((68, 38, 92, 70)))
-        cv.paint(union(cv.stroke(top + bottom, spec.frame_width, closed=True), cv.rrect((0, 12, 12, 20), 3),
-                       cv.rrect((148, 12, 160, 20), 3)), spec.frame)
+        cv.paint(
+            union(
+                cv.stroke(top + bottom, spec.frame_width, closed=True),
+                cv.rrect((0, 12, 12, 20), 3),
+                cv.rrect((148, 12, 160, 20), 3),
+            ),
+            spec.frame,
+        )
         cv.paint(lens, spec.lens)
         cv.paint(inter(lens, cv.poly([(20, 12), (60, 12), (40, 48), (10, 48)])), (255, 255, 255, 255), spec.highlight)
         return cv.done()
     centres = (w / 2 - a - 10, w / 2 + a + 10)
-    lenses = [superellipse(cx, cy, a, b, spec.lens_n, spec.taper, spec.lift * (1 if cx > w / 2 else -1))
-              for cx in centres]
+    lenses = [
+        superellipse(cx, cy, a, b, spec.lens_n, spec.taper, spec.lift * (1 if cx > w / 2 else -1)) for cx in centres
+    ]
     rim = union(*(cv.stroke(p, spec.frame_width, closed=True) for p in lenses))
     if spec.brow:
-        rim = union(rim, *(inter(cv.stroke(p, spec.frame_width + spec.brow, closed=True),
-                                 cv.poly([(0, 0), (w, 0), (w, cy - b * 0.2), (0, cy - b * 0.2)])) for p in lenses))
+        rim = union(
+            rim,
+            *(
+                inter(
+                    cv.stroke(p, spec.frame_width + spec.brow, closed=True),
+                    cv.poly([(0, 0), (w, 0), (w, cy - b * 0.2), (0, cy - b * 0.2)]),
+                )
+                for p in lenses
+            ),
+        )
     inner_l, inner_r = centres[0] + a, centres[1] - a
-    bridge = cv.stroke([(inner_l - 2, cy - b * 0.35), (w / 2, cy - b * 0.6), (inner_r + 2, cy - b * 0.35)],
-                       max(2.0, spec.frame_width * 0.8))
-    temples = union(cv.rrect((0, cy - b * 0.75, centres[0] - a + 2, cy - b * 0.75 + max(3, spec.frame_width)), 1.5),
-                    cv.rrect((centres[1] + a - 2, cy - b * 0.75, w, cy - b * 0.75 + max(3, spec.frame_width)), 1.5))
+    bridge = cv.stroke(
+        [(inner_l - 2, cy - b * 0.35), (w / 2, cy - b * 0.6), (inner_r + 2, cy - b * 0.35)],
+        max(2.0, spec.frame_width * 0.8),
+    )
+    temples = union(
+        cv.rrect((0, cy - b * 0.75, centres[0] - a + 2, cy - b * 0.75 + max(3, spec.frame_width)), 1.5),
+        cv.rrect((centres[1] + a - 2, cy - b * 0.75, w, cy - b * 0.75 + max(3, spec.frame_width)), 1.5),
+    )
     glass = union(*(cv.poly(p) for p in lenses))
     cv.paint(glass, spec.lens)
-    cv.paint(inter(glass, union(*(cv.poly([(cx - a * 0.7, cy - b), (cx - a * 0.2, cy - b), (cx - a * 0.75, cy + b),
-                                           (cx - a * 1.1, cy + b)]) for cx in centres))),
-             (255, 255, 255, 255), spec.highlight)
+    cv.paint(
+        inter(
+            glass,
+            union(
+                *(
+                    cv.poly(
+                        [
+                            (cx - a * 0.7, cy - b),
+                            (cx - a * 0.2, cy - b),
+                            (cx - a * 0.75, cy + b),
+                            (cx - a * 1.1, cy + b),
+                        ]
+                    )
+                    for cx in centres
+                )
+            ),
+        ),
+        (255, 255, 255, 255),
+        spec.highlight,
+    )
     cv.paint(union(rim, bridge, temples), spec.frame)
     return cv.done()
 
@@ -330,19 +383,40 @@ def draw_face_mask(spec: FaceMask) -> Image.Image:
         top = [(26 + 98 * i / 16, 12 - 4 * math.sin(math.pi * i / 16)) for i in range(17)]
         bottom = [(124 - 98 * i / 16, 84 + 8 * math.sin(math.pi * i / 16)) for i in range(17)]
         outline = top + bottom
-        loops = [cv.stroke([(28, 16), (8, 22), (4, 50), (10, 76), (28, 80)], 2.2),
-                 cv.stroke([(122, 16), (142, 22), (146, 50), (140, 76), (122, 80)], 2.2)]
+        loops = [
+            cv.stroke([(28, 16), (8, 22), (4, 50), (10, 76), (28, 80)], 2.2),
+            cv.stroke([(122, 16), (142, 22), (146, 50), (140, 76), (122, 80)], 2.2),
+        ]
     elif spec.style == "n95":
         outline = superellipse(75, 50, 54, 46, 2.2, taper=0.12)
-        loops = [cv.rrect((0, 24, 26, 30), 2), cv.rrect((124, 24, 150, 30), 2),
-                 cv.rrect((0, 66, 26, 72), 2), cv.rrect((124, 66, 150, 72), 2)]
+        loops = [
+            cv.rrect((0, 24, 26, 30), 2),
+            cv.rrect((124, 24, 150, 30), 2),
+            cv.rrect((0, 66, 26, 72), 2),
+            cv.rrect((124, 66, 150, 72), 2),
+        ]
     else:  # contour and kn95: peaked at the nose and the chin
         side = 24 if spec.style == "contour" else 18
-        outline = [(side, 30), (48, 14), (75, 6), (102, 14), (w - side, 30), (w - side, 62), (104, 84), (75, 94),
-                   (46, 84), (side, 62)] if spec.style == "contour" else \
-                  [(side, 50), (36, 26), (75, 8), (114, 26), (w - side, 50), (114, 76), (75, 94), (36, 76)]
-        loops = [cv.stroke([(side + 4, 26), (6, 30), (2, 50), (6, 70), (side + 4, 72)], 2.2),
-                 cv.stroke([(w - side - 4, 26), (w - 6, 30), (w - 2, 50), (w - 6, 70), (w - side - 4, 72)], 2.2)]
+        outline = (
+            [
+                (side, 30),
+                (48, 14),
+                (75, 6),
+                (102, 14),
+                (w - side, 30),
+                (w - side, 62),
+                (104, 84),
+                (75, 94),
+                (46, 84),
+                (side, 62),
+            ]
+            if spec.style == "contour"
+            else [(side, 50), (36, 26), (75, 8), (114, 26), (w - side, 50), (114, 76), (75, 94), (36, 76)]
+        )
+        loops = [
+            cv.stroke([(side + 4, 26), (6, 30), (2, 50), (6, 70), (side + 4, 72)], 2.2),
+            cv.stroke([(w - side - 4, 26), (w - 6, 30), (w - 2, 50), (w - 6, 70), (w - side - 4, 72)], 2.2),
+        ]
     body = cv.poly(outline)
     cv.paint(union(*loops), spec.loop)
     cv.paint(body, spec.body)
@@ -398,67 +472,198 @@ def draw_scarf(spec: Scarf) -> Image.Image:
 
 DRAWINGS: dict[str, Callable[[], Image.Image]] = {
     # sunglasses
-    "aviator sunglasses": partial(draw_spectacles, Spectacles(
-        frame=(196, 160, 70, 255), lens=gradient((40, 60, 45, 255), (90, 110, 80, 235)), frame_width=1.8,
-        lens_n=2.2, lens_size=(30, 24), taper=0.28)),
-    "wayfarer sunglasses": partial(draw_spectacles, Spectacles(
-        frame=(18, 18, 20, 255), lens=gradient((30, 30, 34, 255), (75, 75, 80, 240)), frame_width=5.0,
-        lens_n=4.0, lens_size=(29, 20), taper=-0.18, brow=3.0)),
-    "round sunglasses": partial(draw_spectacles, Spectacles(
-        frame=(170, 170, 178, 255), lens=gradient((110, 60, 30, 250), (200, 130, 70, 230)), frame_width=2.0,
-        lens_size=(25, 25))),
-    "sport shield sunglasses": partial(draw_spectacles, Spectacles(
-        frame=(230, 60, 40, 255), lens=gradient((30, 80, 200, 255), (250, 150, 40, 255), horizontal=True),
-        frame_width=3.0, shield=True, highlight=0.3)),
+    "aviator sunglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=(196, 160, 70, 255),
+            lens=gradient((40, 60, 45, 255), (90, 110, 80, 235)),
+            frame_width=1.8,
+            lens_n=2.2,
+            lens_size=(30, 24),
+            taper=0.28,
+        ),
+    ),
+    "wayfarer sunglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=(18, 18, 20, 255),
+            lens=gradient((30, 30, 34, 255), (75, 75, 80, 240)),
+            frame_width=5.0,
+            lens_n=4.0,
+            lens_size=(29, 20),
+            taper=-0.18,
+            brow=3.0,
+        ),
+    ),
+    "round sunglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=(170, 170, 178, 255),
+            lens=gradient((110, 60, 30, 250), (200, 130, 70, 230)),
+            frame_width=2.0,
+            lens_size=(25, 25),
+        ),
+    ),
+    "sport shield sunglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=(230, 60, 40, 255),
+            lens=gradient((30, 80, 200, 255), (250, 150, 40, 255), horizontal=True),
+            frame_width=3.0,
+            shield=True,
+            highlight=0.3,
+        ),
+    ),
     # eyeglasses: clear lenses (alpha below render.ALPHA_COVER) in varied frames
-    "round wire eyeglasses": partial(draw_spectacles, Spectacles(
-        frame=(180, 140, 60, 255), lens=(210, 230, 240, 50), frame_width=1.6, lens_size=(24, 24))),
-    "rectangular black eyeglasses": partial(draw_spectacles, Spectacles(
-        frame=(25, 25, 28, 255), lens=(210, 230, 240, 45), frame_width=5.0, lens_n=5.0, lens_size=(29, 19))),
-    "tortoise cat-eye eyeglasses": partial(draw_spectacles, Spectacles(
-        frame=speckle((150, 85, 35, 255), [(70, 35, 15, 255), (40, 20, 10, 255), (190, 120, 50, 255)], 240,
-                      (1.0, 3.0), seed=7),
-        lens=(220, 220, 230, 45), frame_width=4.5, lens_n=2.8, lens_size=(28, 20), taper=0.15, lift=0.35)),
-    "browline eyeglasses": partial(draw_spectacles, Spectacles(
-        frame=(60, 40, 30, 255), lens=(215, 230, 235, 45), frame_width=1.6, lens_n=3.0, lens_size=(28, 21),
-        taper=0.1, brow=5.0)),
-    "clear acetate eyeglasses": partial(draw_spectacles, Spectacles(
-        frame=(120, 170, 220, 200), lens=(225, 235, 245, 40), frame_width=4.0, lens_n=3.2, lens_size=(27, 22))),
+    "round wire eyeglasses": partial(
+        draw_spectacles,
+        Spectacles(frame=(180, 140, 60, 255), lens=(210, 230, 240, 50), frame_width=1.6, lens_size=(24, 24)),
+    ),
+    "rectangular black eyeglasses": partial(
+        draw_spectacles,
+        Spectacles(frame=(25, 25, 28, 255), lens=(210, 230, 240, 45), frame_width=5.0, lens_n=5.0, lens_size=(29, 19)),
+    ),
+    "tortoise cat-eye eyeglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=speckle(
+                (150, 85, 35, 255), [(70, 35, 15, 255), (40, 20, 10, 255), (190, 120, 50, 255)], 240, (1.0, 3.0), seed=7
+            ),
+            lens=(220, 220, 230, 45),
+            frame_width=4.5,
+            lens_n=2.8,
+            lens_size=(28, 20),
+            taper=0.15,
+            lift=0.35,
+        ),
+    ),
+    "browline eyeglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=(60, 40, 30, 255),
+            lens=(215, 230, 235, 45),
+            frame_width=1.6,
+            lens_n=3.0,
+            lens_size=(28, 21),
+            taper=0.1,
+            brow=5.0,
+        ),
+    ),
+    "clear acetate eyeglasses": partial(
+        draw_spectacles,
+        Spectacles(
+            frame=(120, 170, 220, 200), lens=(225, 235, 245, 40), frame_width=4.0, lens_n=3.2, lens_size=(27, 22)
+        ),
+    ),
     # eye masks (sleep masks)
-    "black satin sleep mask": partial(draw_sleep_mask, SleepMask(
-        body=gradient((45, 45, 52, 255), (12, 12, 15, 255)), strap=(20, 20, 22, 255), trim=(110, 110, 120, 255),
-        gloss=0.22)),
-    "pink lace sleep mask": partial(draw_sleep_mask, SleepMask(
-        body=gradient((250, 180, 200, 255), (225, 130, 160, 255)), strap=(230, 150, 175, 255),
-        trim=(255, 250, 250, 255), decor="lace", gloss=0.15)),
-    "starry night sleep mask": partial(draw_sleep_mask, SleepMask(
-        body=gradient((30, 40, 110, 255), (15, 20, 60, 255)), strap=(25, 30, 80, 255), decor="stars")),
-    "embroidered eyes sleep mask": partial(draw_sleep_mask, SleepMask(
-        body=knit((190, 160, 225, 255), (170, 140, 205, 255), pitch=3.0), strap=(150, 120, 190, 255),
-        trim=(120, 90, 160, 255), decor="eyes")),
+    "black satin sleep mask": partial(
+        draw_sleep_mask,
+        SleepMask(
+            body=gradient((45, 45, 52, 255), (12, 12, 15, 255)),
+            strap=(20, 20, 22, 255),
+            trim=(110, 110, 120, 255),
+            gloss=0.22,
+        ),
+    ),
+    "pink lace sleep mask": partial(
+        draw_sleep_mask,
+        SleepMask(
+            body=gradient((250, 180, 200, 255), (225, 130, 160, 255)),
+            strap=(230, 150, 175, 255),
+            trim=(255, 250, 250, 255),
+            decor="lace",
+            gloss=0.15,
+        ),
+    ),
+    "starry night sleep mask": partial(
+        draw_sleep_mask,
+        SleepMask(body=gradient((30, 40, 110, 255), (15, 20, 60, 255)), strap=(25, 30, 80, 255), decor="stars"),
+    ),
+    "embroidered eyes sleep mask": partial(
+        draw_sleep_mask,
+        SleepMask(
+            body=knit((190, 160, 225, 255), (170, 140, 205, 255), pitch=3.0),
+            strap=(150, 120, 190, 255),
+            trim=(120, 90, 160, 255),
+            decor="eyes",
+        ),
+    ),
     # mouth masks
-    "blue surgical mask": partial(draw_face_mask, FaceMask(
-        "surgical", gradient((150, 200, 230, 255), (110, 170, 215, 255)), (245, 245, 245, 255), (90, 145, 190, 255))),
-    "white N95 respirator": partial(draw_face_mask, FaceMask(
-        "n95", gradient((250, 250, 248, 255), (215, 215, 210, 255)), (240, 200, 40, 255), (200, 200, 195, 255))),
-    "black contoured cloth mask": partial(draw_face_mask, FaceMask(
-        "contour", gradient((55, 55, 60, 255), (20, 20, 24, 255)), (30, 30, 34, 255), (80, 80, 88, 255))),
-    "floral cloth mask": partial(draw_face_mask, FaceMask(
-        "cloth", speckle((40, 130, 140, 255), [(245, 245, 245, 255), (240, 140, 160, 255), (250, 200, 90, 255)], 70,
-                         (1.6, 2.6), seed=11, shapes="flower"), (250, 250, 250, 255), (25, 95, 105, 255))),
-    "white KN95 mask": partial(draw_face_mask, FaceMask(
-        "kn95", gradient((245, 245, 245, 255), (220, 222, 225, 255)), (250, 250, 250, 255), (185, 188, 195, 255))),
+    "blue surgical mask": partial(
+        draw_face_mask,
+        FaceMask(
+            "surgical", gradient((150, 200, 230, 255), (110, 170, 215, 255)), (245, 245, 245, 255), (90, 145, 190, 255)
+        ),
+    ),
+    "white N95 respirator": partial(
+        draw_face_mask,
+        FaceMask(
+            "n95", gradient((250, 250, 248, 255), (215, 215, 210, 255)), (240, 200, 40, 255), (200, 200, 195, 255)
+        ),
+    ),
+    "black contoured cloth mask": partial(
+        draw_face_mask,
+        FaceMask("contour", gradient((55, 55, 60, 255), (20, 20, 24, 255)), (30, 30, 34, 255), (80, 80, 88, 255)),
+    ),
+    "floral cloth mask": partial(
+        draw_face_mask,
+        FaceMask(
+            "cloth",
+            speckle(
+                (40, 130, 140, 255),
+                [(245, 245, 245, 255), (240, 140, 160, 255), (250, 200, 90, 255)],
+                70,
+                (1.6, 2.6),
+                seed=11,
+                shapes="flower",
+            ),
+            (250, 250, 250, 255),
+            (25, 95, 105, 255),
+        ),
+    ),
+    "white KN95 mask": partial(
+        draw_face_mask,
+        FaceMask(
+            "kn95", gradient((245, 245, 245, 255), (220, 222, 225, 255)), (250, 250, 250, 255), (185, 188, 195, 255)
+        ),
+    ),
     # scarves
     "red knitted scarf": partial(draw_scarf, Scarf(knit((200, 35, 40, 255), (160, 20, 30, 255)), (200, 35, 40, 255))),
-    "tartan scarf": partial(draw_scarf, Scarf(
-        plaid((30, 90, 50, 255), [((20, 40, 110, 255), 16, 0, 6), ((200, 30, 30, 255), 16, 9, 1.2),
-                                  ((240, 220, 90, 255), 32, 13, 0.8)]), (30, 90, 50, 255), tail_right=False)),
-    "striped wool scarf": partial(draw_scarf, Scarf(
-        stripes([(240, 170, 40, 255), (60, 120, 190, 255), (235, 235, 225, 255), (200, 70, 60, 255),
-                 (90, 160, 90, 255)], 7), (60, 120, 190, 255))),
-    "grey ribbed scarf": partial(draw_scarf, Scarf(
-        stripes([(150, 150, 155, 255), (128, 128, 134, 255)], 2.5, vertical=True), (140, 140, 145, 255),
-        tail_right=False)),
+    "tartan scarf": partial(
+        draw_scarf,
+        Scarf(
+            plaid(
+                (30, 90, 50, 255),
+                [((20, 40, 110, 255), 16, 0, 6), ((200, 30, 30, 255), 16, 9, 1.2), ((240, 220, 90, 255), 32, 13, 0.8)],
+            ),
+            (30, 90, 50, 255),
+            tail_right=False,
+        ),
+    ),
+    "striped wool scarf": partial(
+        draw_scarf,
+        Scarf(
+            stripes(
+                [
+                    (240, 170, 40, 255),
+                    (60, 120, 190, 255),
+                    (235, 235, 225, 255),
+                    (200, 70, 60, 255),
+                    (90, 160, 90, 255),
+                ],
+                7,
+            ),
+            (60, 120, 190, 255),
+        ),
+    ),
+    "grey ribbed scarf": partial(
+        draw_scarf,
+        Scarf(
+            stripes([(150, 150, 155, 255), (128, 128, 134, 255)], 2.5, vertical=True),
+            (140, 140, 145, 255),
+            tail_right=False,
+        ),
+    ),
 }
 
 
@@ -476,30 +681,53 @@ class Spec:
 def _specs() -> list[Spec]:
     oc, fl = "openclipart", "fluent"
     table: dict[str, list[tuple[str, str]]] = {
-        "book_cover": [(oc, "education/books/book_01.png"), (oc, "education/books/closed_book_01.png"),
-                       (oc, "education/books/paperback_book_black_gal_.png"),
-                       (oc, "education/books/libro_di_ricette_di_cuc_01.png"),
-                       (oc, "education/books/stara_ksiega_-_old_book_01.png"), (oc, "education/books/book_02.png"),
-                       (fl, "closed-book"), (fl, "green-book"), (fl, "notebook-with-decorative-cover"),
-                       (fl, "open-book")],
-        "cup": [(oc, "food/beverages/mug.png"), (oc, "food/beverages/teacup_ganson.png"),
-                (oc, "office/cup_rollandin_francesco_.png"), (oc, "food/beverages/coffee_ganson.png"),
-                (fl, "hot-beverage"), (fl, "cup-with-straw"), (fl, "teacup-without-handle"), (fl, "beer-mug")],
+        "book_cover": [
+            (oc, "education/books/book_01.png"),
+            (oc, "education/books/closed_book_01.png"),
+            (oc, "education/books/paperback_book_black_gal_.png"),
+            (oc, "education/books/libro_di_ricette_di_cuc_01.png"),
+            (oc, "education/books/stara_ksiega_-_old_book_01.png"),
+            (oc, "education/books/book_02.png"),
+            (fl, "closed-book"),
+            (fl, "green-book"),
+            (fl, "notebook-with-decorative-cover"),
+            (fl, "open-book"),
+        ],
+        "cup": [
+            (oc, "food/beverages/mug.png"),
+            (oc, "food/beverages/teacup_ganson.png"),
+            (oc, "office/cup_rollandin_francesco_.png"),
+            (oc, "food/beverages/coffee_ganson.png"),
+            (fl, "hot-beverage"),
+            (fl, "cup-with-straw"),
+            (fl, "teacup-without-handle"),
+            (fl, "beer-mug"),
+        ],
         "eye_mask": [(fl, "goggles")] + [("drawn", k) for k in DRAWINGS if k.endswith("sleep mask")],
         "eyeglasses": [(fl, "glasses")] + [("drawn", k) for k in DRAWINGS if k.endswith(" eyeglasses")],
-        "hand": [(oc, "people/bodypart/reminder-hand_benji_park_01.png"),
-                 (oc, "people/bodypart/thumbs_up_nathan_eady_01.png"),
-                 (fl, "raised-hand-light"), (fl, "raised-back-of-hand-medium"), (fl, "waving-hand-dark"),
-                 (fl, "hand-with-fingers-splayed-medium-light"), (fl, "palm-down-hand-medium-dark"),
-                 (fl, "ok-hand-default"), (fl, "victory-hand-medium")],
+        "hand": [
+            (oc, "people/bodypart/reminder-hand_benji_park_01.png"),
+            (oc, "people/bodypart/thumbs_up_nathan_eady_01.png"),
+            (fl, "raised-hand-light"),
+            (fl, "raised-back-of-hand-medium"),
+            (fl, "waving-hand-dark"),
+            (fl, "hand-with-fingers-splayed-medium-light"),
+            (fl, "palm-down-hand-medium-dark"),
+            (fl, "ok-hand-default"),
+            (fl, "victory-hand-medium"),
+        ],
         "mouth_mask": [("drawn", k) for k in DRAWINGS if k.endswith(("mask", "respirator")) and "sleep" not in k],
-        "phone": [(oc, "office/telephone/mobile.png"), (oc, "office/telephone/mobile_phone_01.png"),
-                  (oc, "office/telephone/slim_cell_phone_israel_c_01.png"),
-                  (oc, "office/telephone/sprint_cell_phone_joel_r.png"),
-                  (oc, "office/telephone/handphone_toh_yen_cheng_01.png"), (fl, "mobile-phone")],
+        "phone": [
+            (oc, "office/telephone/mobile.png"),
+            (oc, "office/telephone/mobile_phone_01.png"),
+            (oc, "office/telephone/slim_cell_phone_israel_c_01.png"),
+            (oc, "office/telephone/sprint_cell_phone_joel_r.png"),
+            (oc, "office/telephone/handphone_toh_yen_cheng_01.png"),
+            (fl, "mobile-phone"),
+        ],
         "scarf": [(fl, "scarf")] + [("drawn", k) for k in DRAWINGS if k.endswith("scarf")],
         "sunglasses": [(oc, "people/clothing/sunglasses_01.png"), (fl, "sunglasses")]
-                      + [("drawn", k) for k in DRAWINGS if k.endswith(" sunglasses")],
+        + [("drawn", k) for k in DRAWINGS if k.endswith(" sunglasses")],
     }
     assert sorted(table) == sorted(CATEGORIES)
     return [Spec(cat, src, ref) for cat in CATEGORIES for src, ref in table[cat]]
@@ -526,8 +754,11 @@ def tidy(img: Image.Image) -> Image.Image:
 
 
 def render_svg(path: Path, side: int = 4 * MAX_SIDE) -> Image.Image:
-    png = subprocess.run(["rsvg-convert", "-w", str(side), "-h", str(side), "--keep-aspect-ratio", str(path)],
-                         check=True, capture_output=True).stdout
+    png = subprocess.run(
+        ["rsvg-convert", "-w", str(side), "-h", str(side), "--keep-aspect-ratio", str(path)],
+        check=True,
+        capture_output=True,
+    ).stdout
     return Image.open(io.BytesIO(png))
 
 
@@ -552,8 +783,10 @@ def describe(spec: Spec, versions: Mapping[str, str]) -> tuple[str, str]:
 
 def _versions(fluent: Path) -> dict[str, str]:
     oc = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "openclipart-png"], capture_output=True, text=True)
-    return {"openclipart": oc.stdout.strip() or "unknown",
-            "fluent": json.loads((fluent / "package.json").read_text())["version"]}
+    return {
+        "openclipart": oc.stdout.strip() or "unknown",
+        "fluent": json.loads((fluent / "package.json").read_text())["version"],
+    }
 
 
 README_HEAD = """# Occluder library
@@ -596,9 +829,16 @@ draws it (a category uniformly, then a file), the exact mean clipped-box area is
 """
 
 
-def write_library(out: Path, specs: Sequence[Spec], images: Sequence[Image.Image],
-                  sizes: Sequence[tuple[int, int]], fit: Fit, versions: Mapping[str, str],
-                  openclipart_copyright: Path, fluent: Path) -> list[dict[str, str]]:
+def write_library(
+    out: Path,
+    specs: Sequence[Spec],
+    images: Sequence[Image.Image],
+    sizes: Sequence[tuple[int, int]],
+    fit: Fit,
+    versions: Mapping[str, str],
+    openclipart_copyright: Path,
+    fluent: Path,
+) -> list[dict[str, str]]:
     if out.exists():
         shutil.rmtree(out)
     (out / "LICENSES").mkdir(parents=True)
@@ -609,8 +849,16 @@ def write_library(out: Path, specs: Sequence[Spec], images: Sequence[Image.Image
         (out / spec.category).mkdir(exist_ok=True)
         img.save(out / name, optimize=True)
         source, licence = describe(spec, versions)
-        rows.append({"file": name, "category": spec.category, "source": source, "licence": licence,
-                     "width": str(w), "height": str(h)})
+        rows.append(
+            {
+                "file": name,
+                "category": spec.category,
+                "source": source,
+                "licence": licence,
+                "width": str(w),
+                "height": str(h),
+            }
+        )
     with (out / "catalog.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
@@ -619,12 +867,18 @@ def write_library(out: Path, specs: Sequence[Spec], images: Sequence[Image.Image
     shutil.copyfile(openclipart_copyright, out / "LICENSES" / "openclipart-png.copyright")
     shutil.copyfile(fluent / "LICENSE", out / "LICENSES" / "fluentui-emoji.LICENSE")
     readme = README_HEAD.format(
-        max_side=MAX_SIDE, factor=fit.factor, spread=fit.spread,
+        max_side=MAX_SIDE,
+        factor=fit.factor,
+        spread=fit.spread,
         base=", ".join(f"{c} {w}x{h}" for c, (w, h) in BASE_SIZE.items()),
         rows="\n".join(f"| {s:g} | {100 * fit.achieved[s]:.2f}% | {100 * t:.2f}% |" for s, t in TARGETS.items()),
-        oc_version=versions["openclipart"], fl_version=versions["fluent"])
-    readme += "".join(f"| `{r['file']}` | {r['category']} | {r['source']} | {r['licence']} | {r['width']} | "
-                      f"{r['height']} |\n" for r in rows)
+        oc_version=versions["openclipart"],
+        fl_version=versions["fluent"],
+    )
+    readme += "".join(
+        f"| `{r['file']}` | {r['category']} | {r['source']} | {r['licence']} | {r['width']} | {r['height']} |\n"
+        for r in rows
+    )
     (out / "README.md").write_text(readme)
     return rows
 
@@ -632,22 +886,32 @@ def write_library(out: Path, specs: Sequence[Spec], images: Sequence[Image.Image
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "occluders")
-    ap.add_argument("--openclipart", type=Path, default=Path("/usr/share/openclipart/png"),
-                    help="PNG root of Debian openclipart-png")
+    ap.add_argument(
+        "--openclipart",
+        type=Path,
+        default=Path("/usr/share/openclipart/png"),
+        help="PNG root of Debian openclipart-png",
+    )
     ap.add_argument("--openclipart-copyright", type=Path, default=Path("/usr/share/doc/openclipart-png/copyright"))
-    ap.add_argument("--fluent", type=Path, default=Path("/tmp/package"),
-                    help="the unpacked npm package fluentui-emoji (npm pack fluentui-emoji@1.3.0; tar xzf ...)")
+    ap.add_argument(
+        "--fluent",
+        type=Path,
+        default=Path("/tmp/package"),
+        help="the unpacked npm package fluentui-emoji (npm pack fluentui-emoji@1.3.0; tar xzf ...)",
+    )
     args = ap.parse_args(argv)
-    missing = [str(p) for p in (args.openclipart, args.openclipart_copyright, args.fluent / "icons")
-               if not p.exists()]
+    missing = [str(p) for p in (args.openclipart, args.openclipart_copyright, args.fluent / "icons") if not p.exists()]
     if missing or shutil.which("rsvg-convert") is None:
-        sys.exit(f"missing {', '.join(missing) or 'rsvg-convert'}; run: apt-get install -y openclipart-png "
-                 "librsvg2-bin; (cd /tmp && npm pack fluentui-emoji@1.3.0 && tar xzf fluentui-emoji-1.3.0.tgz)")
+        sys.exit(
+            f"missing {', '.join(missing) or 'rsvg-convert'}; run: apt-get install -y openclipart-png "
+            "librsvg2-bin; (cd /tmp && npm pack fluentui-emoji@1.3.0 && tar xzf fluentui-emoji-1.3.0.tgz)"
+        )
     specs = _specs()
     images = [load_source(s, args.openclipart, args.fluent) for s in specs]
     sizes, fit = calibrate([(s.category, im.width / im.height) for s, im in zip(specs, images)])
-    rows = write_library(args.out, specs, images, sizes, fit, _versions(args.fluent), args.openclipart_copyright,
-                         args.fluent)
+    rows = write_library(
+        args.out, specs, images, sizes, fit, _versions(args.fluent), args.openclipart_copyright, args.fluent
+    )
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     counts = {c: sum(r["category"] == c for r in rows) for c in CATEGORIES}
     print(f"{len(rows)} occluders in {args.out}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fromnet.data import decode_face, iter_ordered, read_manifest, sample_meta  # noqa: E402
 from fromnet.embed import write_embeddings  # noqa: E402
 from fromnet.eval.pairs import embeddings_table  # noqa: E402
+from fromnet.shards import decode_face, iter_ordered, read_manifest, sample_meta  # noqa: E402
 
 POOL = 4
 
@@ -39,8 +39,9 @@ def main() -> None:
         area.append(meta.get("box_area_ratio") or 0.0)
         vectors.append(pixels(decode_face(sample)))
     keys = [f"{manifest.name}:{i}" for i in range(len(srcs))]
-    write_embeddings(embeddings_table(keys, srcs, np.stack(vectors), {"box_area_ratio": np.array(area, np.float32)}),
-                     out)
+    write_embeddings(
+        embeddings_table(keys, srcs, np.stack(vectors), {"box_area_ratio": np.array(area, np.float32)}), out
+    )
     print(f"{len(srcs)} faces -> {out}")
 
 

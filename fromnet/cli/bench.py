@@ -10,7 +10,7 @@ import torch
 
 from fromnet.cli import main
 from fromnet.models import BACKBONES, VARIANTS
-from fromnet.params import PRECISIONS
+from fromnet.train.params import PRECISIONS
 
 
 @main.group("bench")
@@ -23,11 +23,21 @@ def bench() -> None:
 @click.option("--backbone", type=click.Choice(list(BACKBONES)), default="r50", show_default=True)
 @click.option("--width-mult", type=float, default=1.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
-              help="Precisions to time (repeatable; default fp32 and bf16).")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(PRECISIONS),
+    help="Precisions to time (repeatable; default fp32 and bf16).",
+)
 @click.option("--compile", "compile_", is_flag=True, help="Also time torch.compile (slow to compile on CPU).")
-@click.option("--classes", type=click.IntRange(2), default=10572, show_default=True,
-              help="Identities in the classifier (10,572: CASIA-WebFace).")
+@click.option(
+    "--classes",
+    type=click.IntRange(2),
+    default=10572,
+    show_default=True,
+    help="Identities in the classifier (10,572: CASIA-WebFace).",
+)
 @click.option("--steps", type=click.IntRange(1), default=5, show_default=True, help="Timed steps per configuration.")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
@@ -35,34 +45,56 @@ def bench_train(variant, backbone, width_mult, batch_size, precisions, compile_,
     """Forward, loss, backward and SGD step on a fixed random batch, per precision and memory layout."""
     import statistics
 
-    from fromnet.bench import TrainStep, bench_steps, step_configs
+    from fromnet.train.bench import TrainStep, bench_steps, step_configs
 
     dev = torch.device(device)
     configs = step_configs(list(precisions or ("fp32", "bf16")), compile_)
-    click.echo(f"torch {torch.__version__} on {dev} ({torch.get_num_threads()} threads): {variant} {backbone} "
-               f"x{width_mult:g}, batch {batch_size}, {classes} classes; best of {steps} steps after {warmup} warm-up")
-    bench_steps(configs, lambda cfg: TrainStep(cfg, variant, backbone, width_mult, batch_size, classes, 5, dev),
-                steps, warmup)
+    click.echo(
+        f"torch {torch.__version__} on {dev} ({torch.get_num_threads()} threads): {variant} {backbone} "
+        f"x{width_mult:g}, batch {batch_size}, {classes} classes; best of {steps} steps after {warmup} warm-up"
+    )
+    bench_steps(
+        configs, lambda cfg: TrainStep(cfg, variant, backbone, width_mult, batch_size, classes, 5, dev), steps, warmup
+    )
     simple = min(configs[0].times)
     for cfg in configs:
         b = min(cfg.times)
-        click.echo(f"  {cfg.name:<30} {b:8.4f} s/step {batch_size / b:9.1f} img/s  x{simple / b:4.2f} vs simple "
-                   f"(median {statistics.median(cfg.times):.4f} s)")
+        click.echo(
+            f"  {cfg.name:<30} {b:8.4f} s/step {batch_size / b:9.1f} img/s  x{simple / b:4.2f} vs simple "
+            f"(median {statistics.median(cfg.times):.4f} s)"
+        )
 
 
 @bench.command("loader")
-@click.option("--shards", "manifest", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A manifest built by `occgen build`.")
-@click.option("-j", "--workers", "workers", multiple=True, type=click.IntRange(0),
-              help="Loader processes to time (repeatable; default 1 and 2).")
+@click.option(
+    "--shards",
+    "manifest",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A manifest built by `occgen build`.",
+)
+@click.option(
+    "-j",
+    "--workers",
+    "workers",
+    multiple=True,
+    type=click.IntRange(0),
+    help="Loader processes to time (repeatable; default 1 and 2).",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per run.")
-@click.option("--K", "K", type=click.IntRange(0, 8), default=5, show_default=True,
-              help="Join pattern labels for this K (0 skips labels).")
+@click.option(
+    "--K",
+    "K",
+    type=click.IntRange(0, 8),
+    default=5,
+    show_default=True,
+    help="Join pattern labels for this K (0 skips labels).",
+)
 def bench_loader(manifest, workers, batch_size, batches, K):
     """fromnet's loader (decode, flip, labels, batching) against a plain PIL decode loop, in images/s."""
-    from fromnet.bench import loader_throughput, plain_pil_loop
-    from fromnet.data import read_manifest
+    from fromnet.shards import read_manifest
+    from fromnet.train.bench import loader_throughput, plain_pil_loop
 
     m = read_manifest(manifest)
     images = batch_size * batches
@@ -73,5 +105,7 @@ def bench_loader(manifest, workers, batch_size, batches, K):
         for w in workers or (1, 2):
             rate, first = loader_throughput(m, w, batches, batch_size, K or None, Path(tmp) / "labels.npy")
             per = rate / max(w, 1)
-            click.echo(f"  fromnet loader, {w} worker(s)        {rate:9,.0f} img/s ({per:,.0f} per worker, "
-                       f"x{rate / simple:.2f} vs plain; first batch after {first:.1f} s)")
+            click.echo(
+                f"  fromnet loader, {w} worker(s)        {rate:9,.0f} img/s ({per:,.0f} per worker, "
+                f"x{rate / simple:.2f} vs plain; first batch after {first:.1f} s)"
+            )

@@ -15,32 +15,70 @@ from occgen.clicommon import parse_size
 def model_options(fn):
     """The options that pick and feed a model, shared by `embed` and `eval`."""
     options = [
-        click.option("--device", default="auto", show_default=True,
-                     help="cpu, cuda, cuda:1, ... (auto: a GPU if any)."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-                     help="auto: bf16 on GPUs that have it, else fp32."),
+        click.option(
+            "--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: a GPU if any)."
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16"]),
+            default="auto",
+            show_default=True,
+            help="auto: bf16 on GPUs that have it, else fp32.",
+        ),
         click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1)),
         click.option("--flip", is_flag=True, help="Flip fusion: embedding of the face plus that of its mirror image."),
         click.option("--input-size", help="ONNX only: HEIGHTxWIDTH when the model does not fix it."),
-        click.option("--channels", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
-                     help="ONNX only: channel order the model expects."),
-        click.option("--mean", default="127.5", show_default=True,
-                     help="ONNX only: subtracted from 0-255 pixels (one value or three, R,G,B)."),
+        click.option(
+            "--channels",
+            type=click.Choice(["rgb", "bgr"]),
+            default="rgb",
+            show_default=True,
+            help="ONNX only: channel order the model expects.",
+        ),
+        click.option(
+            "--mean",
+            default="127.5",
+            show_default=True,
+            help="ONNX only: subtracted from 0-255 pixels (one value or three, R,G,B).",
+        ),
         click.option("--std", default="127.5", show_default=True, help="ONNX only: then divided by this."),
-        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
-                     help="ONNX only: input tensor layout."),
-        click.option("-j", "--workers", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="Processes decoding shards (0 or 1: decode in this process)."),
+        click.option(
+            "--layout",
+            type=click.Choice(["nchw", "nhwc"]),
+            default="nchw",
+            show_default=True,
+            help="ONNX only: input tensor layout.",
+        ),
+        click.option(
+            "-j",
+            "--workers",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Processes decoding shards (0 or 1: decode in this process).",
+        ),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
     ]
 
     @wraps(fn)
-    def wrapper(*args, device, precision, batch_size, flip, input_size, channels, mean, std, layout, workers, quiet,
-                **kw):
-        settings = dict(device=device, precision=precision, batch_size=batch_size, flip=flip, quiet=quiet,
-                        workers=workers,
-                        onnx=dict(input_size=parse_size(input_size) if input_size else None, channels=channels,
-                                  mean=mean, std=std, layout=layout))
+    def wrapper(
+        *args, device, precision, batch_size, flip, input_size, channels, mean, std, layout, workers, quiet, **kw
+    ):
+        settings = dict(
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            flip=flip,
+            quiet=quiet,
+            workers=workers,
+            onnx=dict(
+                input_size=parse_size(input_size) if input_size else None,
+                channels=channels,
+                mean=mean,
+                std=std,
+                layout=layout,
+            ),
+        )
         return fn(*args, model_settings=settings, **kw)
 
     for option in reversed(options):
@@ -66,8 +104,13 @@ class ModelRunner:
 
 @main.command("embed")
 @click.option("--model", required=True, help="A fromnet run folder or checkpoint, or onnx:PATH for any ONNX embedder.")
-@click.option("--shards", "manifest", required=True, type=click.Path(path_type=Path),
-              help="The manifest folder of the faces to embed (manifests/NAME).")
+@click.option(
+    "--shards",
+    "manifest",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The manifest folder of the faces to embed (manifests/NAME).",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Embeddings .parquet file.")
 @model_options
 def embed_cmd(model: str, manifest: Path, out: Path, model_settings: dict) -> None:
@@ -84,5 +127,7 @@ def embed_cmd(model: str, manifest: Path, out: Path, model_settings: dict) -> No
     seconds = time.perf_counter() - start
     write_embeddings(table, out)
     dim = len(table["embedding"][0]) if len(table) else 0
-    click.echo(f"embed: {len(table):,} faces, {dim}-d, {seconds:.1f} s ({len(table) / max(seconds, 1e-9):,.0f} faces/s)"
-               f"{', flip fusion' if model_settings['flip'] else ''} -> {out}")
+    click.echo(
+        f"embed: {len(table):,} faces, {dim}-d, {seconds:.1f} s ({len(table) / max(seconds, 1e-9):,.0f} faces/s)"
+        f"{', flip fusion' if model_settings['flip'] else ''} -> {out}"
+    )

@@ -43,8 +43,9 @@ class Sources:
         p = Path(path)
         if p.is_dir() and (p / "shards.json").is_file():
             if self._factory is None:
-                raise UserError(f"{path} is a manifest: give --model to embed it, or pass its embeddings file "
-                                "(fromnet embed)")
+                raise UserError(
+                    f"{path} is a manifest: give --model to embed it, or pass its embeddings file (fromnet embed)"
+                )
             self._runner = self._runner or self._factory()
             saved = self.out / "embeddings" / f"{p.name}.parquet"
             write_embeddings(self._runner.embed(p), saved)
@@ -74,35 +75,87 @@ def read_key_list(path: str) -> np.ndarray:
 
 
 @main.command("eval")
-@click.option("--pairs", "pairs_list", multiple=True, help="Pairs: a pairs manifest (manifests/NAME, from "
-              "`occgen build --pairs` or `occgen partial`) or an LFW-format pairs.txt; repeatable (e.g. the "
-              "non-centered and centered partial sets).")
-@click.option("--protocol", type=click.Choice(["pairs", "partiallfw"]), default="pairs", show_default=True,
-              help="partiallfw: also print the PartialLFW table (holistic; non-centered and centered "
-                   "partial-holistic, -same, -cross), each the mean over its part combinations and factors.")
-@click.option("--embeddings", "embeddings", multiple=True,
-              help="Embeddings file (repeatable): one verification set each (label: the file name), both images of "
-                   "a pair taken from it.")
-@click.option("--set", "sets", multiple=True, metavar="LABEL=A[,B]",
-              help="A verification set: first image of each pair from A, second from B (default A). A and B are "
-                   "embeddings files or, with --model, manifest folders. E.g. N-O=clean.parquet,occ-2.parquet")
+@click.option(
+    "--pairs",
+    "pairs_list",
+    multiple=True,
+    help="Pairs: a pairs manifest (manifests/NAME, from "
+    "`occgen build --pairs` or `occgen partial`) or an LFW-format pairs.txt; repeatable (e.g. the "
+    "non-centered and centered partial sets).",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["pairs", "partiallfw"]),
+    default="pairs",
+    show_default=True,
+    help="partiallfw: also print the PartialLFW table (holistic; non-centered and centered "
+    "partial-holistic, -same, -cross), each the mean over its part combinations and factors.",
+)
+@click.option(
+    "--embeddings",
+    "embeddings",
+    multiple=True,
+    help="Embeddings file (repeatable): one verification set each (label: the file name), both images of "
+    "a pair taken from it.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="LABEL=A[,B]",
+    help="A verification set: first image of each pair from A, second from B (default A). A and B are "
+    "embeddings files or, with --model, manifest folders. E.g. N-O=clean.parquet,occ-2.parquet",
+)
 @click.option("--model", help="Embed manifest folders on the way: a fromnet run/checkpoint or onnx:PATH.")
-@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True,
-              help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.")
-@click.option("--fold", "folds", multiple=True, type=click.IntRange(min=0),
-              help="Only the pairs of this fold (repeatable), e.g. --fold 9 for people a model was not trained on.")
+@click.option(
+    "--metric",
+    type=click.Choice(["cosine", "euclidean"]),
+    default="cosine",
+    show_default=True,
+    help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
+)
+@click.option(
+    "--fold",
+    "folds",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Only the pairs of this fold (repeatable), e.g. --fold 9 for people a model was not trained on.",
+)
 @click.option("--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4).")
 @click.option("--gallery", help="Identification gallery: embeddings file or (with --model) manifest.")
-@click.option("--probes", multiple=True, metavar="[LABEL=]SRC",
-              help="Identification probes (repeatable, e.g. clean and occluded), each scored against the gallery.")
+@click.option(
+    "--probes",
+    multiple=True,
+    metavar="[LABEL=]SRC",
+    help="Identification probes (repeatable, e.g. clean and occluded), each scored against the gallery.",
+)
 @click.option("--distractors", multiple=True, help="Distractor faces added to the gallery (repeatable).")
 @click.option("--gallery-keys", help="Only these gallery keys: a manifest folder or a text file of keys.")
 @click.option("--probe-keys", help="Only these probe keys: a manifest folder or a text file of keys.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for results.json, results.md and the PNG plots.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for results.json, results.md and the PNG plots.",
+)
 @model_options
-def eval_cmd(pairs_list, protocol, embeddings, sets, model, metric, folds, fars, gallery, probes, distractors,
-             gallery_keys, probe_keys, out, model_settings) -> None:
+def eval_cmd(
+    pairs_list,
+    protocol,
+    embeddings,
+    sets,
+    model,
+    metric,
+    folds,
+    fars,
+    gallery,
+    probes,
+    distractors,
+    gallery_keys,
+    probe_keys,
+    out,
+    model_settings,
+) -> None:
     """Evaluate face embeddings on verification pairs and/or identification lists.
 
     \b
@@ -124,10 +177,13 @@ def eval_cmd(pairs_list, protocol, embeddings, sets, model, metric, folds, fars,
     verification, identification = [], []
     if not pairs_list and (sets or embeddings):
         raise UserError("--set/--embeddings evaluate verification pairs: give --pairs (a pairs manifest or pairs.txt)")
-    if protocol == "partiallfw" and not (pairs_list and model and not sets and not embeddings
-                                         and all(Path(p).is_dir() for p in pairs_list)):
-        raise UserError("--protocol partiallfw scores --model on the pairs manifests of `occgen partial`: give "
-                        "--model RUN and --pairs manifests/PARTIAL (and the centered one)")
+    if protocol == "partiallfw" and not (
+        pairs_list and model and not sets and not embeddings and all(Path(p).is_dir() for p in pairs_list)
+    ):
+        raise UserError(
+            "--protocol partiallfw scores --model on the pairs manifests of `occgen partial`: give "
+            "--model RUN and --pairs manifests/PARTIAL (and the centered one)"
+        )
     for pairs in pairs_list:
         table = read_pairs(pairs)
         if folds:
@@ -150,7 +206,9 @@ def eval_cmd(pairs_list, protocol, embeddings, sets, model, metric, folds, fars,
             label = _stem(model) if protocol == "partiallfw" else _stem(pairs)
             pair_sets.append(PairSet(label, emb, emb))
         if not pair_sets:
-            raise UserError("nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest")
+            raise UserError(
+                "nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest"
+            )
         for ps in pair_sets:
             verification.extend(evaluate_set(table, ps, metric, fars))
     if gallery:
@@ -170,12 +228,18 @@ def eval_cmd(pairs_list, protocol, embeddings, sets, model, metric, folds, fars,
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:
         raise UserError("nothing to evaluate: give --pairs with --embeddings/--set/--model, or --gallery with --probes")
-    info = {"metric": metric, "pairs": ", ".join(pairs_list) or None, "folds": list(folds) or None, "model": model,
-            "flip": model_settings["flip"] if model else None}
+    info = {
+        "metric": metric,
+        "pairs": ", ".join(pairs_list) or None,
+        "folds": list(folds) or None,
+        "model": model,
+        "flip": model_settings["flip"] if model else None,
+    }
     partial = partiallfw_summary(verification) if protocol == "partiallfw" else []
     if protocol == "partiallfw" and not partial:
-        raise UserError("--protocol partiallfw: these pairs hold no PartialLFW protocols; build them with "
-                        "`occgen partial`")
+        raise UserError(
+            "--protocol partiallfw: these pairs hold no PartialLFW protocols; build them with `occgen partial`"
+        )
     text = write_report(out, verification, identification, {k: v for k, v in info.items() if v is not None}, partial)
     click.echo(text, nl=False)
     click.echo(f"-> {out}/results.md, results.json" + ", plots" * bool(verification))

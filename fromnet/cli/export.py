@@ -21,6 +21,8 @@ def export_cmd(run: str, out: Path, opset: int) -> None:
     from fromnet.export import export_onnx
 
     r = export_onnx(run, out, opset)
-    click.echo(f"export: {out} (opset {r.opset}, input N x 3 x {r.input_size[0]} x {r.input_size[1]}, batch dynamic, "
-               f"{r.embedding_dim}-d embedding); onnxruntime vs PyTorch max |diff| {r.max_abs_diff:.1e} "
-               f"on a batch of {r.check_batch}")
+    click.echo(
+        f"export: {out} (opset {r.opset}, input N x 3 x {r.input_size[0]} x {r.input_size[1]}, batch dynamic, "
+        f"{r.embedding_dim}-d embedding); onnxruntime vs PyTorch max |diff| {r.max_abs_diff:.1e} "
+        f"on a batch of {r.check_batch}"
+    )

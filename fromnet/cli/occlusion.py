@@ -14,10 +14,18 @@ from occgen.errors import UserError
 
 @main.command("occlusion")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", required=True, help="A run folder or checkpoint: a FROM variant with a mask decoder, or "
-              "the attention variant (its K maps and their importance).")
-@click.option("--draw", "draw_to", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write a PNG of the faces with the grid, the mask (red = switched off) and the pattern.")
+@click.option(
+    "--model",
+    required=True,
+    help="A run folder or checkpoint: a FROM variant with a mask decoder, or "
+    "the attention variant (its K maps and their importance).",
+)
+@click.option(
+    "--draw",
+    "draw_to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a PNG of the faces with the grid, the mask (red = switched off) and the pattern.",
+)
 @click.option("--K", "K", type=click.IntRange(1, 8), help="Grid of the mask read-out (default: the model's K).")
 def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K: int | None) -> None:
     """Print the predicted occlusion pattern and the coarse KxK mask of each aligned face.
@@ -37,8 +45,10 @@ def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K:
     for path in images:
         face = np.asarray(load_rgb(path))
         if face.shape[:2] != size:
-            raise UserError(f"{path} is {face.shape[0]}x{face.shape[1]} (HxW); this model takes aligned "
-                            f"{size[0]}x{size[1]} faces (align photos with `occgen align`)")
+            raise UserError(
+                f"{path} is {face.shape[0]}x{face.shape[1]} (HxW); this model takes aligned "
+                f"{size[0]}x{size[1]} faces (align photos with `occgen align`)"
+            )
         faces.append(face)
     batch = np.stack(faces)
     names = [str(p) for p in images]

@@ -10,10 +10,15 @@ from occgen.clicommon import parse_size
 
 
 @main.command("summary")
-@click.option("--variant", default="from", show_default=True,
-              type=click.Choice(list(VARIANTS)), help="Model variant.")
-@click.option("--K", "K", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Blocks per side of the occlusion pattern grid; attention maps for --variant attention.")
+@click.option("--variant", default="from", show_default=True, type=click.Choice(list(VARIANTS)), help="Model variant.")
+@click.option(
+    "--K",
+    "K",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Blocks per side of the occlusion pattern grid; attention maps for --variant attention.",
+)
 @click.option("--size", default="112x96", show_default=True, help="Input HEIGHTxWIDTH.")
 def summary(variant: str, K: int, size: str) -> None:
     """Print a variant's parameters (per part and total) and forward GFLOPs per image."""
@@ -25,12 +30,16 @@ def summary(variant: str, K: int, size: str) -> None:
     gh, gw = config.grid
     click.echo(f"{variant}: {VARIANTS[variant].description}")
     if isinstance(config, AttentionConfig):
-        click.echo(f"input {input_size[0]}x{input_size[1]}, feature map F {config.channels}x{gh}x{gw} (cut after "
-                   f"stage 3, split {config.branch_depth} blocks before its end), K={K} attention maps, "
-                   f"{config.embedding_dim}-d parts")
+        click.echo(
+            f"input {input_size[0]}x{input_size[1]}, feature map F {config.channels}x{gh}x{gw} (cut after "
+            f"stage 3, split {config.branch_depth} blocks before its end), K={K} attention maps, "
+            f"{config.embedding_dim}-d parts"
+        )
     else:
-        click.echo(f"input {input_size[0]}x{input_size[1]}, top map {config.widths[-1]}x{gh}x{gw}, K={K}"
-                   + (f", {config.num_outputs} predictor outputs" if config.predictor else ""))
+        click.echo(
+            f"input {input_size[0]}x{input_size[1]}, top map {config.widths[-1]}x{gh}x{gw}, K={K}"
+            + (f", {config.num_outputs} predictor outputs" if config.predictor else "")
+        )
     for name, count in result.parts.items():
         click.echo(f"  {name:<16} {count / 1e6:8.2f}M params")
     click.echo(f"  {'total':<16} {result.params / 1e6:8.2f}M params ({result.params:,})")

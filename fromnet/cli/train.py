@@ -9,16 +9,24 @@ import click
 from fromnet.cli import main
 from fromnet.losses import MARGIN_PRESETS
 from fromnet.models import BACKBONES, VARIANTS
-from fromnet.params import CLASSIFIERS, PRECISIONS
+from fromnet.train.params import CLASSIFIERS, PRECISIONS
 
 
 def _options(f):
     """Every option defaults to None, so that only what the user typed overrides the config file."""
     opts = [
-        click.option("--shards", multiple=True, help="Manifest folder built by `occgen build`, optionally "
-                     "MANIFEST:WEIGHT (relative sampling rate); repeat to mix several."),
-        click.option("--config", "config", help="A shipped config (stage1-baseline, stage2-baseline-aug, stage2-md, "
-                     "stage2-from) or a TOML file; options given here override it."),
+        click.option(
+            "--shards",
+            multiple=True,
+            help="Manifest folder built by `occgen build`, optionally "
+            "MANIFEST:WEIGHT (relative sampling rate); repeat to mix several.",
+        ),
+        click.option(
+            "--config",
+            "config",
+            help="A shipped config (stage1-baseline, stage2-baseline-aug, stage2-md, "
+            "stage2-from) or a TOML file; options given here override it.",
+        ),
         click.option("--out", help="Run folder (checkpoints, metrics.jsonl, config.toml). Default runs/run."),
         click.option("--variant", type=click.Choice(list(VARIANTS)), help="Model variant (default from)."),
         click.option("--K", "K", type=click.IntRange(1, 8), help="Occlusion pattern grid (default 5)."),
@@ -29,25 +37,39 @@ def _options(f):
         click.option("--lam", type=float, help="Weight of the pattern (or box) loss (default 1.0)."),
         click.option("--lambda-wce", type=float, help="Attention variant: weight of L_wCE (default 1.0)."),
         click.option("--lambda-div", type=float, help="Attention variant: weight of L_wDIV (default 1.0)."),
-        click.option("--classifier", type=click.Choice(CLASSIFIERS),
-                     help="'sharded' splits the identity centres over the ranks (Partial FC) for huge datasets."),
+        click.option(
+            "--classifier",
+            type=click.Choice(CLASSIFIERS),
+            help="'sharded' splits the identity centres over the ranks (Partial FC) for huge datasets.",
+        ),
         click.option("--batch-size", type=click.IntRange(1), help="Global batch size over all processes (512)."),
         click.option("--lr", type=float, help="Base learning rate (0.1 stage 1, 0.01 stage 2)."),
-        click.option("--momentum", type=float), click.option("--weight-decay", type=float),
+        click.option("--momentum", type=float),
+        click.option("--weight-decay", type=float),
         click.option("--epochs", type=click.IntRange(1), help="Epochs of the schedule (40)."),
         click.option("--milestones", help="Epochs at which the lr is divided by 10, comma separated (15,30)."),
-        click.option("--steps", type=click.IntRange(0), help="Stop after this global step; the schedule stays the "
-                     "same, so --steps 30 then --steps 60 --resume equals --steps 60."),
+        click.option(
+            "--steps",
+            type=click.IntRange(0),
+            help="Stop after this global step; the schedule stays the "
+            "same, so --steps 30 then --steps 60 --resume equals --steps 60.",
+        ),
         click.option("--seed", type=int, help="Run seed: initial weights, data order, augmentation, dropout."),
         click.option("--init", help="Start from this checkpoint or run folder (stage 2 from stage 1)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint."),
-        click.option("--precision", type=click.Choice(PRECISIONS), help="fp32, or autocast bf16/fp16 (fp16 with a "
-                     "gradient scaler)."),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            help="fp32, or autocast bf16/fp16 (fp16 with a gradient scaler).",
+        ),
         click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory format (default on)."),
         click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the network."),
         click.option("--clip-grad", type=float, help="Clip the global gradient norm to this (0: off)."),
-        click.option("--occlude-online", help="Occlude clean shards in the loader with Algorithm 1 at these scales "
-                     "(e.g. 1:0.5:5) and label them on the fly."),
+        click.option(
+            "--occlude-online",
+            help="Occlude clean shards in the loader with Algorithm 1 at these scales "
+            "(e.g. 1:0.5:5) and label them on the fly.",
+        ),
         click.option("--clean-ratio", type=click.FloatRange(0, 1), help="With --occlude-online: share left clean."),
         click.option("--occluders", type=click.Path(file_okay=False), help="With --occlude-online: occluder folder."),
         click.option("--flip/--no-flip", default=None, help="Random horizontal flip (default on)."),
@@ -56,8 +78,12 @@ def _options(f):
         click.option("--ckpt-every", type=click.IntRange(1), help="Steps between checkpoints (1000)."),
         click.option("--keep", type=click.IntRange(1), help="Checkpoints kept (3)."),
         click.option("--log-every", type=click.IntRange(1), help="Steps between logged metrics (10)."),
-        click.option("--log-keys", is_flag=True, default=None, help="Record every trained-on sample key in "
-                     "RUN/keys/ (audits the data order)."),
+        click.option(
+            "--log-keys",
+            is_flag=True,
+            default=None,
+            help="Record every trained-on sample key in RUN/keys/ (audits the data order).",
+        ),
         click.option("--val", help="Held-out manifest scored at each epoch end (identity and pattern accuracy)."),
         click.option("--device", help="auto (default: this rank's GPU, else CPU), cpu, cuda, cuda:N."),
     ]
@@ -77,9 +103,9 @@ def train_cmd(config, resume, compile_, **given) -> None:
       fromnet train --config stage2-from --init runs/stage1 --shards manifests/mix-webface --out runs/from
       torchrun --nproc-per-node 8 -m fromnet train --config stage1-baseline --shards manifests/webface
     """
-    from fromnet import distributed
-    from fromnet.params import resolve
-    from fromnet.train import Trainer, end_step, prepare
+    from fromnet.train import distributed
+    from fromnet.train.loop import Trainer, end_step, prepare
+    from fromnet.train.params import resolve
 
     overrides = {k: v for k, v in given.items() if v is not None and v != ()}
     if compile_ is not None:
@@ -90,7 +116,9 @@ def train_cmd(config, resume, compile_, **given) -> None:
         try:
             overrides["milestones"] = [int(m) for m in overrides["milestones"].split(",") if m.strip()]
         except ValueError:
-            raise click.BadParameter("give whole epochs, comma separated, e.g. 15,30", param_hint="--milestones")
+            raise click.BadParameter(
+                "give whole epochs, comma separated, e.g. 15,30", param_hint="--milestones"
+            ) from None
     cfg = resolve(config, overrides)
     world = distributed.setup(cfg.device)
     try:
@@ -108,13 +136,21 @@ def train_cmd(config, resume, compile_, **given) -> None:
 
 def _intro(trainer, end: int) -> None:
     plan, cfg = trainer.plan, trainer.cfg
-    data = " + ".join(f"{s.manifest.name} ({s.manifest.samples:,} samples"
-                      + (f", x{s.weight:g}" if s.weight != 1 else "") + ")" for s in plan.sources)
-    click.echo(f"fromnet train -> {cfg.out}: {cfg.variant} {cfg.backbone} x{cfg.width_mult:g}, "
-               f"{plan.image_size[0]}x{plan.image_size[1]}, {plan.num_identities:,} identities, {cfg.precision}, "
-               f"{trainer.world.size} process(es) on {trainer.world.device}", err=True)
-    click.echo(f"data: {data}; {plan.steps_per_epoch} steps/epoch of {plan.batch_size} "
-               f"({plan.replicas} replicas x {plan.micro_batch}); steps {trainer.step} -> {end}", err=True)
+    data = " + ".join(
+        f"{s.manifest.name} ({s.manifest.samples:,} samples" + (f", x{s.weight:g}" if s.weight != 1 else "") + ")"
+        for s in plan.sources
+    )
+    click.echo(
+        f"fromnet train -> {cfg.out}: {cfg.variant} {cfg.backbone} x{cfg.width_mult:g}, "
+        f"{plan.image_size[0]}x{plan.image_size[1]}, {plan.num_identities:,} identities, {cfg.precision}, "
+        f"{trainer.world.size} process(es) on {trainer.world.device}",
+        err=True,
+    )
+    click.echo(
+        f"data: {data}; {plan.steps_per_epoch} steps/epoch of {plan.batch_size} "
+        f"({plan.replicas} replicas x {plan.micro_batch}); steps {trainer.step} -> {end}",
+        err=True,
+    )
 
 
 def _summary(trainer, result, end: int) -> None:

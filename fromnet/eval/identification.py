@@ -58,8 +58,9 @@ def similarity(probes: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarr
     raise UserError(f"metric must be cosine or euclidean; got {metric!r}")
 
 
-def identify(label: str, gallery: Embeddings, probes: Embeddings, distractors: list[Embeddings] = (),
-             metric: str = "cosine") -> IdentificationResult:
+def identify(
+    label: str, gallery: Embeddings, probes: Embeddings, distractors: list[Embeddings] = (), metric: str = "cosine"
+) -> IdentificationResult:
     """Rank-1 and rank-5 identification rates of ``probes`` against ``gallery`` plus ``distractors``."""
     dims = {e.vectors.shape[1] for e in [gallery, probes, *distractors] if len(e)}
     if len(dims) > 1:
@@ -69,7 +70,7 @@ def identify(label: str, gallery: Embeddings, probes: Embeddings, distractors: l
     g_id = np.array([identity_of(s) for s in gallery.srcs], dtype=object)
     p_id = np.array([identity_of(s) for s in probes.srcs], dtype=object)
     codes, _ = pd.factorize(np.concatenate([g_id, p_id]))
-    g_code, p_code = codes[: len(g_id)], codes[len(g_id):]
+    g_code, p_code = codes[: len(g_id)], codes[len(g_id) :]
     g_stem = pd.Index([src_stem(s) for s in gallery.srcs])
     p_stem = [src_stem(s) for s in probes.srcs]
     vectors = gallery.vectors
@@ -96,9 +97,14 @@ def identify(label: str, gallery: Embeddings, probes: Embeddings, distractors: l
     ok = rank >= 0
     areas = probes.column("box_area_ratio")
     return IdentificationResult(
-        label=label, probes=int(ok.sum()), no_mate=int((~ok).sum()), gallery=len(gallery), distractors=d_count,
+        label=label,
+        probes=int(ok.sum()),
+        no_mate=int((~ok).sum()),
+        gallery=len(gallery),
+        distractors=d_count,
         rank1=float((rank[ok] == 0).mean()) if ok.any() else float("nan"),
         rank5=float((rank[ok] < 5).mean()) if ok.any() else float("nan"),
-        mean_area=None if areas is None or not ok.any()
+        mean_area=None
+        if areas is None or not ok.any()
         else float(np.nan_to_num(np.asarray(areas, np.float64))[ok].mean()),
     )

@@ -163,8 +163,7 @@ def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndar
     tps = np.cumsum(y)[last]
     fps = (last + 1) - tps
     pos, neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return (np.concatenate([[0.0], fps / neg]), np.concatenate([[0.0], tps / pos]),
-            np.concatenate([[np.inf], s[last]]))
+    return (np.concatenate([[0.0], fps / neg]), np.concatenate([[0.0], tps / pos]), np.concatenate([[np.inf], s[last]]))
 
 
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:

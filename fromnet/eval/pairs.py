@@ -59,12 +59,15 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: empty pairs list")
     head, body = lines[0], lines[1:]
     if not all(h.isdigit() for h in head) or len(head) not in (1, 2):
-        raise UserError(f"{path}: first line must be 'FOLDS PAIRS_PER_CLASS' (LFW's '10 300') or 'N'; "
-                        f"got {' '.join(head)!r}")
+        raise UserError(
+            f"{path}: first line must be 'FOLDS PAIRS_PER_CLASS' (LFW's '10 300') or 'N'; got {' '.join(head)!r}"
+        )
     folds, per = (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
     if len(body) != folds * 2 * per:
-        raise UserError(f"{path}: header says {folds} fold(s) of {per} matched + {per} mismatched pairs "
-                        f"({folds * 2 * per} lines) but {len(body)} pair lines follow")
+        raise UserError(
+            f"{path}: header says {folds} fold(s) of {per} matched + {per} mismatched pairs "
+            f"({folds * 2 * per} lines) but {len(body)} pair lines follow"
+        )
     src1, src2, same = [], [], []
     for n, f in enumerate(body, start=2):
         if len(f) == 3:
@@ -74,14 +77,18 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
         else:
             raise UserError(f"{path}:{n}: a pair line has 3 fields (name i j) or 4 (name1 i name2 j); got {len(f)}")
     count = len(body)
-    return pd.DataFrame({
-        "pair": np.arange(count, dtype=np.int32),
-        "fold": (np.arange(count) // (2 * per)).astype(np.int16),
-        "same": np.array(same, dtype=bool),
-        "key1": pd.Series([None] * count, dtype=object), "key2": pd.Series([None] * count, dtype=object),
-        "src1": src1, "src2": src2,
-        "protocol": pd.Series([None] * count, dtype=object),
-    })
+    return pd.DataFrame(
+        {
+            "pair": np.arange(count, dtype=np.int32),
+            "fold": (np.arange(count) // (2 * per)).astype(np.int16),
+            "same": np.array(same, dtype=bool),
+            "key1": pd.Series([None] * count, dtype=object),
+            "key2": pd.Series([None] * count, dtype=object),
+            "src1": src1,
+            "src2": src2,
+            "protocol": pd.Series([None] * count, dtype=object),
+        }
+    )
 
 
 def read_pairs_manifest(path: Path) -> pd.DataFrame:
@@ -89,8 +96,9 @@ def read_pairs_manifest(path: Path) -> pd.DataFrame:
     path = Path(path)
     file = path / PAIRS_FILE if path.is_dir() else path
     if not file.is_file():
-        raise UserError(f"{path}: no {PAIRS_FILE}; build one with `occgen build --pairs pairs.txt`, "
-                        "or pass an LFW pairs.txt")
+        raise UserError(
+            f"{path}: no {PAIRS_FILE}; build one with `occgen build --pairs pairs.txt`, or pass an LFW pairs.txt"
+        )
     try:
         df = pd.read_parquet(file)
     except Exception as exc:  # pyarrow raises several types for damaged files
@@ -145,18 +153,23 @@ class Embeddings:
         wanted = [src_stem(s) for s in srcs]
         if not stems.is_unique:
             dup = stems[stems.duplicated()][0]
-            raise UserError(f"{self.name}: src {dup!r} appears more than once (several copies per image?), so "
-                            f"{what} cannot be matched by src; embed a one-copy set or use a pairs manifest")
+            raise UserError(
+                f"{self.name}: src {dup!r} appears more than once (several copies per image?), so "
+                f"{what} cannot be matched by src; embed a one-copy set or use a pairs manifest"
+            )
         rows = stems.get_indexer(wanted)
         if (rows < 0).any():
             miss = [w for w, r in zip(wanted, rows) if r < 0]
-            raise UserError(f"{self.name}: {len(miss)} of {len(wanted)} {what} not found by key or by src, "
-                            f"first {miss[0]!r}; embed the set that holds them")
+            raise UserError(
+                f"{self.name}: {len(miss)} of {len(wanted)} {what} not found by key or by src, "
+                f"first {miss[0]!r}; embed the set that holds them"
+            )
         return rows
 
     def subset(self, rows: np.ndarray) -> Embeddings:
-        return Embeddings(self.name, self.keys[rows], self.srcs[rows], self.vectors[rows],
-                          self.meta.iloc[rows].reset_index(drop=True))
+        return Embeddings(
+            self.name, self.keys[rows], self.srcs[rows], self.vectors[rows], self.meta.iloc[rows].reset_index(drop=True)
+        )
 
 
 def embeddings_table(keys, srcs, vectors: np.ndarray, meta: dict[str, np.ndarray] | None = None) -> pa.Table:
@@ -164,8 +177,11 @@ def embeddings_table(keys, srcs, vectors: np.ndarray, meta: dict[str, np.ndarray
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape if vectors.ndim == 2 else (0, 0)
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * d)
-    columns = {"key": pa.array(list(keys), pa.string()), "src": pa.array(list(srcs), pa.string()),
-               "embedding": pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))}
+    columns = {
+        "key": pa.array(list(keys), pa.string()),
+        "src": pa.array(list(srcs), pa.string()),
+        "embedding": pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1))),
+    }
     for name, values in (meta or {}).items():
         columns[name] = pa.array(values, from_pandas=True)  # NaN -> null: "not occluded", not a number
     return pa.table(columns)
@@ -182,8 +198,9 @@ def read_embeddings(path: str | Path) -> Embeddings:
         raise UserError(f"{path}: cannot read as Parquet ({exc})") from None
     missing = [c for c in ("key", "src", "embedding") if c not in table.column_names]
     if missing:
-        raise UserError(f"{path}: not an embeddings file, missing column(s) {', '.join(missing)} "
-                        "(need key, src, embedding)")
+        raise UserError(
+            f"{path}: not an embeddings file, missing column(s) {', '.join(missing)} (need key, src, embedding)"
+        )
     emb = table["embedding"].combine_chunks()
     if emb.null_count:
         raise UserError(f"{path}: {emb.null_count} row(s) have no embedding")
@@ -195,8 +212,13 @@ def read_embeddings(path: str | Path) -> Embeddings:
     flat = emb.values.slice(start, dim * len(emb)).to_numpy(zero_copy_only=False)
     vectors = flat.astype(np.float32, copy=False).reshape(len(emb), dim)
     meta = table.drop_columns(["key", "src", "embedding"]).to_pandas()
-    return Embeddings(path.name, table["key"].to_numpy(zero_copy_only=False).astype(object),
-                      table["src"].to_numpy(zero_copy_only=False).astype(object), vectors, meta)
+    return Embeddings(
+        path.name,
+        table["key"].to_numpy(zero_copy_only=False).astype(object),
+        table["src"].to_numpy(zero_copy_only=False).astype(object),
+        vectors,
+        meta,
+    )
 
 
 def group_columns(pairs: pd.DataFrame) -> list[str]:

@@ -23,9 +23,11 @@ MIN_BIN_PAIRS = 20
 REGIONS = ("left_eye", "right_eye", "eyes", "nose", "mouth", "lower_face", "upper_face", "left_face", "right_face")
 
 
-LEGEND = ("accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
-          "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
-          "mean box area of the pair's more occluded face.")
+LEGEND = (
+    "accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
+    "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
+    "mean box area of the pair's more occluded face."
+)
 
 
 def _pct(x: float | None) -> str:
@@ -35,20 +37,39 @@ def _pct(x: float | None) -> str:
 def verification_table(results: Sequence[VerificationResult]) -> str:
     """Markdown table: one row per set and protocol group."""
     fars = [t.far for t in results[0].tar] if results else []
-    head = ["set", "pairs", "impostors", "folds", "accuracy %", *(f"TAR@FAR={f:g} %" for f in fars), "AUC",
-            "occluded area %"]
+    head = [
+        "set",
+        "pairs",
+        "impostors",
+        "folds",
+        "accuracy %",
+        *(f"TAR@FAR={f:g} %" for f in fars),
+        "AUC",
+        "occluded area %",
+    ]
     rows = []
     for r in results:
         tars = [_pct(t.tar) if t.tar is not None else "n/a" for t in r.tar]
-        rows.append([r.name, f"{r.pairs:,}", f"{r.impostors:,}", str(r.folds), f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
-                     *tars, f"{r.auc:.4f}", _pct(r.mean_area)])
+        rows.append(
+            [
+                r.name,
+                f"{r.pairs:,}",
+                f"{r.impostors:,}",
+                str(r.folds),
+                f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+                *tars,
+                f"{r.auc:.4f}",
+                _pct(r.mean_area),
+            ]
+        )
     notes = sorted({t.refused for r in results for t in r.tar if t.refused})
     return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
 
 
 #: Rows of the PartialLFW table (Hörmann et al., ICIP 2021): (protocol, centered), holistic first.
-PARTIAL_ROWS = [("holistic", None)] + [(p, c) for c in (False, True)
-                                       for p in ("partial-holistic", "partial-same", "partial-cross")]
+PARTIAL_ROWS = [("holistic", None)] + [
+    (p, c) for c in (False, True) for p in ("partial-holistic", "partial-same", "partial-cross")
+]
 
 
 def partiallfw_summary(results: Sequence[VerificationResult]) -> list[dict[str, Any]]:
@@ -56,29 +77,60 @@ def partiallfw_summary(results: Sequence[VerificationResult]) -> list[dict[str, 
     rows = []
     for label in dict.fromkeys(r.label for r in results):
         for protocol, centered in PARTIAL_ROWS:
-            groups = [r for r in results if r.label == label and r.group.get("protocol") == protocol
-                      and (centered is None or bool(r.group.get("centered")) == centered)]
+            groups = [
+                r
+                for r in results
+                if r.label == label
+                and r.group.get("protocol") == protocol
+                and (centered is None or bool(r.group.get("centered")) == centered)
+            ]
             if not groups:
                 continue
             if centered is None:  # holistic pairs are the same in the centered and non-centered builds
                 groups = groups[:1]
-            rows.append({"set": label, "protocol": protocol, "centered": centered, "groups": len(groups),
-                         "accuracy": float(sum(r.accuracy for r in groups) / len(groups))})
+            rows.append(
+                {
+                    "set": label,
+                    "protocol": protocol,
+                    "centered": centered,
+                    "groups": len(groups),
+                    "accuracy": float(sum(r.accuracy for r in groups) / len(groups)),
+                }
+            )
     return rows
 
 
 def partiallfw_table(summary: Sequence[dict[str, Any]]) -> str:
     """The paper's table: holistic, then non-centered and centered partial-holistic / -same / -cross."""
     head = ["set", "protocol", "crops", "groups", "mean accuracy %"]
-    rows = [[r["set"], r["protocol"], {None: "-", False: "non-centered", True: "centered"}[r["centered"]],
-             str(r["groups"]), _pct(r["accuracy"])] for r in summary]
+    rows = [
+        [
+            r["set"],
+            r["protocol"],
+            {None: "-", False: "non-centered", True: "centered"}[r["centered"]],
+            str(r["groups"]),
+            _pct(r["accuracy"]),
+        ]
+        for r in summary
+    ]
     return _markdown(head, rows)
 
 
 def identification_table(results: Sequence[IdentificationResult]) -> str:
     head = ["probes", "evaluated", "no mate", "gallery", "distractors", "rank-1 %", "rank-5 %", "occluded area %"]
-    rows = [[r.label, f"{r.probes:,}", f"{r.no_mate:,}", f"{r.gallery:,}", f"{r.distractors:,}", _pct(r.rank1),
-             _pct(r.rank5), _pct(r.mean_area)] for r in results]
+    rows = [
+        [
+            r.label,
+            f"{r.probes:,}",
+            f"{r.no_mate:,}",
+            f"{r.gallery:,}",
+            f"{r.distractors:,}",
+            _pct(r.rank1),
+            _pct(r.rank5),
+            _pct(r.mean_area),
+        ]
+        for r in results
+    ]
     return _markdown(head, rows)
 
 
@@ -200,15 +252,22 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def write_report(out: Path, verification: Sequence[VerificationResult], identification: Sequence[IdentificationResult],
-                 info: dict[str, Any], partial: Sequence[dict[str, Any]] = ()) -> str:
+def write_report(
+    out: Path,
+    verification: Sequence[VerificationResult],
+    identification: Sequence[IdentificationResult],
+    info: dict[str, Any],
+    partial: Sequence[dict[str, Any]] = (),
+) -> str:
     """Write results.json, results.md and the plots into ``out``; return the Markdown text (also printed).
     ``partial`` (from partiallfw_summary) adds the PartialLFW table."""
     out = Path(out)
     parts = [f"# Evaluation\n\n{_info_lines(info)}"]
     if partial:
-        parts.append("## PartialLFW\n\n" + partiallfw_table(partial) + "\n\nEach row: the mean of the 10-fold "
-                     "accuracies of its part combinations and the nine crop factors.")
+        parts.append(
+            "## PartialLFW\n\n" + partiallfw_table(partial) + "\n\nEach row: the mean of the 10-fold "
+            "accuracies of its part combinations and the nine crop factors."
+        )
     plots = []
     if verification:
         parts.append("## Verification\n\n" + verification_table(verification) + "\n\n" + LEGEND)
@@ -224,9 +283,18 @@ def write_report(out: Path, verification: Sequence[VerificationResult], identifi
         parts.append("\n".join(f"![{p}]({p})" for p in plots))
     text = "\n\n".join(parts) + "\n"
     atomic_write(out / "results.md", text.encode())
-    atomic_write(out / "results.json", json_bytes({
-        **info, "partiallfw": list(partial), "verification": [r.to_json() for r in verification],
-        "identification": [r.to_json() for r in identification], "plots": plots}))
+    atomic_write(
+        out / "results.json",
+        json_bytes(
+            {
+                **info,
+                "partiallfw": list(partial),
+                "verification": [r.to_json() for r in verification],
+                "identification": [r.to_json() for r in identification],
+                "plots": plots,
+            }
+        ),
+    )
     return text
 
 

@@ -80,13 +80,26 @@ def area_curve(areas: np.ndarray, correct: np.ndarray, edges: np.ndarray = AREA_
     for b in range(len(edges) - 1):
         sel = which == b
         if sel.any():
-            out.append(dict(lo=float(edges[b]), hi=float(edges[b + 1]), pairs=int(sel.sum()),
-                            accuracy=float(correct[sel].mean())))
+            out.append(
+                dict(
+                    lo=float(edges[b]),
+                    hi=float(edges[b + 1]),
+                    pairs=int(sel.sum()),
+                    accuracy=float(correct[sel].mean()),
+                )
+            )
     return out
 
 
-def verify(label: str, group: dict[str, Any], scores: np.ndarray, same: np.ndarray, folds: np.ndarray,
-           fars=DEFAULT_FARS, areas: np.ndarray | None = None) -> VerificationResult:
+def verify(
+    label: str,
+    group: dict[str, Any],
+    scores: np.ndarray,
+    same: np.ndarray,
+    folds: np.ndarray,
+    fars=DEFAULT_FARS,
+    areas: np.ndarray | None = None,
+) -> VerificationResult:
     """All verification figures of one group of pairs, from their scores."""
     note = "pairs file"
     if len(np.unique(folds)) < 2:
@@ -95,17 +108,28 @@ def verify(label: str, group: dict[str, Any], scores: np.ndarray, same: np.ndarr
     kf = metrics.kfold_accuracy(scores, same, folds)
     fpr, tpr, _ = metrics.roc_curve(scores, same)
     return VerificationResult(
-        label=label, group=group, pairs=len(scores), genuine=int(same.sum()), impostors=int((~same).sum()),
-        folds=len(kf.folds), folds_note=note, accuracy=kf.mean, accuracy_std=kf.std,
-        fold_accuracies=kf.accuracies.tolist(), fold_thresholds=kf.thresholds.tolist(),
-        tar=[metrics.tar_at_far(scores, same, far) for far in fars], auc=metrics.auc(fpr, tpr),
+        label=label,
+        group=group,
+        pairs=len(scores),
+        genuine=int(same.sum()),
+        impostors=int((~same).sum()),
+        folds=len(kf.folds),
+        folds_note=note,
+        accuracy=kf.mean,
+        accuracy_std=kf.std,
+        fold_accuracies=kf.accuracies.tolist(),
+        fold_thresholds=kf.thresholds.tolist(),
+        tar=[metrics.tar_at_far(scores, same, far) for far in fars],
+        auc=metrics.auc(fpr, tpr),
         mean_area=None if areas is None else float(areas.mean()),
-        area_curve=[] if areas is None else area_curve(areas, kf.correct), roc=(fpr, tpr),
+        area_curve=[] if areas is None else area_curve(areas, kf.correct),
+        roc=(fpr, tpr),
     )
 
 
-def evaluate_set(pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine", fars=DEFAULT_FARS
-                 ) -> list[VerificationResult]:
+def evaluate_set(
+    pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine", fars=DEFAULT_FARS
+) -> list[VerificationResult]:
     """Score every pair of a set and evaluate each protocol group separately."""
     if metric not in metrics.METRICS:
         raise UserError(f"metric must be one of {', '.join(metrics.METRICS)}; got {metric!r}")
@@ -113,8 +137,10 @@ def evaluate_set(pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine",
     rows2 = pair_set.second.find(pairs["key2"].to_numpy(), pairs["src2"].to_numpy(), "second images of the pairs")
     e1, e2 = pair_set.first.vectors[rows1], pair_set.second.vectors[rows2]
     if e1.shape[1] != e2.shape[1]:
-        raise UserError(f"set {pair_set.label}: {pair_set.first.name} has {e1.shape[1]}-d embeddings, "
-                        f"{pair_set.second.name} {e2.shape[1]}-d; both sides must come from the same model")
+        raise UserError(
+            f"set {pair_set.label}: {pair_set.first.name} has {e1.shape[1]}-d embeddings, "
+            f"{pair_set.second.name} {e2.shape[1]}-d; both sides must come from the same model"
+        )
     scores = metrics.METRICS[metric](e1, e2)
     same = pairs["same"].to_numpy(dtype=bool)
     folds = pairs["fold"].to_numpy()
@@ -126,8 +152,11 @@ def evaluate_set(pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine",
     for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items():
         values = values if isinstance(values, tuple) else (values,)
         group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
-        results.append(verify(pair_set.label, group, scores[idx], same[idx], folds[idx], fars,
-                              None if areas is None else areas[idx]))
+        results.append(
+            verify(
+                pair_set.label, group, scores[idx], same[idx], folds[idx], fars, None if areas is None else areas[idx]
+            )
+        )
     return results
 
 
@@ -147,8 +176,9 @@ def select_folds(pairs: pd.DataFrame, folds) -> pd.DataFrame:
     return pairs[pairs["fold"].isin(folds)].reset_index(drop=True)
 
 
-def evaluate_files(pairs_path, sets: dict[str, tuple], metric: str = "cosine", fars=DEFAULT_FARS, folds=None
-                   ) -> list[VerificationResult]:
+def evaluate_files(
+    pairs_path, sets: dict[str, tuple], metric: str = "cosine", fars=DEFAULT_FARS, folds=None
+) -> list[VerificationResult]:
     """Verification of embeddings files: ``sets`` maps a label to (first file, second file).
 
     For experiments that compare models: e.g. {"FROM N-O s=2": ("from-clean.parquet", "from-occ2.parquet")}

@@ -31,8 +31,9 @@ VARIANTS: dict[str, Variant] = {
     "2d": Variant("2d", "classify", "one HxW mask broadcast over the channels ('2D' ablation)"),
     "fc": Variant("fc", "classify", "mask on the 512-d embedding instead of the conv map ('FC' ablation)"),
     "reg": Variant("3d", "regress", "3D mask, predictor regresses the occluded box corners ('REG' ablation)"),
-    "attention": Variant(None, None, "K attention maps pool the stage-3 map into K parts (Hoermann et al. 2021)",
-                         family="attention"),
+    "attention": Variant(
+        None, None, "K attention maps pool the stage-3 map into K parts (Hoermann et al. 2021)", family="attention"
+    ),
 }
 
 
@@ -59,9 +60,13 @@ def backbone_overrides(backbone: str = "r50", width_mult: float = 1.0) -> dict:
     def scaled(width: int) -> int:
         return max(MIN_WIDTH, int(round(width * width_mult / 8)) * 8)
 
-    return dict(depths=BACKBONES[backbone], widths=tuple(scaled(w) for w in base.widths),
-                stem_width=scaled(base.stem_width), pyramid_width=scaled(base.pyramid_width),
-                decoder_width=scaled(base.decoder_width))
+    return dict(
+        depths=BACKBONES[backbone],
+        widths=tuple(scaled(w) for w in base.widths),
+        stem_width=scaled(base.stem_width),
+        pyramid_width=scaled(base.pyramid_width),
+        decoder_width=scaled(base.decoder_width),
+    )
 
 
 def build_model(
@@ -94,8 +99,11 @@ def build_model(
         sized = {k: v for k, v in sized.items() if k in known}
         model = AttentionNet(AttentionConfig(K=K, input_size=tuple(input_size), **{**sized, **overrides}))
     else:
-        model = FromNet(NetConfig(mask=spec.mask, predictor=spec.predictor, K=K, input_size=tuple(input_size),
-                                  **{**sized, **overrides}))
+        model = FromNet(
+            NetConfig(
+                mask=spec.mask, predictor=spec.predictor, K=K, input_size=tuple(input_size), **{**sized, **overrides}
+            )
+        )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
@@ -103,5 +111,17 @@ def build_model(
     return model
 
 
-__all__ = ["BACKBONES", "VARIANTS", "AttentionConfig", "AttentionNet", "AttentionOutput", "FromNet", "FromOutput",
-           "NetConfig", "Variant", "backbone_overrides", "build_model", "num_patterns"]
+__all__ = [
+    "BACKBONES",
+    "VARIANTS",
+    "AttentionConfig",
+    "AttentionNet",
+    "AttentionOutput",
+    "FromNet",
+    "FromOutput",
+    "NetConfig",
+    "Variant",
+    "backbone_overrides",
+    "build_model",
+    "num_patterns",
+]

@@ -60,11 +60,15 @@ class AttentionConfig:
         if self.K < 1:
             raise ValueError(f"K (attention maps) must be >= 1, got {self.K}")
         if len(self.widths) < CUT or len(self.depths) != len(self.widths):
-            raise ValueError(f"the attention network uses the first {CUT} stages; widths {self.widths} and depths "
-                             f"{self.depths} need at least {CUT} entries each, one per stage")
+            raise ValueError(
+                f"the attention network uses the first {CUT} stages; widths {self.widths} and depths "
+                f"{self.depths} need at least {CUT} entries each, one per stage"
+            )
         if not 1 <= self.branch_depth < self.depths[CUT - 1]:
-            raise ValueError(f"branch_blocks must be in [1, {self.depths[CUT - 1] - 1}] (stage 3 has "
-                             f"{self.depths[CUT - 1]} blocks and the first stays shared), got {self.branch_blocks}")
+            raise ValueError(
+                f"branch_blocks must be in [1, {self.depths[CUT - 1] - 1}] (stage 3 has "
+                f"{self.depths[CUT - 1]} blocks and the first stays shared), got {self.branch_blocks}"
+            )
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be (height, width), got {self.input_size}")
 

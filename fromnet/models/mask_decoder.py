@@ -34,8 +34,9 @@ class MaskDecoder(nn.Module):
 class EmbeddingMaskDecoder(nn.Module):
     """Mask on the embedding: two conv-PReLU-BN reductions, then BN-FC-BN-Sigmoid to one value per embedding dim."""
 
-    def __init__(self, in_channels: int, grid: tuple[int, int], embedding_dim: int, hidden: int = 256,
-                 reduced: int = 64) -> None:
+    def __init__(
+        self, in_channels: int, grid: tuple[int, int], embedding_dim: int, hidden: int = 256, reduced: int = 64
+    ) -> None:
         super().__init__()
         flat = reduced * grid[0] * grid[1]
         self.layers = nn.Sequential(

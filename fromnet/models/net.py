@@ -103,8 +103,9 @@ class FromNet(nn.Module):
         if c.mask is not None:
             self.pyramid = Pyramid(c.widths[-3:], c.pyramid_width)
             if c.mask == "fc":
-                self.decoder = EmbeddingMaskDecoder(c.pyramid_width, (gh, gw), c.embedding_dim, c.decoder_width,
-                                                    c.fc_mask_reduced)
+                self.decoder = EmbeddingMaskDecoder(
+                    c.pyramid_width, (gh, gw), c.embedding_dim, c.decoder_width, c.fc_mask_reduced
+                )
                 mask_features = c.embedding_dim
             else:
                 channels = top if c.mask == "3d" else 1
@@ -113,8 +114,9 @@ class FromNet(nn.Module):
                 # parameters but no information.
                 mask_features = channels * gh * gw
             if c.predictor is not None:
-                self.predictor = PatternPredictor(mask_features, c.num_outputs, c.dropout,
-                                                  squash=c.predictor == "regress")
+                self.predictor = PatternPredictor(
+                    mask_features, c.num_outputs, c.dropout, squash=c.predictor == "regress"
+                )
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> FromOutput:

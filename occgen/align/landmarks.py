@@ -114,9 +114,7 @@ def _add(rows: dict[str, LandmarkRow], file: Path, path: str, row: LandmarkRow) 
     if not path:
         raise UserError(f"{file} line {row.line}: empty image path")
     if path in rows:
-        raise UserError(
-            f"{file}: {path} appears on lines {rows[path].line} and {row.line}; keep one row per image"
-        )
+        raise UserError(f"{file}: {path} appears on lines {rows[path].line} and {row.line}; keep one row per image")
     rows[path] = row
 
 
@@ -157,9 +155,7 @@ def _read_delimited(file: Path, lines: list[tuple[int, str]]) -> dict[str, Landm
             point_cols.append((x, y))
     if path_col is None or missing:
         need = ([] if path_col is not None else ["a path column (image, path, file)"]) + missing
-        raise UserError(
-            f"{file} line {header_no}: header lacks {', '.join(need)}; found columns {', '.join(names)}"
-        )
+        raise UserError(f"{file} line {header_no}: header lacks {', '.join(need)}; found columns {', '.join(names)}")
     status_col = _find(columns, ("status",))
     faces_col = _find(columns, ("n_faces", "faces"))
     score_col = _find(columns, ("score", "confidence"))
@@ -167,12 +163,8 @@ def _read_delimited(file: Path, lines: list[tuple[int, str]]) -> dict[str, Landm
     for line_no, line in lines[1:]:
         fields = _split(line, sep)
         if len(fields) != len(names):
-            raise UserError(
-                f"{file} line {line_no}: {len(fields)} columns, expected {len(names)} as in the header"
-            )
-        points = np.array(
-            [[_number(file, line_no, names[c], fields[c]) for c in pair] for pair in point_cols]
-        )
+            raise UserError(f"{file} line {line_no}: {len(fields)} columns, expected {len(names)} as in the header")
+        points = np.array([[_number(file, line_no, names[c], fields[c]) for c in pair] for pair in point_cols])
         n_faces = None
         if faces_col is not None:
             value = _number(file, line_no, names[faces_col], fields[faces_col])

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from occgen.align import transform
+from occgen.align.landmarks import LandmarkRow, read_landmarks
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS, load_rgb
-from occgen.align.landmarks import LandmarkRow, read_landmarks
 from occgen.runner import Summary, parallel_map
 from occgen.writer import atomic_write, json_bytes, parquet_bytes
 
@@ -143,8 +143,9 @@ def _write(image: Image.Image, path: Path, settings: AlignSettings) -> None:
     os.replace(tmp, path)
 
 
-def _landmarks_for(image: Image.Image, entry: LandmarkRow | None, row: dict[str, Any],
-                   settings: AlignSettings) -> np.ndarray | None:
+def _landmarks_for(
+    image: Image.Image, entry: LandmarkRow | None, row: dict[str, Any], settings: AlignSettings
+) -> np.ndarray | None:
     """The five points for one image (from the file or the detector), filling the row's provenance columns.
 
     Returns None, with the row's problem set, when there are none.
@@ -260,8 +261,14 @@ def _write_settings(record_dir: Path, settings: AlignSettings, extra: dict[str, 
     atomic_write(record_dir / SETTINGS, json_bytes({"settings": asdict(settings), **extra}))
 
 
-def make_settings(size: str, landmarks: str | Path | None, detector: str | None, fmt: str = "jpg",
-                  quality: int = 95, max_residual: float = transform.MAX_RESIDUAL) -> AlignSettings:
+def make_settings(
+    size: str,
+    landmarks: str | Path | None,
+    detector: str | None,
+    fmt: str = "jpg",
+    quality: int = 95,
+    max_residual: float = transform.MAX_RESIDUAL,
+) -> AlignSettings:
     """Validated settings from the command line's choices (exactly one of ``landmarks`` and ``detector``)."""
     transform.template_for(size)
     if (landmarks is None) == (detector is None):
@@ -302,8 +309,9 @@ def _plan_images(src: Path, out: Path, fmt: str) -> tuple[list[str], int]:
     return images, other_files
 
 
-def _plan_landmarks(src: Path, images: list[str], settings: AlignSettings,
-                    ignore_missing: bool) -> tuple[dict[str, LandmarkRow], int]:
+def _plan_landmarks(
+    src: Path, images: list[str], settings: AlignSettings, ignore_missing: bool
+) -> tuple[dict[str, LandmarkRow], int]:
     """The landmark file's rows (empty for the detector, which is loaded here to fail early) and how many rows
     name images that are not under ``src``."""
     if settings.method == "mtcnn":
@@ -385,7 +393,8 @@ def run_align(
     parts.rmdir()
     counts = {s: sum(r["status"] == s for r in final) for s in ("ok", "fallback", "failed")}
     _write_settings(
-        record_dir, settings,
+        record_dir,
+        settings,
         {"counts": counts, "mean_transform": None if mean is None else mean.ravel().tolist()},
     )
     failed = [(r["path"], r["reason"]) for r in final if r["status"] == "failed"]

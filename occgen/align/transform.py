@@ -105,8 +105,9 @@ def outside_fraction(m: np.ndarray, image_size: tuple[int, int], template: Templ
     """Share of crop pixels whose source position lies outside the image (they come out black)."""
     inverse = invert(m)
     w, h = image_size
-    corners = apply(inverse, [(0, 0), (template.width - 1, 0), (0, template.height - 1),
-                              (template.width - 1, template.height - 1)])
+    corners = apply(
+        inverse, [(0, 0), (template.width - 1, 0), (0, template.height - 1), (template.width - 1, template.height - 1)]
+    )
     if ((corners >= -0.5) & (corners <= (w - 0.5, h - 0.5))).all():
         return 0.0  # an affine map sends the crop to a parallelogram: corners inside means all inside
     src = apply(inverse, _pixel_grid(template.width, template.height))
@@ -173,6 +174,9 @@ def warp(image: Image.Image, m: np.ndarray, template: Template) -> Image.Image:
     shifted[:, 2] += 0.5 - m[:, :2] @ np.array([0.5, 0.5])
     inv = invert(shifted)
     return image.transform(
-        template.size, Image.Transform.AFFINE, tuple(inv.ravel()), resample=Image.Resampling.BILINEAR,
+        template.size,
+        Image.Transform.AFFINE,
+        tuple(inv.ravel()),
+        resample=Image.Resampling.BILINEAR,
         fillcolor=(0, 0, 0),
     )

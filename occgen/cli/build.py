@@ -8,19 +8,29 @@ from pathlib import Path
 import click
 import pyarrow.parquet as pq
 
-from occgen.occlude.run import BuildOptions, build
 from occgen.cli import main
-from occgen.clicommon import shard_output_options
 from occgen.cli.label import label_manifest
+from occgen.clicommon import parse_size, shard_output_options
 from occgen.errors import UserError
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.occlude.plan import parse_scales
 from occgen.occlude.render import COMPAT_MODES
-from occgen.clicommon import parse_size
-from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
+from occgen.occlude.run import BuildOptions, build
 from occgen.occlude.sources import open_source
 from occgen.report.card import command_line, write_card
-from occgen.sets.pairs import describe as describe_pairs, pair_rows, picks as pair_picks, read_pairs, resolve, write_pairs
+from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
+from occgen.sets.pairs import (
+    describe as describe_pairs,
+)
+from occgen.sets.pairs import (
+    pair_rows,
+    read_pairs,
+    resolve,
+    write_pairs,
+)
+from occgen.sets.pairs import (
+    picks as pair_picks,
+)
 from occgen.sets.regions import REGIONS, group_categories
 
 
@@ -29,50 +39,146 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 @main.command("build")
-@click.option("--src", required=True, help="Aligned faces: an <identity>/<image> folder, a 'path label' list file "
-              "(with --root), a registered name (webface, lfw, ...), or 'demo' (built-in synthetic faces).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to.")
-@click.option("--scales", default=None, show_default="1:0.5:5", help="Algorithm 1 scale s per image, drawn from "
-              "start:step:stop (inclusive), a list 1,1.5,2, or one value 2.0.")
+@click.option(
+    "--src",
+    required=True,
+    help="Aligned faces: an <identity>/<image> folder, a 'path label' list file "
+    "(with --root), a registered name (webface, lfw, ...), or 'demo' (built-in synthetic faces).",
+)
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to."
+)
+@click.option(
+    "--scales",
+    default=None,
+    show_default="1:0.5:5",
+    help="Algorithm 1 scale s per image, drawn from start:step:stop (inclusive), a list 1,1.5,2, or one value 2.0.",
+)
 @click.option("--copies", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per input image.")
-@click.option("--clean-ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Fraction of samples left clean (Mix-WebFace's occluded:clean 2:1 is 1/3).")
+@click.option(
+    "--clean-ratio",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Fraction of samples left clean (Mix-WebFace's occluded:clean 2:1 is 1/3).",
+)
 @click.option("--per-scale", is_flag=True, help="Write one dataset per scale, named NAME-<scale>.")
-@click.option("--occluders", "occluders", type=click.Path(path_type=Path), help="Occluder folder in the PDSN layout "
-              "(<category>/NNNN.png); default: the project's calibrated library.")
+@click.option(
+    "--occluders",
+    "occluders",
+    type=click.Path(path_type=Path),
+    help="Occluder folder in the PDSN layout (<category>/NNNN.png); default: the project's calibrated library.",
+)
 @click.option("--categories", help="Only these occluder categories (comma separated).")
-@click.option("--group", type=click.IntRange(1, 3), help="Only the occluders of one of the paper's three alphabetical "
-              "groups (1: book_cover, cup, eye_mask; 2: eyeglasses, hand, mouth_mask; 3: phone, scarf, sunglasses).")
-@click.option("--regions", is_flag=True, help="Build the nine named-region sets of the paper's Fig. 1 / Table 6 "
-              "(NAME-left_eye, NAME-eyes, ...): the occluder is fitted to the region's box.")
-@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path), help="LFW-style pairs list: "
-              "build a verification set of the images it names, first image clean and second occluded (N-O), and "
-              "write pairs.parquet beside the manifest.")
+@click.option(
+    "--group",
+    type=click.IntRange(1, 3),
+    help="Only the occluders of one of the paper's three alphabetical "
+    "groups (1: book_cover, cup, eye_mask; 2: eyeglasses, hand, mouth_mask; 3: phone, scarf, sunglasses).",
+)
+@click.option(
+    "--regions",
+    is_flag=True,
+    help="Build the nine named-region sets of the paper's Fig. 1 / Table 6 "
+    "(NAME-left_eye, NAME-eyes, ...): the occluder is fitted to the region's box.",
+)
+@click.option(
+    "--pairs",
+    "pairs_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="LFW-style pairs list: "
+    "build a verification set of the images it names, first image clean and second occluded (N-O), and "
+    "write pairs.parquet beside the manifest.",
+)
 @click.option("--both", is_flag=True, help="With --pairs: occlude both images of every pair (O-O).")
 @click.option("--exclude-categories", help="Leave these occluder categories out (comma separated).")
-@click.option("--compat", type=click.Choice(COMPAT_MODES), default="paper", show_default=True,
-              help="'paper': size capped at the face, alpha paste; 'from': the authors' release (cap W-1 x H-1, opaque paste).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Run seed; each sample's generator is seeded by (seed, key).")
+@click.option(
+    "--compat",
+    type=click.Choice(COMPAT_MODES),
+    default="paper",
+    show_default=True,
+    help="'paper': size capped at the face, alpha paste; 'from': the authors' release (cap W-1 x H-1, opaque paste).",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Run seed; each sample's generator is seeded by (seed, key)."
+)
 @shard_output_options
 @click.option("--name", help="Dataset name (default: occ-<source folder name>).")
-@click.option("--K", "ks", type=click.IntRange(K_MIN, K_MAX), multiple=True,
-              help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.")
+@click.option(
+    "--K",
+    "ks",
+    type=click.IntRange(K_MIN, K_MAX),
+    multiple=True,
+    help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="loky", show_default=True,
-              help="Where shards are rendered: loky (-j processes here), dask (a dask.distributed cluster), ray.")
-@click.option("--scheduler", metavar="ADDRESS", help="With --backend dask: the scheduler of a running cluster "
-              "(tcp://host:8786); default: a local cluster of -j processes, started and stopped with the build.")
-@click.option("--address", metavar="ADDRESS", help="With --backend ray: the Ray cluster to join (auto, ray://host:10001); "
-              "default: a local one.")
-@click.option("--size", "face_size", metavar="HxW", help="Face size every input is brought to "
-              "(default: the first readable input's); inputs of another size are resized, with a warning.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="loky",
+    show_default=True,
+    help="Where shards are rendered: loky (-j processes here), dask (a dask.distributed cluster), ray.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="With --backend dask: the scheduler of a running cluster "
+    "(tcp://host:8786); default: a local cluster of -j processes, started and stopped with the build.",
+)
+@click.option(
+    "--address",
+    metavar="ADDRESS",
+    help="With --backend ray: the Ray cluster to join (auto, ray://host:10001); default: a local one.",
+)
+@click.option(
+    "--size",
+    "face_size",
+    metavar="HxW",
+    help="Face size every input is brought to "
+    "(default: the first readable input's); inputs of another size are resized, with a warning.",
+)
 @click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
-@click.option("--max-errors", default="1%", show_default=True, help="Exit with status 1 when more inputs than this "
-              "(a count N, or P% of the inputs) cannot be used; the build is finished and kept either way.")
-def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, categories, group, regions, pairs_file, both,
-              exclude_categories, compat, seed, jobs, shard_size, fmt, quality, out, manifests, name, ks, overwrite,
-              quiet, backend, scheduler, address, face_size, strict_size, max_errors) -> None:
+@click.option(
+    "--max-errors",
+    default="1%",
+    show_default=True,
+    help="Exit with status 1 when more inputs than this "
+    "(a count N, or P% of the inputs) cannot be used; the build is finished and kept either way.",
+)
+def build_cmd(
+    src,
+    root,
+    scales,
+    copies,
+    clean_ratio,
+    per_scale,
+    occluders,
+    categories,
+    group,
+    regions,
+    pairs_file,
+    both,
+    exclude_categories,
+    compat,
+    seed,
+    jobs,
+    shard_size,
+    fmt,
+    quality,
+    out,
+    manifests,
+    name,
+    ks,
+    overwrite,
+    quiet,
+    backend,
+    scheduler,
+    address,
+    face_size,
+    strict_size,
+    max_errors,
+) -> None:
     """Run Algorithm 1 over every input image and write shards plus manifests.
 
     \b
@@ -94,22 +200,38 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
     if both and not pairs_file:
         raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt")
     if regions and (per_scale or scales):
-        raise UserError("--regions fits each occluder to a fixed region box, so scales do not apply; drop "
-                        "--scales/--per-scale")
+        raise UserError(
+            "--regions fits each occluder to a fixed region box, so scales do not apply; drop --scales/--per-scale"
+        )
     if pairs_file and copies != 1:
         raise UserError("--pairs renders one clean and one occluded copy of each image it needs; drop --copies")
     scale_set = parse_scales(scales or ("1" if regions else "1:0.5:5"))
-    runs = [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,), None) for s in scale_set] \
-        if per_scale else [(f"{name}-{r}", scale_set, r) for r in REGIONS] if regions else [(name, scale_set, None)]
+    runs = (
+        [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,), None) for s in scale_set]
+        if per_scale
+        else [(f"{name}-{r}", scale_set, r) for r in REGIONS]
+        if regions
+        else [(name, scale_set, None)]
+    )
     pairs = read_pairs(pairs_file) if pairs_file else None
     failed: list[str] = []
     for run_name, run_scales, region in runs:
         opts = BuildOptions(
-            scales=run_scales, copies=copies, clean_ratio=clean_ratio, seed=seed, compat=compat, fmt=fmt,
-            quality=quality, shard_size=shard_size, occluders=str(occluders) if occluders else None,
+            scales=run_scales,
+            copies=copies,
+            clean_ratio=clean_ratio,
+            seed=seed,
+            compat=compat,
+            fmt=fmt,
+            quality=quality,
+            shard_size=shard_size,
+            occluders=str(occluders) if occluders else None,
             categories=group_categories(group) if group else _names(categories),
-            exclude=_names(exclude_categories) or (), clean_copies=1 if pairs else 0, region=region,
-            size=parse_size(face_size) if face_size else None, strict_size=strict_size,
+            exclude=_names(exclude_categories) or (),
+            clean_copies=1 if pairs else 0,
+            region=region,
+            size=parse_size(face_size) if face_size else None,
+            strict_size=strict_size,
         )
         rows, sample_picks = None, None
         if pairs:
@@ -120,8 +242,11 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
             with sigterm_interrupts():
                 result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
         except KeyboardInterrupt:
-            click.echo(f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
-                       "run the same command again to resume.", err=True)
+            click.echo(
+                f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
+                "run the same command again to resume.",
+                err=True,
+            )
             sys.exit(130)
         click.echo(result.summary.line("samples") + f" -> {out}/{run_name}-*.tar, {result.manifest_dir}")
         _report_inputs(result.manifest_dir, result.errors, result.warnings)
@@ -135,8 +260,11 @@ def build_cmd(src, root, scales, copies, clean_ratio, per_scale, occluders, cate
         if limit.exceeded(result.errors, result.inputs):
             failed.append(f"{run_name}: {result.errors} of {result.inputs} inputs could not be used")
     if failed:
-        click.echo(f"Error: more inputs failed than --max-errors {limit} allows ({'; '.join(failed)}); "
-                   "the reasons are in each manifest's errors.parquet", err=True)
+        click.echo(
+            f"Error: more inputs failed than --max-errors {limit} allows ({'; '.join(failed)}); "
+            "the reasons are in each manifest's errors.parquet",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -149,5 +277,7 @@ def _report_inputs(manifest_dir: Path, errors: int, warnings: int, show: int = 3
         rows = [r for r in table if r["kind"] == kind]
         if count:
             examples = "; ".join(f"{r['input']}: {r['reason']}" for r in rows[:show])
-            click.echo(f"{count} input{'s' if count != 1 else ''} {what} (see {manifest_dir}/errors.parquet), "
-                       f"e.g. {examples}", err=True)
+            click.echo(
+                f"{count} input{'s' if count != 1 else ''} {what} (see {manifest_dir}/errors.parquet), e.g. {examples}",
+                err=True,
+            )

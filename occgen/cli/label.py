@@ -10,20 +10,36 @@ import pyarrow as pa
 
 from occgen.cli import main
 from occgen.errors import UserError
-from occgen.report.card import refresh_card
 from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.occlude.render import COMPAT_MODES
+from occgen.report.card import refresh_card
 
 
 @main.command("label")
-@click.option("--K", "ks", type=click.IntRange(K_MIN, K_MAX), multiple=True, required=True,
-              help="Blocks per side (the face is split into K x K blocks); repeat for several K.")
-@click.option("--compat", type=click.Choice(COMPAT_MODES), default="paper", show_default=True,
-              help="'from' reproduces the authors' release bit for bit (last row and column dropped, 1e-10 in the "
-                   "union) and writes labels-kK-from.parquet.")
-@click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"),
-              show_default=True, help="Without MANIFEST: label every manifest in this folder that lacks the labels.")
+@click.option(
+    "--K",
+    "ks",
+    type=click.IntRange(K_MIN, K_MAX),
+    multiple=True,
+    required=True,
+    help="Blocks per side (the face is split into K x K blocks); repeat for several K.",
+)
+@click.option(
+    "--compat",
+    type=click.Choice(COMPAT_MODES),
+    default="paper",
+    show_default=True,
+    help="'from' reproduces the authors' release bit for bit (last row and column dropped, 1e-10 in the "
+    "union) and writes labels-kK-from.parquet.",
+)
+@click.option(
+    "--manifests",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("manifests"),
+    show_default=True,
+    help="Without MANIFEST: label every manifest in this folder that lacks the labels.",
+)
 @click.argument("manifest", type=click.Path(path_type=Path), required=False)
 def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | None) -> None:
     """Write MANIFEST/labels-kK.parquet (key, pattern, iou, reg_x0..reg_y1) for each K.
@@ -36,8 +52,9 @@ def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | No
         return
     found = sorted(p.parent for p in manifests.glob("*/samples.parquet")) if manifests.is_dir() else []
     if not found:
-        raise UserError(f"no manifests under {manifests}/ (folders with samples.parquet); pass a MANIFEST folder "
-                        "or --manifests DIR")
+        raise UserError(
+            f"no manifests under {manifests}/ (folders with samples.parquet); pass a MANIFEST folder or --manifests DIR"
+        )
     todo = {m: tuple(K for K in dict.fromkeys(ks) if not labels_path(m, K, compat).is_file()) for m in found}
     done = [m.name for m, missing in todo.items() if not missing]
     if done:
@@ -53,8 +70,10 @@ def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | No
 def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
     """Read the manifest's boxes once and write (and describe) the labels file of each K."""
     samples = read_samples(manifest)
-    click.echo(f"{manifest}: {len(samples.occluded):,} samples ({int(samples.occluded.sum()):,} occluded), "
-               f"{samples.height}x{samples.width} (HxW)")
+    click.echo(
+        f"{manifest}: {len(samples.occluded):,} samples ({int(samples.occluded.sum()):,} occluded), "
+        f"{samples.height}x{samples.width} (HxW)"
+    )
     for K in dict.fromkeys(ks):
         table = label_table(samples, K, compat)
         path = write_atomic(table, labels_path(manifest, K, compat))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from occgen.occlude.sources import open_source, read_bytes
 from occgen.cli import main
 from occgen.clicommon import shard_output_options
 from occgen.errors import UserError
 from occgen.images import decode_array
+from occgen.occlude.sources import open_source, read_bytes
 from occgen.report.card import command_line, write_card
 from occgen.report.preview import png_bytes
 from occgen.sets.pairs import describe, read_pairs, write_pairs
@@ -20,16 +20,24 @@ from occgen.writer import atomic_write
 
 @main.command("partial")
 @click.option("--src", required=True, help="Aligned faces (112x96 or 112x112), as build's --src.")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to.")
-@click.option("--pairs", "pairs_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="LFW-style pairs list (e.g. LFW view 2's pairs.txt).")
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to."
+)
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="LFW-style pairs list (e.g. LFW view 2's pairs.txt).",
+)
 @click.option("--centered", is_flag=True, help="Move each part's landmark to the image centre (default: in place).")
 @shard_output_options
 @click.option("--name", help="Dataset name (default: partial-<source folder name>[-centered]).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def partial(src, root, pairs_file, centered, jobs, shard_size, fmt, quality, out, manifests, name, overwrite,
-            quiet) -> None:
+def partial(
+    src, root, pairs_file, centered, jobs, shard_size, fmt, quality, out, manifests, name, overwrite, quiet
+) -> None:
     """Crop rectangles around the left eye, right eye, nose and mouth at nine sizes (PartialLFW's geometry scaled
     to our template), fill the rest with grey 128, and write shards, pairs.parquet for the protocols holistic,
     partial-holistic, partial-same and partial-cross, a contact sheet and the dataset card.
@@ -51,9 +59,11 @@ def partial(src, root, pairs_file, centered, jobs, shard_size, fmt, quality, out
     face = decode_array(read_bytes(source.root, first), first)
     template = template_of((face.shape[1], face.shape[0]))
     area = area_range(template)
-    click.echo(f"  kept area: {100 * area['visible_min']:.1f}% to {100 * area['visible_max']:.1f}% of the "
-               f"{template.name} crop ({100 * area['reference_min']:.1f}% to {100 * area['reference_max']:.1f}% of "
-               "PartialLFW's 160x160 face at the same scale; they report 9% to 73.7%)")
+    click.echo(
+        f"  kept area: {100 * area['visible_min']:.1f}% to {100 * area['visible_max']:.1f}% of the "
+        f"{template.name} crop ({100 * area['reference_min']:.1f}% to {100 * area['reference_max']:.1f}% of "
+        "PartialLFW's 160x160 face at the same scale; they report 9% to 73.7%)"
+    )
     sheet = result.manifest_dir / "partial.png"
     atomic_write(sheet, png_bytes(parts_sheet(face, centered, f"{name}: {first}, parts x factors 0.10..0.50")))
     click.echo(f"  contact sheet -> {sheet}")

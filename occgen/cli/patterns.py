@@ -43,8 +43,12 @@ def draw_sheet(K: int, height: int, width: int) -> Image.Image:
 @main.command("patterns")
 @click.option("--K", "k", type=click.IntRange(K_MIN, K_MAX), required=True, help="Blocks per side.")
 @click.option("--size", default="112x96", show_default=True, help="Face size as HEIGHTxWIDTH.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG sheet to write [default: patterns-kK-HxW.png].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG sheet to write [default: patterns-kK-HxW.png].",
+)
 def patterns(k: int, size: str, out: Path | None) -> None:
     """Print the number of occlusion patterns for K and write a PNG sheet of them in label order."""
     height, width = parse_size(size)
@@ -53,7 +57,8 @@ def patterns(k: int, size: str, out: Path | None) -> None:
     if out.parent and not out.parent.is_dir():
         raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
     sheet.save(out)
-    click.echo(f"K={k} on {height}x{width} (HxW): {num_patterns(k)} patterns "
-               f"({num_patterns(k) - 1} block rectangles + clean)")
+    click.echo(
+        f"K={k} on {height}x{width} (HxW): {num_patterns(k)} patterns ({num_patterns(k) - 1} block rectangles + clean)"
+    )
     click.echo(f"  x edges {block_edges(k, width).tolist()}, y edges {block_edges(k, height).tolist()}")
     click.echo(f"  sheet -> {out}")

@@ -14,18 +14,35 @@ from occgen.writer import atomic_write
 
 @main.command("preview")
 @click.argument("manifest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the sheets [default: MANIFEST/preview].")
-@click.option("-n", "--samples", "per_group", default=24, show_default=True, type=click.IntRange(min=1),
-              help="Random samples per scale.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the sheets [default: MANIFEST/preview].",
+)
+@click.option(
+    "-n",
+    "--samples",
+    "per_group",
+    default=24,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Random samples per scale.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Which random samples.")
 @click.option("--boxes", is_flag=True, help="Outline each sample's occluded box.")
-@click.option("--grid", "K", type=click.IntRange(K_MIN, K_MAX), default=None,
-              help="Draw the K x K block grid and shade the sample's labelled pattern.")
+@click.option(
+    "--grid",
+    "K",
+    type=click.IntRange(K_MIN, K_MAX),
+    default=None,
+    help="Draw the K x K block grid and shade the sample's labelled pattern.",
+)
 @click.option("--zoom", default=2, show_default=True, type=click.IntRange(1, 8), help="Enlarge each face this much.")
 @click.option("--cols", default=8, show_default=True, type=click.IntRange(min=1), help="Faces per row.")
-def preview(manifest: Path, out: Path | None, per_group: int, seed: int, boxes: bool, K: int | None, zoom: int,
-            cols: int) -> None:
+def preview(
+    manifest: Path, out: Path | None, per_group: int, seed: int, boxes: bool, K: int | None, zoom: int, cols: int
+) -> None:
     """Write one PNG contact sheet per scale (sheet-s=2.png, ..., sheet-clean.png) of MANIFEST's samples.
 
     \b

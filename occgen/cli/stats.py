@@ -14,8 +14,12 @@ from occgen.writer import atomic_write, json_bytes
 
 @main.command("stats")
 @click.argument("manifest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for stats.json and the PNG plots [default: MANIFEST/stats].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for stats.json and the PNG plots [default: MANIFEST/stats].",
+)
 def stats_cmd(manifest: Path, out: Path | None) -> None:
     """Occluded area per scale (mean and median, box and pixel), counts per occluder category, identity and
     shard, and pattern histograms of every labels file: stats.json, PNG plots, and a table here.

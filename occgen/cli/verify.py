@@ -8,17 +8,27 @@ from pathlib import Path
 
 import click
 
-from occgen.occlude.verify import PROBLEMS, repair, verify
 from occgen.cli import main
+from occgen.occlude.verify import PROBLEMS, repair, verify
 from occgen.runner import default_jobs
 
 
 @main.command("verify")
 @click.argument("manifest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--repair", "fix", is_flag=True, help="Rebuild the missing, truncated or altered shards from the "
-              "build's inputs (byte-identical to the originals).")
-@click.option("-j", "--jobs", default=default_jobs(), show_default="all cores", type=click.IntRange(min=1),
-              help="Worker processes.")
+@click.option(
+    "--repair",
+    "fix",
+    is_flag=True,
+    help="Rebuild the missing, truncated or altered shards from the build's inputs (byte-identical to the originals).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    default=default_jobs(),
+    show_default="all cores",
+    type=click.IntRange(min=1),
+    help="Worker processes.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def verify_cmd(manifest: Path, fix: bool, jobs: int, quiet: bool) -> None:
     """Re-read every shard of MANIFEST (a folder made by `occgen build`, e.g. manifests/occ-lfw) and check sample
@@ -32,8 +42,10 @@ def verify_cmd(manifest: Path, fix: bool, jobs: int, quiet: bool) -> None:
         click.echo(check.line())
     counts = Counter(c.problem for c in bad)
     found = ", ".join(f"{counts[p]} {p}" for p in PROBLEMS if counts[p])
-    click.echo(f"verify {manifest.name}: {len(checks)} shards, {sum(c.samples for c in checks):,} samples: "
-               + (f"{len(bad)} bad ({found})" if bad else "all intact"))
+    click.echo(
+        f"verify {manifest.name}: {len(checks)} shards, {sum(c.samples for c in checks):,} samples: "
+        + (f"{len(bad)} bad ({found})" if bad else "all intact")
+    )
     if bad and fix:
         still = [c for c in repair(manifest, bad, jobs, quiet) if not c.ok]
         for check in still:

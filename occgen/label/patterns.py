@@ -223,7 +223,7 @@ class _Buffers:
     priority: np.ndarray  # (Q*Q, n) int16, constant: lay.priority down each column
 
     @classmethod
-    def make(cls, lay: _Layout, n: int) -> "_Buffers":
+    def make(cls, lay: _Layout, n: int) -> _Buffers:
         cells = len(lay.area)
         return cls(
             np.empty((cells, n)),

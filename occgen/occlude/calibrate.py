@@ -24,8 +24,15 @@ TARGETS: dict[float, float] = {1.0: 0.1876, 2.0: 0.4309, 3.0: 0.5200}
 #: masks, glasses and mouth masks by analogy (eye band, narrower frames, the lower face between the cheeks).
 #: Categories not listed (a user's "hat") get the geometric mean area of these.
 BASE_SIZE: dict[str, tuple[int, int]] = {
-    "book_cover": (63, 77), "cup": (42, 49), "eye_mask": (74, 32), "eyeglasses": (68, 26), "hand": (60, 80),
-    "mouth_mask": (60, 42), "phone": (35, 63), "scarf": (98, 49), "sunglasses": (70, 28),
+    "book_cover": (63, 77),
+    "cup": (42, 49),
+    "eye_mask": (74, 32),
+    "eyeglasses": (68, 26),
+    "hand": (60, 80),
+    "mouth_mask": (60, 42),
+    "phone": (35, 63),
+    "scarf": (98, 49),
+    "sunglasses": (70, 28),
 }
 
 
@@ -36,8 +43,9 @@ class Fit:
     achieved: dict[float, float]  # expected clipped-box fraction per target scale
 
 
-def sizes_for(shapes: Sequence[tuple[str, float]], base: Mapping[str, tuple[int, int]], factor: float,
-              spread: float) -> list[tuple[int, int]]:
+def sizes_for(
+    shapes: Sequence[tuple[str, float]], base: Mapping[str, tuple[int, int]], factor: float, spread: float
+) -> list[tuple[int, int]]:
     """Each file's (w, h): its own aspect ratio w/h, and its category's area under (factor, spread)."""
     areas = {c: w * h for c, (w, h) in base.items()}
     ref = math.exp(sum(math.log(a) for a in areas.values()) / len(areas))
@@ -48,9 +56,12 @@ def sizes_for(shapes: Sequence[tuple[str, float]], base: Mapping[str, tuple[int,
     return out
 
 
-def calibrate(shapes: Sequence[tuple[str, float]], base: Mapping[str, tuple[int, int]] = BASE_SIZE,
-              targets: Mapping[float, float] = TARGETS, face: tuple[int, int] = REFERENCE_FACE,
-              ) -> tuple[list[tuple[int, int]], Fit]:
+def calibrate(
+    shapes: Sequence[tuple[str, float]],
+    base: Mapping[str, tuple[int, int]] = BASE_SIZE,
+    targets: Mapping[float, float] = TARGETS,
+    face: tuple[int, int] = REFERENCE_FACE,
+) -> tuple[list[tuple[int, int]], Fit]:
     """Fit (factor, spread) so the exact expected clipped-box fraction meets every target; spread stays in
     [0.5, 1.5] so the categories keep plausible relative sizes. Grid search, then a finer grid around the best:
     the objective is a step function of the rounded sizes, so no gradient method applies."""

@@ -7,7 +7,7 @@ library against them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from occgen.occlude.occluders import REFERENCE_FACE
 from occgen.occlude.render import Compat, scaled_size
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mean_clipped_length(n: int, compat: Compat) -> np.ndarray:
     """Entry L: the mean length, over all n centres, of a length-L span placed as render.place does and
     clipped to the image; index 0 is unused."""

@@ -21,7 +21,9 @@ _SUPER = 4  # draw at 4x and downsample: antialiased edges
 
 def items() -> list[tuple[str, str]]:
     """(relative path, identity name) of every demo image, sorted."""
-    return [(f"person{i:02d}/{j:04d}.png", f"person{i:02d}") for i in range(IDENTITIES) for j in range(IMAGES_PER_IDENTITY)]
+    return [
+        (f"person{i:02d}/{j:04d}.png", f"person{i:02d}") for i in range(IDENTITIES) for j in range(IMAGES_PER_IDENTITY)
+    ]
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -57,8 +59,10 @@ def face(identity: int, index: int) -> Image.Image:
         d.ellipse(box(ex, 51.6, 7, 4), fill=(245, 245, 245))
         d.ellipse(box(ex, 51.6, 3, 3), fill=iris)
         d.line([(ex + dx - 8) * s, (43 + dy) * s, (ex + dx + 8) * s, (42 + dy) * s], fill=hair, width=2 * s)
-    d.polygon([((48 + dx) * s, (58 + dy) * s), ((43 + dx) * s, (73 + dy) * s), ((53 + dx) * s, (73 + dy) * s)],
-              fill=tuple(int(v * 0.85) for v in skin_c))
+    d.polygon(
+        [((48 + dx) * s, (58 + dy) * s), ((43 + dx) * s, (73 + dy) * s), ((53 + dx) * s, (73 + dy) * s)],
+        fill=tuple(int(v * 0.85) for v in skin_c),
+    )
     d.chord(box(48, 88, 14, 4 + max(smile, 0)), 0, 180, fill=(150, 40, 50))
     img = img.resize(SIZE, Image.Resampling.LANCZOS).filter(ImageFilter.GaussianBlur(0.4))
     noise = shot.normal(0, 4, (SIZE[1], SIZE[0], 3))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
+
 from PIL import Image
 
 from occgen.errors import UserError
@@ -23,7 +24,15 @@ from occgen.occlude.render import Compat, ScaledOccluder
 
 #: The nine FROM categories (PDSN folder names).
 CATEGORIES: tuple[str, ...] = (
-    "book_cover", "cup", "eye_mask", "eyeglasses", "hand", "mouth_mask", "phone", "scarf", "sunglasses",
+    "book_cover",
+    "cup",
+    "eye_mask",
+    "eyeglasses",
+    "hand",
+    "mouth_mask",
+    "phone",
+    "scarf",
+    "sunglasses",
 )
 
 
@@ -103,7 +112,9 @@ def _listed_files(root: Path) -> list[str]:
             raise UserError(f"{listing}: {flat[0]!r} is not in a category folder; list files as <category>/NNNN.png")
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
-            raise UserError(f"{listing}: lists {len(missing)} missing file(s), e.g. {missing[0]!r}; fix the list or the folder")
+            raise UserError(
+                f"{listing}: lists {len(missing)} missing file(s), e.g. {missing[0]!r}; fix the list or the folder"
+            )
         return names
     return sorted(
         p.relative_to(root).as_posix()
@@ -154,24 +165,31 @@ def load_library(
         raise UserError(f"occluder folder {root} does not exist; pass --occluders DIR with <category>/NNNN.png files")
     names = _listed_files(root)
     if not names:
-        raise UserError(f"no occluder images in {root}; expected <category>/NNNN.png files "
-                        "(or an occluder.txt listing them)")
+        raise UserError(
+            f"no occluder images in {root}; expected <category>/NNNN.png files (or an occluder.txt listing them)"
+        )
     present = {n.split("/")[0] for n in names}
     for label, chosen in (("--categories", categories or ()), ("--exclude-categories", exclude)):
         unknown = sorted(set(chosen) - present)
         if unknown:
-            raise UserError(f"{label}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
-                            f"{root} has {', '.join(sorted(present)) or 'none'}")
+            raise UserError(
+                f"{label}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                f"{root} has {', '.join(sorted(present)) or 'none'}"
+            )
     keep = [n for n in names if (not categories or n.split("/")[0] in categories) and n.split("/")[0] not in exclude]
     if not keep:
-        raise UserError(f"--categories/--exclude-categories leave no occluders of {root}; keep at least one of "
-                        f"{', '.join(sorted(present))}")
+        raise UserError(
+            f"--categories/--exclude-categories leave no occluders of {root}; keep at least one of "
+            f"{', '.join(sorted(present))}"
+        )
     sizes = _read_catalog(root)
     uncatalogued = [n for n in keep if sizes and n not in sizes]
     if uncatalogued:
-        raise UserError(f"{root / 'catalog.csv'} has no row for {uncatalogued[0]!r} "
-                        f"({len(uncatalogued)} file(s) in all); add their width and height, or remove the catalog "
-                        "to use native pixel sizes")
+        raise UserError(
+            f"{root / 'catalog.csv'} has no row for {uncatalogued[0]!r} "
+            f"({len(uncatalogued)} file(s) in all); add their width and height, or remove the catalog "
+            "to use native pixel sizes"
+        )
     occluders = []
     for name in keep:
         rgba = _read_occluder(root / name)

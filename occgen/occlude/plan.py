@@ -34,7 +34,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
         else:
             values = [float(p) for p in text.split(",")]
     except ValueError:
-        raise UserError(f"--scales {text!r}: give start:step:stop (1:0.5:5), a list (1,1.5,2) or one number (2.0)") from None
+        raise UserError(
+            f"--scales {text!r}: give start:step:stop (1:0.5:5), a list (1,1.5,2) or one number (2.0)"
+        ) from None
     if not values or any(not np.isfinite(v) or v <= 0 for v in values):
         raise UserError(f"--scales {text}: scales must be positive numbers")
     return tuple(sorted(set(values)))

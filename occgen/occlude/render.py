@@ -42,7 +42,9 @@ class Box:
         return (self.x0, self.y0, self.x1, self.y1)
 
 
-def scaled_size(size: tuple[int, int], scale: float, face: tuple[int, int], compat: Compat = "paper") -> tuple[int, int]:
+def scaled_size(
+    size: tuple[int, int], scale: float, face: tuple[int, int], compat: Compat = "paper"
+) -> tuple[int, int]:
     """Size of the occluder after step 2 of Algorithm 1, capped at the face size (W, H)."""
     (w, h), (W, H) = size, face
     if compat == "from":
@@ -50,7 +52,9 @@ def scaled_size(size: tuple[int, int], scale: float, face: tuple[int, int], comp
     return max(1, min(W, round(scale * w))), max(1, min(H, round(scale * h)))
 
 
-def place(center: tuple[int, int], size: tuple[int, int], face: tuple[int, int], compat: Compat = "paper") -> tuple[Box, Box]:
+def place(
+    center: tuple[int, int], size: tuple[int, int], face: tuple[int, int], compat: Compat = "paper"
+) -> tuple[Box, Box]:
     """Steps 3-4: the raw box of a (w, h) occluder centred at (cx, cy), and that box clipped to the face."""
     (cx, cy), (w, h), (W, H) = center, size, face
     x0, y0 = cx - w // 2, cy - h // 2
@@ -93,7 +97,7 @@ class ScaledOccluder:
         """Paste in place over ``region`` of ``face`` (H x W x 3 uint8); ``origin`` is the raw box's corner."""
         ox, oy = region.x0 - origin[0], region.y0 - origin[1]
         local = (slice(oy, oy + region.y1 - region.y0), slice(ox, ox + region.x1 - region.x0))
-        target = face[region.y0:region.y1, region.x0:region.x1]
+        target = face[region.y0 : region.y1, region.x0 : region.x1]
         if self._blend is None:
             target[...] = self.rgb[local]
         else:

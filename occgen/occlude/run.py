@@ -15,8 +15,8 @@ import contextlib
 import glob
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,22 @@ from occgen.images import FORMATS, decode_array, encode, resize
 from occgen.occlude.occluders import OccluderLibrary, load_library
 from occgen.occlude.plan import draw, sample_key, sample_seed
 from occgen.occlude.render import Compat, occlude, scaled_size
-from occgen.runner import Backend, Summary, parallel_map
 from occgen.occlude.sources import Item, Source, read_bytes
+from occgen.runner import Backend, Summary, parallel_map
 from occgen.sets.regions import fit_region
 from occgen.writer import (
-    ERRORS_SCHEMA, SAMPLES_SCHEMA, atomic_write, exclusive, json_bytes, parquet_bytes, remove_temporaries, sha256,
-    ShardPlace, write_shard,
+    ERRORS_SCHEMA,
+    SAMPLES_SCHEMA,
+    ShardPlace,
+    atomic_write,
+    exclusive,
+    json_bytes,
+    parquet_bytes,
+    remove_temporaries,
+    sha256,
+    write_shard,
 )
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -95,8 +104,9 @@ def _library(task: ShardTask) -> OccluderLibrary:
     return _LIBRARIES[digest]
 
 
-def occlude_sample(face: np.ndarray, seed: int, opts: BuildOptions, lib: OccluderLibrary, clean: bool = False
-                   ) -> tuple[np.ndarray, dict[str, Any]]:
+def occlude_sample(
+    face: np.ndarray, seed: int, opts: BuildOptions, lib: OccluderLibrary, clean: bool = False
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Algorithm 1 for one sample: draw its choices from its seed and paste (never, when ``clean``). Returns the
     face (a new array when occluded) and its geometry columns. The offline build and fromnet's online occlusion
     both call this."""
@@ -112,23 +122,42 @@ def occlude_sample(face: np.ndarray, seed: int, opts: BuildOptions, lib: Occlude
         result = occlude(face, lib.scaled(choice.occluder, size, opts.compat), center)
         face = result.image
         row.update(
-            scale=choice.scale, occluder=occ.name, occluder_category=occ.category,
-            center_x=center[0], center_y=center[1],
-            raw_x0=result.raw_box.x0, raw_y0=result.raw_box.y0, raw_x1=result.raw_box.x1, raw_y1=result.raw_box.y1,
-            box_x0=result.box.x0, box_y0=result.box.y0, box_x1=result.box.x1, box_y1=result.box.y1,
-            box_area_ratio=result.box.area / (W * H), pixel_area_ratio=result.pixel_area / (W * H),
+            scale=choice.scale,
+            occluder=occ.name,
+            occluder_category=occ.category,
+            center_x=center[0],
+            center_y=center[1],
+            raw_x0=result.raw_box.x0,
+            raw_y0=result.raw_box.y0,
+            raw_x1=result.raw_box.x1,
+            raw_y1=result.raw_box.y1,
+            box_x0=result.box.x0,
+            box_y0=result.box.y0,
+            box_x1=result.box.x1,
+            box_y1=result.box.y1,
+            box_area_ratio=result.box.area / (W * H),
+            pixel_area_ratio=result.pixel_area / (W * H),
         )
     return face, row
 
 
-def render_sample(face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions,
-                  lib: OccluderLibrary) -> tuple[dict[str, Any], bytes]:
+def render_sample(
+    face: np.ndarray, key: str, seed: int, item: Item, copy: int, shard: str, opts: BuildOptions, lib: OccluderLibrary
+) -> tuple[dict[str, Any], bytes]:
     """One sample: draw its choices, run Algorithm 1, encode. Returns its manifest row and image bytes."""
     H, W = face.shape[:2]
     face, geometry = occlude_sample(face, seed, opts, lib, clean=copy < opts.clean_copies)
     row: dict[str, Any] = {
-        "key": key, "shard": shard, "identity": item.identity, "identity_name": item.identity_name,
-        "src": item.rel, "copy": copy, "occluded": geometry.pop("occluded"), "seed": seed, "width": W, "height": H,
+        "key": key,
+        "shard": shard,
+        "identity": item.identity,
+        "identity_name": item.identity_name,
+        "src": item.rel,
+        "copy": copy,
+        "occluded": geometry.pop("occluded"),
+        "seed": seed,
+        "width": W,
+        "height": H,
         "format": opts.fmt,
     }
     row.update(geometry)
@@ -158,7 +187,9 @@ def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | No
     return resize(face, want), f"resized from {got[0]}x{got[1]} to {want[0]}x{want[1]}"
 
 
-def _render_samples(task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
+def _render_samples(
+    task: ShardTask, rows: list[dict[str, Any]], errors: list[dict[str, str]]
+) -> Iterator[dict[str, Any]]:
     """The shard's WebDataset samples, appending each manifest row and each unusable or fixed input as it goes."""
     library = _library(task)
     face, face_rel = None, None
@@ -183,12 +214,23 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     parts = [task.manifest_dir / table / f"{task.shard}.parquet" for table in ("samples.parquet", "errors.parquet")]
-    ok = task.tar_path.is_file() and task.tar_path.stat().st_size == stats.get("bytes") and all(p.is_file() for p in parts)
+    ok = (
+        task.tar_path.is_file()
+        and task.tar_path.stat().st_size == stats.get("bytes")
+        and all(p.is_file() for p in parts)
+    )
     return stats if ok else None
 
 
-def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions,
-                library: OccluderLibrary, picks: Sequence[tuple[Item, int]] | None = None) -> list[ShardTask]:
+def plan_shards(
+    source: Source,
+    name: str,
+    out: Path,
+    manifest_dir: Path,
+    opts: BuildOptions,
+    library: OccluderLibrary,
+    picks: Sequence[tuple[Item, int]] | None = None,
+) -> list[ShardTask]:
     """Cut the ordered samples (inputs sorted, copies inner; or the given (item, copy) picks) into shard tasks,
     with absolute paths."""
     picks = picks if picks is not None else [(item, copy) for item in source.items for copy in range(opts.copies)]
@@ -199,24 +241,40 @@ def plan_shards(source: Source, name: str, out: Path, manifest_dir: Path, opts: 
     n = opts.shard_size
     out, manifest_dir, root = out.absolute(), manifest_dir.absolute(), source.root and source.root.absolute()
     return [
-        ShardTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, root, tuple(samples[i:i + n]),
-                  opts, library.digest, library.root.absolute())
+        ShardTask(
+            i // n,
+            name,
+            out / f"{name}-{i // n:06d}.tar",
+            manifest_dir,
+            root,
+            tuple(samples[i : i + n]),
+            opts,
+            library.digest,
+            library.root.absolute(),
+        )
         for i in range(0, len(samples), n)
     ]
 
 
-def fingerprint(source: Source, library: OccluderLibrary, opts: BuildOptions,
-                picks: Sequence[tuple[Item, int]] | None = None) -> dict[str, Any]:
+def fingerprint(
+    source: Source, library: OccluderLibrary, opts: BuildOptions, picks: Sequence[tuple[Item, int]] | None = None
+) -> dict[str, Any]:
     """What a resumed build must share with the first run: inputs (and picked samples), occluders, options."""
     listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
     if picks is not None:
         listing += "\npicks:\n" + "\n".join(f"{it.rel}\t{copy}" for it, copy in picks)
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
-    return {"occgen": __version__, "src": source.spec, "inputs": len(source.items),
-            "inputs_sha256": sha256(listing.encode()), "occluders_sha256": library.digest,
-            "options": opts_dict, "src_path": str(source.path) if source.path else None,  # where `occgen verify
-            "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
-            "occluders_path": str(library.root.absolute())}
+    return {
+        "occgen": __version__,
+        "src": source.spec,
+        "inputs": len(source.items),
+        "inputs_sha256": sha256(listing.encode()),
+        "occluders_sha256": library.digest,
+        "options": opts_dict,
+        "src_path": str(source.path) if source.path else None,  # where `occgen verify
+        "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
+        "occluders_path": str(library.root.absolute()),
+    }
 
 
 def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
@@ -225,11 +283,20 @@ def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, An
     if build_json.is_file() and not overwrite:
         previous = json.loads(build_json.read_text())
         changed = [f"option {k}" for k, v in fingerprint["options"].items() if previous.get("options", {}).get(k) != v]
-        changed += [what for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"),
-                                           ("occgen", "occgen version")) if previous.get(key) != fingerprint[key]]
+        changed += [
+            what
+            for key, what in (
+                ("inputs_sha256", "input images"),
+                ("occluders_sha256", "occluder images"),
+                ("occgen", "occgen version"),
+            )
+            if previous.get(key) != fingerprint[key]
+        ]
         if changed:
-            raise UserError(f"{manifest_dir} holds a build of {name} with other {', '.join(changed)}; "
-                            "rerun with --overwrite to replace it, or choose another --name")
+            raise UserError(
+                f"{manifest_dir} holds a build of {name} with other {', '.join(changed)}; "
+                "rerun with --overwrite to replace it, or choose another --name"
+            )
     if overwrite and manifest_dir.is_dir():
         for old in manifest_dir.iterdir():
             if old.name != LOCK:
@@ -254,9 +321,18 @@ def shard_files(name: str) -> str:
     return f"{glob.escape(name)}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
 
 
-def build(source: Source, name: str, out: Path, manifests: Path, opts: BuildOptions, jobs: int,
-          overwrite: bool = False, quiet: bool = False, picks: Sequence[tuple[Item, int]] | None = None,
-          backend: Backend = Backend()) -> BuildResult:
+def build(
+    source: Source,
+    name: str,
+    out: Path,
+    manifests: Path,
+    opts: BuildOptions,
+    jobs: int,
+    overwrite: bool = False,
+    quiet: bool = False,
+    picks: Sequence[tuple[Item, int]] | None = None,
+    backend: Backend = Backend(),
+) -> BuildResult:
     """Build (or finish building) dataset ``name``; returns per-shard stats and the run summary.
 
     ``picks`` (item, copy) replaces the default samples (every input times ``copies``): a pairs set renders
@@ -283,10 +359,22 @@ def _remove_temporaries(manifest_dir: Path, out: Path, name: str) -> None:
     remove_temporaries(out, f".{shard_files(name)}.tmp-*")
 
 
-def _run(source: Source, name: str, out: Path, manifest_dir: Path, opts: BuildOptions, library: OccluderLibrary,
-         jobs: int, quiet: bool, picks: Sequence[tuple[Item, int]] | None, backend: Backend) -> BuildResult:
-    atomic_write(manifest_dir / "errors.parquet" / "listing.parquet", parquet_bytes(
-        [{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA))
+def _run(
+    source: Source,
+    name: str,
+    out: Path,
+    manifest_dir: Path,
+    opts: BuildOptions,
+    library: OccluderLibrary,
+    jobs: int,
+    quiet: bool,
+    picks: Sequence[tuple[Item, int]] | None,
+    backend: Backend,
+) -> BuildResult:
+    atomic_write(
+        manifest_dir / "errors.parquet" / "listing.parquet",
+        parquet_bytes([{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA),
+    )
     result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
     tasks = plan_shards(source, name, out, manifest_dir, opts, library, picks)

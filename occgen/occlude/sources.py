@@ -14,10 +14,10 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from occgen.occlude import demo
-from occgen.occlude.plan import sample_key
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS
+from occgen.occlude import demo
+from occgen.occlude.plan import sample_key
 
 #: Config files that register named sources (first found wins), INI sections like ``[webface] path = ...``.
 CONFIG_ENV = "OCCGEN_SOURCES"
@@ -54,8 +54,9 @@ def read_bytes(root: Path | None, rel: str) -> bytes:
         raise UserError(f"{rel}: cannot read ({exc.strerror})") from None
 
 
-def _labelled(spec: str, root: Path | None, pairs: list[tuple[str, str]], skipped: list[tuple[str, str]],
-              path: Path | None = None) -> Source:
+def _labelled(
+    spec: str, root: Path | None, pairs: list[tuple[str, str]], skipped: list[tuple[str, str]], path: Path | None = None
+) -> Source:
     """Number identity names contiguously in sorted order (numerically when all are integers). Of inputs whose
     sample keys would coincide, the first is kept and the others are recorded."""
     first: dict[str, str] = {}
@@ -117,8 +118,11 @@ def from_tree(root: Path, spec: str | None = None) -> Source:
                 else:
                     walk(Path(entry.path), rel, {**ancestors, (st.st_dev, st.st_ino): rel})
             elif not is_file:
-                why = "broken symlink (its target does not exist)" if entry.is_symlink() and not os.path.exists(entry.path) \
+                why = (
+                    "broken symlink (its target does not exist)"
+                    if entry.is_symlink() and not os.path.exists(entry.path)
                     else "not a regular file"
+                )
                 skipped.append((rel, why))
             elif not rel_dir:
                 skipped.append((rel, "file is not inside an <identity>/ folder"))
@@ -129,8 +133,10 @@ def from_tree(root: Path, spec: str | None = None) -> Source:
     walk(root, "", {(st.st_dev, st.st_ino): ""})
     pairs.sort()
     if not pairs:
-        raise UserError(f"--src {root}: no images found; expected <identity>/<image> files "
-                        f"({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})")
+        raise UserError(
+            f"--src {root}: no images found; expected <identity>/<image> files "
+            f"({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})"
+        )
     return _labelled(spec or str(root), root, pairs, skipped, root)
 
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from occgen.occlude.occluders import load_library
-from occgen.occlude.run import LOCK, BuildOptions, fingerprint as build_fingerprint, plan_shards, render_shard
-from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.errors import UserError
+from occgen.occlude.occluders import load_library
+from occgen.occlude.run import LOCK, BuildOptions, plan_shards, render_shard
+from occgen.occlude.run import fingerprint as build_fingerprint
+from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.runner import parallel_map
 from occgen.writer import exclusive
 
@@ -58,13 +59,16 @@ def read_index(manifest_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]
     try:
         fingerprint = json.loads((manifest_dir / "build.json").read_text())
     except (OSError, ValueError):
-        raise UserError(f"{manifest_dir}: no readable build.json; give a folder made by `occgen build` "
-                        "(manifests/NAME)") from None
+        raise UserError(
+            f"{manifest_dir}: no readable build.json; give a folder made by `occgen build` (manifests/NAME)"
+        ) from None
     try:
         shards = json.loads((manifest_dir / "shards.json").read_text())["shards"]
     except (OSError, ValueError, KeyError):
-        raise UserError(f"{manifest_dir}: no readable shards.json, so the build has not finished; run the same "
-                        "`occgen build` command again to finish it") from None
+        raise UserError(
+            f"{manifest_dir}: no readable shards.json, so the build has not finished; run the same "
+            "`occgen build` command again to finish it"
+        ) from None
     return fingerprint, shards
 
 
@@ -77,8 +81,12 @@ def check_shard(task: _Task) -> ShardCheck:
     except (OSError, ValueError) as exc:
         return ShardCheck(shard, stats["samples"], "missing", f"manifest part {part.name} unreadable: {exc}")
     if len(rows) != stats["samples"]:
-        return ShardCheck(shard, stats["samples"], "altered",
-                          f"manifest part has {len(rows)} rows, shards.json says {stats['samples']} samples")
+        return ShardCheck(
+            shard,
+            stats["samples"],
+            "altered",
+            f"manifest part has {len(rows)} rows, shards.json says {stats['samples']} samples",
+        )
     tar_path = Path(os.path.normpath(task.manifest_dir / stats["path"]))
     try:
         data = tar_path.read_bytes()
@@ -119,8 +127,9 @@ def verify(manifest_dir: Path, jobs: int = 1, quiet: bool = True) -> list[ShardC
     fingerprint, shards = read_index(manifest_dir)
     fmt = fingerprint["options"]["fmt"]
     tasks = [_Task(manifest_dir, stats, fmt) for stats in shards]
-    return list(parallel_map(check_shard, tasks, jobs, f"verify {manifest_dir.name}", [s["samples"] for s in shards],
-                             quiet))
+    return list(
+        parallel_map(check_shard, tasks, jobs, f"verify {manifest_dir.name}", [s["samples"] for s in shards], quiet)
+    )
 
 
 def _reopen(fingerprint: dict[str, Any]) -> Source:
@@ -129,8 +138,10 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
         return open_source("demo")
     path, root = fingerprint.get("src_path"), fingerprint.get("root")
     if not path or not Path(path).exists():
-        raise UserError(f"cannot repair: the build's inputs ({path or fingerprint['src']}) are not there; "
-                        "rebuild with `occgen build ... --overwrite`")
+        raise UserError(
+            f"cannot repair: the build's inputs ({path or fingerprint['src']}) are not there; "
+            "rebuild with `occgen build ... --overwrite`"
+        )
     path = Path(path)
     return from_tree(path, fingerprint["src"]) if path.is_dir() else from_list(path, Path(root), fingerprint["src"])
 
@@ -144,26 +155,35 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
     with exclusive(manifest_dir / LOCK, f"a build of {name} is running on {manifest_dir}; wait for it to end"):
         fingerprint, shards = read_index(manifest_dir)
         if fingerprint["options"].get("kind") == "partial" or (manifest_dir / "pairs.parquet").exists():
-            raise UserError(f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
-                            "partial set: run the command that made it again with --overwrite")
+            raise UserError(
+                f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
+                "partial set: run the command that made it again with --overwrite"
+            )
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
         opts = BuildOptions(**options)
         library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)
         source = _reopen(fingerprint)
         now = build_fingerprint(source, library, opts)
-        changed = [what for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"))
-                   if now[key] != fingerprint[key]]
+        changed = [
+            what
+            for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"))
+            if now[key] != fingerprint[key]
+        ]
         if changed:
-            raise UserError(f"cannot repair {name}: its {' and '.join(changed)} changed since it was built, so "
-                            "rebuilt shards would differ; rebuild it with `occgen build ... --overwrite`")
+            raise UserError(
+                f"cannot repair {name}: its {' and '.join(changed)} changed since it was built, so "
+                "rebuilt shards would differ; rebuild it with `occgen build ... --overwrite`"
+            )
         by_name = {s["shard"]: s for s in shards}
         out = Path(os.path.normpath(manifest_dir / shards[0]["path"])).parent
-        tasks = [t for t in plan_shards(source, name, out, manifest_dir, opts, library) if t.shard in
-                 {c.shard for c in bad}]
+        tasks = [
+            t for t in plan_shards(source, name, out, manifest_dir, opts, library) if t.shard in {c.shard for c in bad}
+        ]
         for task in tasks:
             task.stats_path.unlink(missing_ok=True)
-        with contextlib.closing(parallel_map(render_shard, tasks, jobs, f"repair {name}",
-                                             [len(t.samples) for t in tasks], quiet)) as rebuilt:
+        with contextlib.closing(
+            parallel_map(render_shard, tasks, jobs, f"repair {name}", [len(t.samples) for t in tasks], quiet)
+        ) as rebuilt:
             for _ in rebuilt:
                 pass
         fmt = opts.fmt

@@ -71,14 +71,24 @@ def _catalog(build: dict[str, Any], used: set[str]) -> list[str]:
         with (root / "catalog.csv").open(newline="") as f:
             rows = {r["file"]: r for r in csv.DictReader(f)}
     shown = "occgen's own library (`occluders/` in the project)" if root == DEFAULT_LIBRARY else f"`{root}`"
-    lines = [f"Library: {shown}" + ("; licence texts in its `LICENSES/` and `README.md`" if rows else " (no catalog.csv: sources and licences unknown; sizes are "
-                                                       "native pixels)"), "",
-             "| file | category | source | licence | size at s=1 |", "|---|---|---|---|---|"]
+    lines = [
+        f"Library: {shown}"
+        + (
+            "; licence texts in its `LICENSES/` and `README.md`"
+            if rows
+            else " (no catalog.csv: sources and licences unknown; sizes are native pixels)"
+        ),
+        "",
+        "| file | category | source | licence | size at s=1 |",
+        "|---|---|---|---|---|",
+    ]
     for name in sorted(used):
         r = rows.get(name, {})
         size = f"{r['width']}x{r['height']}" if r.get("width") else "native"
-        lines.append(f"| `{name}` | {name.split('/')[0]} | {r.get('source', 'unknown')} | "
-                     f"{r.get('licence', 'unknown')} | {size} |")
+        lines.append(
+            f"| `{name}` | {name.split('/')[0]} | {r.get('source', 'unknown')} | "
+            f"{r.get('licence', 'unknown')} | {size} |"
+        )
     return lines
 
 
@@ -96,12 +106,18 @@ def render(manifest_dir: Path, command: str) -> str:
     where = manifest_dir.as_posix()
     has_pairs = (manifest_dir / "pairs.parquet").is_file()
     lines = [
-        f"# {name}", "",
+        f"# {name}",
+        "",
         f"{stats['samples']:,} face images ({stats['occluded']:,} occluded, {stats['clean']:,} clean) of "
         f"{stats['identities']['count']:,} identities in {len(shards)} WebDataset shard(s), made by occgen "
-        f"{build.get('occgen', '?')}.", "",
-        "## How it was made", "",
-        "```", command, "```", "",
+        f"{build.get('occgen', '?')}.",
+        "",
+        "## How it was made",
+        "",
+        "```",
+        command,
+        "```",
+        "",
         f"- source: `{build.get('src')}`, {build.get('inputs', '?'):,} input images "
         f"(listing sha256 `{build.get('inputs_sha256', '?')}`)",
         f"- seed: {options['seed'] if 'seed' in options else 'none (no random choices)'}; every option: `build.json`",
@@ -109,16 +125,34 @@ def render(manifest_dir: Path, command: str) -> str:
     ]
     if build.get("occluders_sha256"):
         lines.append(f"- occluder images sha256: `{build['occluders_sha256']}`")
-    lines += ["", "## Statistics", "", "Areas are fractions of the face image (`occgen stats` draws them).", "",
-              "```", table(stats), "```", ""]
+    lines += [
+        "",
+        "## Statistics",
+        "",
+        "Areas are fractions of the face image (`occgen stats` draws them).",
+        "",
+        "```",
+        table(stats),
+        "```",
+        "",
+    ]
     if "visible_area_ratio" in samples:
         kept = samples.loc[samples["part"] != "whole", "visible_area_ratio"]
-        lines += [f"Partial faces: the kept rectangle covers {100 * kept.min():.1f}% to {100 * kept.max():.1f}% of "
-                  "the image (grey 128 elsewhere); geometry in `occgen.sets.partial`.", ""]
+        lines += [
+            f"Partial faces: the kept rectangle covers {100 * kept.min():.1f}% to {100 * kept.max():.1f}% of "
+            "the image (grey 128 elsewhere); geometry in `occgen.sets.partial`.",
+            "",
+        ]
     if has_pairs:
         pairs = pd.read_parquet(manifest_dir / "pairs.parquet", columns=["protocol", "same", "fold"])
-        lines += ["## Pairs", "", "`pairs.parquet`: one row per evaluated pair (keys of this manifest).", "",
-                  "| protocol | pairs | same | folds |", "|---|---|---|---|"]
+        lines += [
+            "## Pairs",
+            "",
+            "`pairs.parquet`: one row per evaluated pair (keys of this manifest).",
+            "",
+            "| protocol | pairs | same | folds |",
+            "|---|---|---|---|",
+        ]
         for protocol, g in pairs.groupby("protocol", sort=False):
             lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {g['fold'].nunique()} |")
         lines.append("")
@@ -127,10 +161,21 @@ def render(manifest_dir: Path, command: str) -> str:
         lines += ["## Occluders", "", *_catalog(build, used), ""]
     lines += ["## Shards", "", "| shard | samples | bytes | sha256 |", "|---|---|---|---|"]
     lines += [f"| `{s['path']}` | {s['samples']:,} | {s['bytes']:,} | `{s['sha256']}` |" for s in shards]
-    lines += ["", "## Loading", "",
-              f"From the folder the build ran in (shard paths in `shards.json` are relative to `{where}`):", "",
-              "```python", *webdataset_snippet(where, fmt), "```", "", "```python",
-              *pandas_snippet(where, sorted(labels), has_pairs), "```", ""]
+    lines += [
+        "",
+        "## Loading",
+        "",
+        f"From the folder the build ran in (shard paths in `shards.json` are relative to `{where}`):",
+        "",
+        "```python",
+        *webdataset_snippet(where, fmt),
+        "```",
+        "",
+        "```python",
+        *pandas_snippet(where, sorted(labels), has_pairs),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -141,10 +186,10 @@ def webdataset_snippet(where: str, fmt: str) -> list[str]:
         "import webdataset as wds",
         "",
         f"manifest = Path({where!r})",
-        "shards = [str(manifest / s[\"path\"]) for s in json.loads((manifest / \"shards.json\").read_text())[\"shards\"]]",
-        f"dataset = wds.WebDataset(shards, shardshuffle=False).decode(\"rgb8\").to_tuple({fmt!r}, \"cls\", \"json\")",
+        'shards = [str(manifest / s["path"]) for s in json.loads((manifest / "shards.json").read_text())["shards"]]',
+        f'dataset = wds.WebDataset(shards, shardshuffle=False).decode("rgb8").to_tuple({fmt!r}, "cls", "json")',
         "image, identity, meta = next(iter(dataset))  # HxWx3 uint8, int, the sample's manifest row",
-        "print(image.shape, identity, meta[\"key\"], meta[\"src\"])",
+        'print(image.shape, identity, meta["key"], meta["src"])',
     ]
 
 
@@ -153,14 +198,18 @@ def pandas_snippet(where: str, label_names: list[str], has_pairs: bool) -> list[
         "import pandas as pd",
         "",
         f"samples = pd.read_parquet({where + '/samples.parquet'!r})  # one row per sample",
-        "print(samples.groupby(\"scale\")[[\"box_area_ratio\", \"pixel_area_ratio\"]].mean())",
+        'print(samples.groupby("scale")[["box_area_ratio", "pixel_area_ratio"]].mean())',
     ]
     if label_names:
-        lines += [f"labels = pd.read_parquet({where + '/labels-' + label_names[0] + '.parquet'!r})",
-                  "samples = samples.merge(labels, on=\"key\")  # adds pattern, iou, reg_x0..reg_y1"]
+        lines += [
+            f"labels = pd.read_parquet({where + '/labels-' + label_names[0] + '.parquet'!r})",
+            'samples = samples.merge(labels, on="key")  # adds pattern, iou, reg_x0..reg_y1',
+        ]
     if has_pairs:
-        lines += [f"pairs = pd.read_parquet({where + '/pairs.parquet'!r})  # pair, fold, same, key1, key2, ...",
-                  "print(pairs.groupby(\"protocol\")[\"same\"].agg([\"size\", \"sum\"]))"]
+        lines += [
+            f"pairs = pd.read_parquet({where + '/pairs.parquet'!r})  # pair, fold, same, key1, key2, ...",
+            'print(pairs.groupby("protocol")["same"].agg(["size", "sum"]))',
+        ]
     return lines
 
 

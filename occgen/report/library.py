@@ -42,29 +42,40 @@ class LibraryReport:
     def warnings(self) -> list[str]:
         out = []
         if self.paper:
-            off = [f"s={s:g} {100 * self.mean[s]:.1f}% (paper {100 * t:.2f}%)" for s, t in TARGETS.items()
-                   if s in self.mean and abs(self.mean[s] - t) > OFF_PAPER]
+            off = [
+                f"s={s:g} {100 * self.mean[s]:.1f}% (paper {100 * t:.2f}%)"
+                for s, t in TARGETS.items()
+                if s in self.mean and abs(self.mean[s] - t) > OFF_PAPER
+            ]
             if off:
                 out.append("not calibrated to the FROM paper: " + ", ".join(off) + "; calibrate it with --fit-paper")
         for s, share in self.saturated.items():
             if share >= SATURATED:
-                out.append(f"saturated at s={s:g}: {100 * share:.0f}% of the occluders cover the whole face, so "
-                           f"boxes there are mostly the whole face (mean {100 * self.mean[s]:.1f}%); this library "
-                           "cannot make a dataset like the paper's at that scale; calibrate it with --fit-paper")
+                out.append(
+                    f"saturated at s={s:g}: {100 * share:.0f}% of the occluders cover the whole face, so "
+                    f"boxes there are mostly the whole face (mean {100 * self.mean[s]:.1f}%); this library "
+                    "cannot make a dataset like the paper's at that scale; calibrate it with --fit-paper"
+                )
         return out
 
 
-def describe(library: OccluderLibrary, face: tuple[int, int], scales: tuple[float, ...],
-             compat: Compat = "paper") -> LibraryReport:
+def describe(
+    library: OccluderLibrary, face: tuple[int, int], scales: tuple[float, ...], compat: Compat = "paper"
+) -> LibraryReport:
     W, H = face
     files = []
     for o in library.occluders:
         capped = {s: scaled_size(o.size, s, face, compat) for s in scales}
-        files.append(FileRow(
-            o.name, o.category, o.image.size, o.size,
-            {s: expected_box_fraction([(o.category, o.size)], s, face, compat) for s in scales},
-            {s: w >= W - (compat == "from") and h >= H - (compat == "from") for s, (w, h) in capped.items()},
-        ))
+        files.append(
+            FileRow(
+                o.name,
+                o.category,
+                o.image.size,
+                o.size,
+                {s: expected_box_fraction([(o.category, o.size)], s, face, compat) for s in scales},
+                {s: w >= W - (compat == "from") and h >= H - (compat == "from") for s, (w, h) in capped.items()},
+            )
+        )
     members = [(o.category, o.size) for o in library.occluders]
     mean = {s: expected_box_fraction(members, s, face, compat) for s in scales}
     saturated = {s: sum(f.whole_face[s] for f in files) / len(files) for s in scales}
@@ -97,4 +108,3 @@ def write_fit(library: OccluderLibrary, sizes: list[tuple[int, int]], out: Path)
     atomic_write(out / "catalog.csv", catalog_bytes(library, sizes))
     atomic_write(out / "occluder.txt", "".join(o.name + "\n" for o in library.occluders).encode())
     return out / "catalog.csv", out / "occluder.txt"
-

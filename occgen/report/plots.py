@@ -30,14 +30,24 @@ def area_plot(samples: pd.DataFrame, stats: dict[str, Any], path: Path, title: s
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     rows = stats["scales"]
     x = np.arange(len(rows))
-    bars = (("box_mean", "box, mean"), ("box_median", "box, median"), ("pixel_mean", "pixels, mean"),
-            ("pixel_median", "pixels, median"))
+    bars = (
+        ("box_mean", "box, mean"),
+        ("box_median", "box, median"),
+        ("pixel_mean", "pixels, mean"),
+        ("pixel_median", "pixels, median"),
+    )
     for n, (key, label) in enumerate(bars):
         left.bar(x + (n - 1.5) * 0.2, [100 * r[key] for r in rows], width=0.2, label=label)
     paper = [(i, 100 * TARGETS[r["scale"]]) for i, r in enumerate(rows) if r["scale"] in TARGETS]
     if paper:
-        left.plot([i - 0.4 for i, _ in paper], [v for _, v in paper], "k_", markersize=14, markeredgewidth=2,
-                  label="FROM paper, box mean")
+        left.plot(
+            [i - 0.4 for i, _ in paper],
+            [v for _, v in paper],
+            "k_",
+            markersize=14,
+            markeredgewidth=2,
+            label="FROM paper, box mean",
+        )
     left.set_xticks(x, [f"s={r['scale']:g}" for r in rows])
     left.set(ylabel="occluded area (% of the face)", title="Occluded area per scale", ylim=(0, 100))
     left.grid(alpha=0.3, axis="y")
@@ -45,8 +55,13 @@ def area_plot(samples: pd.DataFrame, stats: dict[str, Any], path: Path, title: s
     occluded = samples[samples["occluded"].astype(bool)]
     bins = np.linspace(0, 100, 41)
     for s, g in occluded.groupby("scale", sort=True):
-        right.hist(100 * g["box_area_ratio"].to_numpy(np.float64), bins=bins, histtype="step", linewidth=1.5,
-                   label=f"s={s:g} (mean {100 * g['box_area_ratio'].mean():.1f}%)")
+        right.hist(
+            100 * g["box_area_ratio"].to_numpy(np.float64),
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            label=f"s={s:g} (mean {100 * g['box_area_ratio'].mean():.1f}%)",
+        )
     right.set(xlabel="occluded box area (% of the face)", ylabel="samples", title="Box area distribution")
     right.legend(fontsize=8)
     fig.suptitle(title)
@@ -77,8 +92,12 @@ def labels_plot(name: str, label_stats: dict[str, Any], path: Path, title: str) 
     fig, ax = plt.subplots(figsize=(10, 3.5))
     hist = label_stats["histogram"]
     ax.bar(hist["value"], hist["count"], width=1.0, color="tab:red")
-    ax.set(xlabel="pattern index (0 = clean)", ylabel="samples", yscale="log",
-           title=f"{title}: labels {name}, {label_stats['patterns_used']} patterns used")
+    ax.set(
+        xlabel="pattern index (0 = clean)",
+        ylabel="samples",
+        yscale="log",
+        title=f"{title}: labels {name}, {label_stats['patterns_used']} patterns used",
+    )
     fig.tight_layout()
     return _save(fig, path)
 

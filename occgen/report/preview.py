@@ -45,8 +45,10 @@ def pick(samples: pd.DataFrame, per_group: int, seed: int) -> dict[str, pd.DataF
 
 def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """Decode the chosen samples from their shards (paths from shards.json)."""
-    shards = {s["shard"]: Path(manifest_dir) / s["path"]
-              for s in json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]}
+    shards = {
+        s["shard"]: Path(manifest_dir) / s["path"]
+        for s in json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]
+    }
     images: dict[str, np.ndarray] = {}
     for shard, group in rows.groupby("shard"):
         wanted = {f"{k}.{f}": k for k, f in zip(group["key"], group["format"])}
@@ -59,8 +61,10 @@ def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]
             raise UserError(f"cannot read shard {shard} of {manifest_dir} ({exc}); run `occgen build` again") from None
     missing = set(rows["key"]) - set(images)
     if missing:
-        raise UserError(f"{len(missing)} sample(s) missing from their shards (first: {sorted(missing)[0]}); "
-                        "the shards do not match the manifest")
+        raise UserError(
+            f"{len(missing)} sample(s) missing from their shards (first: {sorted(missing)[0]}); "
+            "the shards do not match the manifest"
+        )
     return images
 
 
@@ -116,8 +120,9 @@ def caption(row: pd.Series, pattern: int | None) -> str:
     return text + (f" p{pattern}" if pattern is not None else "")
 
 
-def contact_sheets(manifest_dir: Path, per_group: int, seed: int, overlay: Overlay, zoom: int = 1,
-                   cols: int = 8) -> dict[str, Image.Image]:
+def contact_sheets(
+    manifest_dir: Path, per_group: int, seed: int, overlay: Overlay, zoom: int = 1, cols: int = 8
+) -> dict[str, Image.Image]:
     """One sheet per scale (and one of clean samples), by group name."""
     samples = read_manifest(manifest_dir)
     chosen = pick(samples, per_group, seed)

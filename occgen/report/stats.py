@@ -115,12 +115,13 @@ def table(stats: dict[str, Any]) -> str:
     ]
     rows = [(f"{r['scale']:g}", r) for r in stats["scales"]] + [("all", stats["all_occluded"])]
     for label, r in rows:
-        lines.append(f"{label:>7} {r['samples']:>9,} {_pct(r['box_mean']):>9} {_pct(r['box_median']):>9} "
-                     f"{_pct(r['pixel_mean']):>9} {_pct(r['pixel_median']):>9}")
+        lines.append(
+            f"{label:>7} {r['samples']:>9,} {_pct(r['box_mean']):>9} {_pct(r['box_median']):>9} "
+            f"{_pct(r['pixel_mean']):>9} {_pct(r['pixel_median']):>9}"
+        )
     if stats["categories"]:
         lines += ["", "occluders: " + ", ".join(f"{c} {n:,}" for c, n in stats["categories"].items())]
     for name, lab in stats["labels"].items():
         iou = "n/a" if lab["mean_iou_occluded"] is None else f"{lab['mean_iou_occluded']:.3f}"
         lines.append(f"labels {name}: {lab['patterns_used']} patterns used, mean IoU {iou} over occluded samples")
     return "\n".join(lines)
-

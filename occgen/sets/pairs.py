@@ -15,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from occgen.errors import UserError
 from occgen.occlude.plan import sample_key
 from occgen.occlude.sources import Item, Source
-from occgen.errors import UserError
 from occgen.writer import atomic_write, parquet_bytes
 
 #: Copy numbers of the two versions of an input a pairs set may hold.
@@ -27,20 +27,22 @@ PROTOCOLS: dict[str, tuple[int, int]] = {"N-O": (CLEAN, OCCLUDED), "O-O": (OCCLU
 
 #: One row per evaluated pair, in pairs-list order (doubled protocols list a pair twice). ``part1, part2, factor,
 #: centered`` describe partial-face sets (occgen.sets.partial) and are null otherwise.
-PAIRS_SCHEMA = pa.schema([
-    ("pair", pa.int32()),
-    ("fold", pa.int16()),
-    ("same", pa.bool_()),
-    ("key1", pa.string()),
-    ("key2", pa.string()),
-    ("src1", pa.string()),
-    ("src2", pa.string()),
-    ("protocol", pa.string()),
-    ("part1", pa.string()),
-    ("part2", pa.string()),
-    ("factor", pa.float32()),
-    ("centered", pa.bool_()),
-])
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("pair", pa.int32()),
+        ("fold", pa.int16()),
+        ("same", pa.bool_()),
+        ("key1", pa.string()),
+        ("key2", pa.string()),
+        ("src1", pa.string()),
+        ("src2", pa.string()),
+        ("protocol", pa.string()),
+        ("part1", pa.string()),
+        ("part2", pa.string()),
+        ("factor", pa.float32()),
+        ("centered", pa.bool_()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ def read_pairs(path: Path) -> list[Pair]:
     if not pairs:
         raise UserError(f"--pairs {path}: no pairs in the file")
     if per_fold and len(pairs) != folds * per_fold:
-        raise UserError(f"--pairs {path}: the header promises {folds} folds of {per_fold} pairs "
-                        f"({folds * per_fold}), the file lists {len(pairs)}")
+        raise UserError(
+            f"--pairs {path}: the header promises {folds} folds of {per_fold} pairs "
+            f"({folds * per_fold}), the file lists {len(pairs)}"
+        )
     return pairs
 
 
@@ -95,8 +99,10 @@ def resolve(pairs: list[Pair], source: Source) -> dict[str, Item]:
     wanted = dict.fromkeys(img for p in pairs for img in (p.first, p.second))
     missing = [img for img in wanted if img not in by_stem]
     if missing:
-        raise UserError(f"--pairs names {len(missing)} image(s) that --src {source.spec} lacks "
-                        f"(first: {missing[0]}.*); point --src at the aligned faces the list was made for")
+        raise UserError(
+            f"--pairs names {len(missing)} image(s) that --src {source.spec} lacks "
+            f"(first: {missing[0]}.*); point --src at the aligned faces the list was made for"
+        )
     return {img: by_stem[img] for img in wanted}
 
 
@@ -118,13 +124,26 @@ def pair_rows(pairs: list[Pair], items: dict[str, Item], protocol: str) -> list[
     return [row(p, p.first, c1, p.second, c2, items, protocol) for p in pairs]
 
 
-def row(pair: Pair, img1: str, copy1: int, img2: str, copy2: int, items: dict[str, Item], protocol: str,
-        **extra: Any) -> dict[str, Any]:
+def row(
+    pair: Pair, img1: str, copy1: int, img2: str, copy2: int, items: dict[str, Item], protocol: str, **extra: Any
+) -> dict[str, Any]:
     """A pairs.parquet row; the ``_img``/``_copy`` fields say which samples it needs and are not stored."""
     it1, it2 = items[img1], items[img2]
-    return {"pair": pair.index, "fold": pair.fold, "same": pair.same,
-            "key1": sample_key(it1.rel, copy1), "key2": sample_key(it2.rel, copy2), "src1": it1.rel, "src2": it2.rel,
-            "protocol": protocol, "_img1": img1, "_img2": img2, "_copy1": copy1, "_copy2": copy2, **extra}
+    return {
+        "pair": pair.index,
+        "fold": pair.fold,
+        "same": pair.same,
+        "key1": sample_key(it1.rel, copy1),
+        "key2": sample_key(it2.rel, copy2),
+        "src1": it1.rel,
+        "src2": it2.rel,
+        "protocol": protocol,
+        "_img1": img1,
+        "_img2": img2,
+        "_copy1": copy1,
+        "_copy2": copy2,
+        **extra,
+    }
 
 
 def write_pairs(manifest_dir: Path, rows: list[dict[str, Any]]) -> Path:
@@ -138,6 +157,8 @@ def describe(rows: list[dict[str, Any]]) -> str:
     out = []
     for protocol in dict.fromkeys(r["protocol"] for r in rows):
         sel = [r for r in rows if r["protocol"] == protocol]
-        out.append(f"{protocol}: {len(sel):,} pairs ({sum(r['same'] for r in sel):,} same) in "
-                   f"{len({r['fold'] for r in sel})} fold(s)")
+        out.append(
+            f"{protocol}: {len(sel):,} pairs ({sum(r['same'] for r in sel):,} same) in "
+            f"{len({r['fold'] for r in sel})} fold(s)"
+        )
     return "; ".join(out)

@@ -29,11 +29,11 @@ import pyarrow as pa
 
 from occgen import __version__
 from occgen.align.transform import TEMPLATES, Template
+from occgen.errors import UserError
+from occgen.images import FORMATS, decode_array, encode
 from occgen.occlude.plan import sample_key
 from occgen.occlude.run import _complete, _prepare  # the build's resume rules, shared
 from occgen.occlude.sources import Item, Source, read_bytes
-from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array, encode
 from occgen.runner import Summary, parallel_map
 from occgen.sets.pairs import Pair, resolve, row
 from occgen.writer import SAMPLES_SCHEMA, ShardPlace, atomic_write, json_bytes, sha256, write_shard
@@ -47,11 +47,19 @@ HOLISTIC_PARTS = ("left_eye", "nose", "mouth")
 CROSS = (("left_eye", "right_eye"), ("left_eye", "nose"), ("left_eye", "mouth"), ("nose", "mouth"))
 
 #: The samples schema plus what a partial face is (its part, factor, layout and kept rectangle).
-PARTIAL_SCHEMA = pa.schema(list(SAMPLES_SCHEMA) + [
-    pa.field("part", pa.string()), pa.field("factor", pa.float32()), pa.field("centered", pa.bool_()),
-    pa.field("patch_x0", pa.int32()), pa.field("patch_y0", pa.int32()), pa.field("patch_x1", pa.int32()),
-    pa.field("patch_y1", pa.int32()), pa.field("visible_area_ratio", pa.float32()),
-])
+PARTIAL_SCHEMA = pa.schema(
+    list(SAMPLES_SCHEMA)
+    + [
+        pa.field("part", pa.string()),
+        pa.field("factor", pa.float32()),
+        pa.field("centered", pa.bool_()),
+        pa.field("patch_x0", pa.int32()),
+        pa.field("patch_y0", pa.int32()),
+        pa.field("patch_x1", pa.int32()),
+        pa.field("patch_y1", pa.int32()),
+        pa.field("visible_area_ratio", pa.float32()),
+    ]
+)
 
 
 def copy_of(part: str, factor_index: int) -> int:
@@ -70,8 +78,9 @@ def template_of(face: tuple[int, int]) -> Template:
     for t in TEMPLATES.values():
         if t.size == face:
             return t
-    raise UserError(f"partial faces need faces aligned to a known template ({', '.join(TEMPLATES)} HxW); "
-                    f"got {face[1]}x{face[0]}")
+    raise UserError(
+        f"partial faces need faces aligned to a known template ({', '.join(TEMPLATES)} HxW); got {face[1]}x{face[0]}"
+    )
 
 
 def scale(template: Template) -> float:
@@ -92,8 +101,13 @@ def patch(part: str, factor: float, template: Template) -> tuple[int, int, int, 
     return round(x - hw), round(y - hh), round(x + hw), round(y + hh)
 
 
-def partial_face(face: np.ndarray, part: str, factor: float, centered: bool, template: Template,
-                 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def partial_face(
+    face: np.ndarray,
+    part: str,
+    factor: float,
+    centered: bool,
+    template: Template,
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The partial face and its kept rectangle clipped to the image (in the source face's coordinates)."""
     H, W = face.shape[:2]
     x0, y0, x1, y1 = patch(part, factor, template)
@@ -105,32 +119,57 @@ def partial_face(face: np.ndarray, part: str, factor: float, centered: bool, tem
         dx, dy = round(W / 2 - lx), round(H / 2 - ly)
     tx0, ty0, tx1, ty1 = max(x0 + dx, 0), max(y0 + dy, 0), min(x1 + dx, W), min(y1 + dy, H)
     if tx1 > tx0 and ty1 > ty0:
-        out[ty0:ty1, tx0:tx1] = face[ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx]
+        out[ty0:ty1, tx0:tx1] = face[ty0 - dy : ty1 - dy, tx0 - dx : tx1 - dx]
     return out, (x0, y0, x1, y1)
 
 
 def protocol_rows(pairs: list[Pair], items: dict[str, Item], centered: bool) -> list[dict[str, Any]]:
     """Every evaluated pair of the four protocols, block by block (protocol, parts, factor), pairs in list order."""
+
     def side(img: str, part: str, f: int) -> tuple[str, int]:
         return img, copy_of(part, f)
 
-    rows = [row(p, p.first, 0, p.second, 0, items, "holistic", part1="whole", part2="whole", centered=centered)
-            for p in pairs]
+    rows = [
+        row(p, p.first, 0, p.second, 0, items, "holistic", part1="whole", part2="whole", centered=centered)
+        for p in pairs
+    ]
     for f, factor in enumerate(FACTORS):
         extra = {"factor": factor, "centered": centered}
         for part in HOLISTIC_PARTS:
             for p in pairs:
                 for a, b in ((p.first, p.second), (p.second, p.first)):
-                    rows.append(row(p, *side(a, "whole", f), *side(b, part, f), items, "partial-holistic",
-                                    part1="whole", part2=part, **extra))
+                    rows.append(
+                        row(
+                            p,
+                            *side(a, "whole", f),
+                            *side(b, part, f),
+                            items,
+                            "partial-holistic",
+                            part1="whole",
+                            part2=part,
+                            **extra,
+                        )
+                    )
         for part in HOLISTIC_PARTS:
-            rows += [row(p, *side(p.first, part, f), *side(p.second, part, f), items, "partial-same",
-                         part1=part, part2=part, **extra) for p in pairs]
+            rows += [
+                row(
+                    p,
+                    *side(p.first, part, f),
+                    *side(p.second, part, f),
+                    items,
+                    "partial-same",
+                    part1=part,
+                    part2=part,
+                    **extra,
+                )
+                for p in pairs
+            ]
         for pa_, pb in CROSS:
             for p in pairs:
                 for a, b in ((p.first, p.second), (p.second, p.first)):
-                    rows.append(row(p, *side(a, pa_, f), *side(b, pb, f), items, "partial-cross",
-                                    part1=pa_, part2=pb, **extra))
+                    rows.append(
+                        row(p, *side(a, pa_, f), *side(b, pb, f), items, "partial-cross", part1=pa_, part2=pb, **extra)
+                    )
     return rows
 
 
@@ -168,7 +207,9 @@ def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[st
             except UserError as exc:
                 face = None
                 if copy == 0:
-                    errors.append({"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: "), "kind": "error"})
+                    errors.append(
+                        {"input": item.rel, "reason": str(exc).removeprefix(f"{item.rel}: "), "kind": "error"}
+                    )
         if face is None:
             continue
         H, W = face.shape[:2]
@@ -178,14 +219,36 @@ def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[st
         else:
             image, box = partial_face(face, part, factor, opts.centered, template)
         data = encode(image, opts.fmt, opts.quality)
-        row_ = {"key": key, "shard": task.shard, "identity": item.identity, "identity_name": item.identity_name,
-                "src": item.rel, "copy": copy, "occluded": False, "seed": 0, "width": W, "height": H,
-                "format": opts.fmt, "bytes": len(data), "sha256": sha256(data), "part": part, "factor": factor,
-                "centered": opts.centered, "patch_x0": box[0], "patch_y0": box[1], "patch_x1": box[2],
-                "patch_y1": box[3], "visible_area_ratio": (box[2] - box[0]) * (box[3] - box[1]) / (W * H)}
+        row_ = {
+            "key": key,
+            "shard": task.shard,
+            "identity": item.identity,
+            "identity_name": item.identity_name,
+            "src": item.rel,
+            "copy": copy,
+            "occluded": False,
+            "seed": 0,
+            "width": W,
+            "height": H,
+            "format": opts.fmt,
+            "bytes": len(data),
+            "sha256": sha256(data),
+            "part": part,
+            "factor": factor,
+            "centered": opts.centered,
+            "patch_x0": box[0],
+            "patch_y0": box[1],
+            "patch_x1": box[2],
+            "patch_y1": box[3],
+            "visible_area_ratio": (box[2] - box[0]) * (box[3] - box[1]) / (W * H),
+        }
         rows.append(row_)
-        yield {"__key__": key, opts.fmt: data, "cls": str(item.identity).encode(),
-               "json": json.dumps(row_, separators=(",", ":")).encode()}
+        yield {
+            "__key__": key,
+            opts.fmt: data,
+            "cls": str(item.identity).encode(),
+            "json": json.dumps(row_, separators=(",", ":")).encode(),
+        }
 
 
 @dataclass
@@ -195,8 +258,17 @@ class PartialResult:
     summary: Summary
 
 
-def build_partial(source: Source, pairs: list[Pair], name: str, out: Path, manifests: Path, opts: PartialOptions,
-                  jobs: int, overwrite: bool = False, quiet: bool = False) -> PartialResult:
+def build_partial(
+    source: Source,
+    pairs: list[Pair],
+    name: str,
+    out: Path,
+    manifests: Path,
+    opts: PartialOptions,
+    jobs: int,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> PartialResult:
     """Render every version of every image the pairs name, then write pairs.parquet for the four protocols."""
     if opts.fmt not in FORMATS:
         raise UserError(f"--format {opts.fmt}: choose one of {', '.join(FORMATS)}")
@@ -204,20 +276,30 @@ def build_partial(source: Source, pairs: list[Pair], name: str, out: Path, manif
     manifest_dir = manifests / name
     ordered = sorted(items.values(), key=lambda it: it.rel)
     listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in ordered)
-    fingerprint = {"occgen": __version__, "src": source.spec, "inputs": len(ordered),
-                   "inputs_sha256": sha256(listing.encode()), "occluders_sha256": None,
-                   "options": {"kind": "partial", **asdict(opts)}}
+    fingerprint = {
+        "occgen": __version__,
+        "src": source.spec,
+        "inputs": len(ordered),
+        "inputs_sha256": sha256(listing.encode()),
+        "occluders_sha256": None,
+        "options": {"kind": "partial", **asdict(opts)},
+    }
     _prepare(manifest_dir, out, name, fingerprint, overwrite)
     samples = [(sample_key(it.rel, c), it, c) for it in ordered for c in range(1 + len(PARTS) * len(FACTORS))]
     n = opts.shard_size
-    tasks = [PartialTask(i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root,
-                         tuple(samples[i:i + n]), opts) for i in range(0, len(samples), n)]
+    tasks = [
+        PartialTask(
+            i // n, name, out / f"{name}-{i // n:06d}.tar", manifest_dir, source.root, tuple(samples[i : i + n]), opts
+        )
+        for i in range(0, len(samples), n)
+    ]
     summary = Summary(f"partial {name}")
     done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
     todo = [t for t in tasks if t.index not in done]
     summary.skipped = sum(s["samples"] for s in done.values())
-    for task, stats in zip(todo, parallel_map(render_shard, todo, jobs, f"partial {name}",
-                                              [len(t.samples) for t in todo], quiet)):
+    for task, stats in zip(
+        todo, parallel_map(render_shard, todo, jobs, f"partial {name}", [len(t.samples) for t in todo], quiet)
+    ):
         done[task.index] = stats
         summary.done += stats["samples"]
         summary.errors += stats["errors"]
@@ -236,8 +318,12 @@ def area_range(template: Template) -> dict[str, float]:
             x0, y0, x1, y1 = patch(part, factor, template)
             theirs.append((x1 - x0) * (y1 - y0) / ref)
             visible.append((min(x1, W) - max(x0, 0)) * (min(y1, H) - max(y0, 0)) / (W * H))
-    return {"visible_min": min(visible), "visible_max": max(visible), "reference_min": min(theirs),
-            "reference_max": max(theirs)}
+    return {
+        "visible_min": min(visible),
+        "visible_max": max(visible),
+        "reference_min": min(theirs),
+        "reference_max": max(theirs),
+    }
 
 
 def parts_sheet(face: np.ndarray, centered: bool, title: str):

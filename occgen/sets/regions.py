@@ -23,7 +23,7 @@ REGIONS: dict[str, tuple[int, int, int, int]] = {
 }
 
 #: The nine categories in three alphabetical groups: train on one, test on the other two.
-GROUPS: dict[int, tuple[str, ...]] = {g + 1: tuple(sorted(CATEGORIES))[3 * g:3 * g + 3] for g in range(3)}
+GROUPS: dict[int, tuple[str, ...]] = {g + 1: tuple(sorted(CATEGORIES))[3 * g : 3 * g + 3] for g in range(3)}
 
 
 def region_box(name: str, face: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -1,7 +1,7 @@
 """Training settings: one dataclass, filled from defaults < a TOML config < the command line.
 
-The paper's recipes ship as TOML files in ``fromnet/configs/`` (``--config stage1-baseline``); any TOML file with the
-same flat keys works too. The resolved settings are written to ``RUN/config.toml``, which is itself a valid
+The paper's recipes ship as TOML files in ``fromnet/train/configs/`` (``--config stage1-baseline``); any TOML file
+with the same flat keys works too. The resolved settings are written to ``RUN/config.toml``, which is itself a valid
 ``--config``, and a resumed run reads them back and refuses changes that would alter what it computes.
 """
 
@@ -97,8 +97,9 @@ class TrainConfig:
 
 
 #: Settings a resumed run may change: they decide how it runs, not what it computes.
-RESUMABLE = frozenset({"steps", "epochs", "workers", "ckpt_every", "keep", "log_every", "log_keys", "device",
-                       "compile", "val", "out"})
+RESUMABLE = frozenset(
+    {"steps", "epochs", "workers", "ckpt_every", "keep", "log_every", "log_keys", "device", "compile", "val", "out"}
+)
 
 
 def config_path(name: str) -> Path:
@@ -128,7 +129,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     defaults = TrainConfig()
     for key, value in data.items():
         expected = type(getattr(defaults, key))
-        ok = isinstance(value, expected) or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+        ok = isinstance(value, expected) or (
+            expected is float and isinstance(value, int) and not isinstance(value, bool)
+        )
         if not ok:
             raise UserError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
     return data
@@ -158,8 +161,10 @@ def merge_resumed(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and getattr(saved, k) != v)
     if changed:
         shown = ", ".join(f"{k} ({getattr(saved, k)!r} -> {overrides[k]!r})" for k in changed)
-        raise UserError(f"--resume continues the run as it was configured; these options differ: {shown}. "
-                        f"Drop them, or start a new run with another --out")
+        raise UserError(
+            f"--resume continues the run as it was configured; these options differ: {shown}. "
+            f"Drop them, or start a new run with another --out"
+        )
     values = saved.to_dict()
     values.update({k: v for k, v in overrides.items() if k in RESUMABLE})
     return TrainConfig(**values)

@@ -46,12 +46,17 @@ class Progress:
         eta = elapsed / max(done, 1) * (total - done)
         width = 20
         filled = int(width * done / total)
-        line = (f"step {record['step']}/{self.end} [{'#' * filled}{'.' * (width - filled)}] ep {record['epoch']} "
-                f"loss {record['loss']:.3f} (id {record['loss_id']:.3f}"
-                + (f", pat {record['loss_pattern']:.3f} acc {record['pattern_acc']:.2f}"
-                   if record.get("loss_pattern") is not None else "")
-                + f") lr {record['lr']:.2g} {record['img_s']:.0f} img/s wait {record['data_wait']:.0%} "
-                f"eta {_clock(eta)}")
+        line = (
+            f"step {record['step']}/{self.end} [{'#' * filled}{'.' * (width - filled)}] ep {record['epoch']} "
+            f"loss {record['loss']:.3f} (id {record['loss_id']:.3f}"
+            + (
+                f", pat {record['loss_pattern']:.3f} acc {record['pattern_acc']:.2f}"
+                if record.get("loss_pattern") is not None
+                else ""
+            )
+            + f") lr {record['lr']:.2g} {record['img_s']:.0f} img/s wait {record['data_wait']:.0%} "
+            f"eta {_clock(eta)}"
+        )
         if self.tty:
             self.stream.write("\r\033[K" + line)
         else:

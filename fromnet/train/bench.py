@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fromnet.data import Manifest, Source, StreamPlan, TrainStream, build_label_cache, image_size
 from fromnet.losses import FromLoss, Margin, MarginHead
 from fromnet.models import build_model, num_patterns
+from fromnet.shards import Manifest, image_size
+from fromnet.train.data import Source, StreamPlan, TrainStream, build_label_cache
 
 
 @dataclass
@@ -33,16 +34,27 @@ class StepConfig:
 class TrainStep:
     """One model + classifier + SGD on a fixed random batch; calling it runs and times one step."""
 
-    def __init__(self, cfg: StepConfig, variant: str, backbone: str, width_mult: float, batch: int, classes: int,
-                 K: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: StepConfig,
+        variant: str,
+        backbone: str,
+        width_mult: float,
+        batch: int,
+        classes: int,
+        K: int,
+        device: torch.device,
+    ) -> None:
         torch.manual_seed(0)
         self.cfg, self.device = cfg, device
-        model = build_model(variant, K, (112, 96), backbone=backbone, width_mult=width_mult,
-                            channels_last=cfg.channels_last).to(device)
+        model = build_model(
+            variant, K, (112, 96), backbone=backbone, width_mult=width_mult, channels_last=cfg.channels_last
+        ).to(device)
         self.criterion = FromLoss(MarginHead(model.config.embedding_dim, classes, Margin.preset("cosface"))).to(device)
         self.model = torch.compile(model) if cfg.compile else model
-        self.optim = torch.optim.SGD(list(model.parameters()) + list(self.criterion.parameters()), lr=0.01,
-                                     momentum=0.9, weight_decay=5e-4)
+        self.optim = torch.optim.SGD(
+            list(model.parameters()) + list(self.criterion.parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4
+        )
         x = torch.randn(batch, 3, 112, 96, device=device)
         self.x = x.to(memory_format=torch.channels_last) if cfg.channels_last else x
         self.labels = torch.randint(0, classes, (batch,), device=device)
@@ -108,17 +120,20 @@ def plain_pil_loop(manifest: Manifest, images: int, batch: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def loader_throughput(manifest: Manifest, workers: int, batches: int, batch: int, K: int | None,
-                      cache: Path) -> tuple[float, float]:
+def loader_throughput(
+    manifest: Manifest, workers: int, batches: int, batch: int, K: int | None, cache: Path
+) -> tuple[float, float]:
     """fromnet's loader (decode, flip, labels, uint8 batches) with `workers` processes, after its first batch
     (worker start-up) is in. Returns (images/s, seconds to the first batch)."""
     labels = str(build_label_cache(manifest, K, cache)) if K else None
     lanes = max(1, workers)  # one lane per worker: each decodes its own stream
-    plan = StreamPlan((Source(manifest, labels=labels),), batch, 1, lanes, 0, image_size(manifest), K or 5,
-                      targets=K is not None)
+    plan = StreamPlan(
+        (Source(manifest, labels=labels),), batch, 1, lanes, 0, image_size(manifest), K or 5, targets=K is not None
+    )
     stream = TrainStream(plan, [0], 0, batches + 1)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     began = time.perf_counter()
     it = iter(loader)
     next(it)

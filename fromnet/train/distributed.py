@@ -42,8 +42,13 @@ def setup(device: str = "auto") -> World:
         torch.cuda.set_device(dev)
     if size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=size, timeout=timedelta(minutes=30),
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=size,
+            timeout=timedelta(minutes=30),
+            device_id=dev if dev.type == "cuda" else None,
+        )
     return World(rank, size, local_rank, dev)
 
 

@@ -1,17 +1,10 @@
-"""occgen shards -> batches: manifests, decoding, and tensors the network takes.
-
-A sample is a plain dict keyed by extension, as webdataset yields it (``__key__``, ``jpg``, ``cls``, ``json``).
-Faces are decoded by occgen's own decoder (libjpeg-turbo for JPEG) into H x W x 3 uint8 arrays, batched as uint8
-(a quarter of the bytes of float32 to move between processes), and turned into [-1, 1] floats on the device: a
-(N, H, W, 3) batch permuted to (N, 3, H, W) is already channels_last in memory, which the network prefers.
-"""
+"""Training streams: occgen shards -> shuffled, seeded micro-batches, the same whatever the process or worker count."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import itertools
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,122 +19,11 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
-from occgen.occlude.plan import SampleRandom, sample_seed
+from fromnet.shards import Manifest, Shard, decode_face, image_size, tar_samples
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array
 from occgen.label.patterns import label_boxes, regression_target
-from occgen.writer import NeedsTarfile, atomic_write, read_tar
-
-
-@dataclass(frozen=True)
-class Shard:
-    url: str  # absolute path of the tar
-    name: str  # e.g. occ-lfw-000003
-    samples: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """One occgen dataset: its shards (in build order) and how many identities its labels use."""
-
-    name: str
-    path: Path  # manifests/NAME
-    shards: tuple[Shard, ...]
-    num_identities: int
-
-    @property
-    def samples(self) -> int:
-        return sum(s.samples for s in self.shards)
-
-
-def read_manifest(path: str | Path) -> Manifest:
-    """Read ``manifests/NAME/shards.json`` (and the identity column) with errors that say what to run."""
-    path = Path(path)
-    index = path / "shards.json"
-    if not index.is_file():
-        hint = "build it with `occgen build`" if not path.exists() else "its build has not finished: rerun `occgen build`"
-        raise UserError(f"{path}: no shards.json, so not a finished occgen manifest ({hint})")
-    try:
-        meta = json.loads(index.read_text())
-        shards = tuple(
-            Shard(str((path / s["path"]).resolve()), s["shard"], int(s["samples"])) for s in meta["shards"]
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{index}: not a valid shard index ({exc}); rebuild with `occgen build`") from None
-    missing = [s.url for s in shards if not Path(s.url).is_file()]
-    if missing:
-        raise UserError(f"{path}: {len(missing)} shard file(s) missing, first {missing[0]}; "
-                        "run `occgen build` again with the same options to rebuild them")
-    try:
-        identity = ds.dataset(path / "samples.parquet", format="parquet").to_table(columns=["identity"])["identity"]
-        num_identities = int(max(identity.to_numpy(zero_copy_only=False), default=-1)) + 1
-    except Exception as exc:  # pyarrow raises several types for a missing or damaged folder
-        raise UserError(f"{path}/samples.parquet: cannot read identities ({exc})") from None
-    return Manifest(str(meta.get("name", path.name)), path, shards, num_identities)
-
-
-def image_field(sample: dict[str, Any]) -> bytes:
-    """The encoded face of a sample, whichever format the build stored."""
-    for ext in FORMATS:
-        if ext in sample:
-            return sample[ext]
-    raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image "
-                    f"({', '.join(FORMATS)}); members: {', '.join(k for k in sample if not k.startswith('__'))}")
-
-
-def decode_face(sample: dict[str, Any]) -> np.ndarray:
-    """H x W x 3 uint8 RGB of a sample, through the build's own fast decoder."""
-    return decode_array(image_field(sample), f"{sample.get('__url__')}:{sample.get('__key__')}")
-
-
-def to_input(batch: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-             ) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) floats in [-1, 1], channels_last, on ``device``."""
-    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return x.to(dtype).sub_(127.5).div_(127.5)
-
-
-def tar_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard as webdataset dicts (``__key__``, ``__url__``, one entry per extension).
-
-    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other tar goes through
-    webdataset's tarfile-based reader. Members are grouped by key, the name up to the first dot of its basename.
-    """
-    try:
-        members = list(read_tar(Path(url)))
-    except NeedsTarfile:
-        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
-        return
-    sample: dict[str, Any] = {}
-    for name, data in members:
-        slash = name.rfind("/") + 1
-        dot = name.find(".", slash)
-        if dot < 0:
-            continue
-        key, ext = name[:dot], name[dot + 1:]
-        if sample and sample["__key__"] != key:
-            yield sample
-            sample = {}
-        if not sample:
-            sample = {"__key__": key, "__url__": url}
-        sample[ext] = data
-    if sample:
-        yield sample
-
-
-def iter_ordered(manifest: Manifest) -> Iterator[dict[str, Any]]:
-    """Every sample of a manifest in build order (shards in index order, samples in tar order), undecoded.
-
-    For embedding and evaluation, where order and completeness matter and shuffling does not.
-    """
-    for shard in manifest.shards:
-        yield from tar_samples(shard.url)
-
-
-def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
-    """The manifest row the build stored beside the image (``KEY.json``)."""
-    return json.loads(sample["json"]) if "json" in sample else {}
-
+from occgen.occlude.plan import SampleRandom, sample_seed
+from occgen.writer import atomic_write
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training streams
@@ -187,15 +69,6 @@ def parse_source(text: str) -> tuple[Path, float]:
     return Path(path), value
 
 
-def image_size(manifest: Manifest) -> tuple[int, int]:
-    """The one (height, width) of a manifest's samples."""
-    table = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
-    sizes = {(int(h), int(w)) for h, w in zip(table["height"].to_numpy(), table["width"].to_numpy())}
-    if len(sizes) != 1:
-        raise UserError(f"{manifest.path}: samples of several sizes ({sorted(sizes)}); train on one size at a time")
-    return sizes.pop()
-
-
 #: A labels row in shard order: the key's hash (checks alignment), the pattern, and the box in pixels.
 LABEL_DTYPE = np.dtype([("key_hash", "<u8"), ("pattern", "<i2"), ("occluded", "?"), ("box", "<i2", (4,))])
 
@@ -214,8 +87,10 @@ def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
 
     path = labels_path(manifest.path, K)
     if not path.is_file():
-        raise UserError(f"{manifest.path} has no pattern labels for K={K} ({path.name}); "
-                        f"run `occgen label --K {K} {manifest.path}` first")
+        raise UserError(
+            f"{manifest.path} has no pattern labels for K={K} ({path.name}); "
+            f"run `occgen label --K {K} {manifest.path}` first"
+        )
     labels = pq.read_table(path, columns=["key", "pattern", *REG_COLUMNS])
     samples = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["key", "shard"])
     order = {s.name: i for i, s in enumerate(manifest.shards)}
@@ -225,8 +100,10 @@ def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
     keys = samples["key"].take(pa.array(np.argsort(shard_index, kind="stable")))
     where = pc.index_in(keys, value_set=labels["key"])
     if where.null_count:
-        raise UserError(f"{path} lacks labels for {where.null_count} sample(s): it is older than the manifest; "
-                        f"run `occgen label --K {K} {manifest.path}` again")
+        raise UserError(
+            f"{path} lacks labels for {where.null_count} sample(s): it is older than the manifest; "
+            f"run `occgen label --K {K} {manifest.path}` again"
+        )
     rows = labels.take(where)
     height, width = image_size(manifest)
     reg = np.stack([rows[c].to_numpy() for c in REG_COLUMNS], axis=1).astype(np.float64)
@@ -255,8 +132,10 @@ class LabelRows:
             self._rows = np.load(self.path, mmap_mode="r", allow_pickle=False)
         row = self._rows[self.start[url] + position]
         if row["key_hash"] != key_hash(key):
-            raise UserError(f"{url}: sample {position} is {key}, not the sample the manifest lists there; "
-                            "the shard and its manifest differ (rebuild it with `occgen build`)")
+            raise UserError(
+                f"{url}: sample {position} is {key}, not the sample the manifest lists there; "
+                "the shard and its manifest differ (rebuild it with `occgen build`)"
+            )
         return row
 
 
@@ -287,8 +166,10 @@ class StreamPlan:
 
     def __post_init__(self) -> None:
         if self.batch_size % self.replicas:
-            raise UserError(f"--batch-size {self.batch_size} does not split into {self.replicas} equal "
-                            "micro-batches (one per data-parallel replica); choose a multiple")
+            raise UserError(
+                f"--batch-size {self.batch_size} does not split into {self.replicas} equal "
+                "micro-batches (one per data-parallel replica); choose a multiple"
+            )
 
     @property
     def micro_batch(self) -> int:
@@ -344,8 +225,7 @@ class TrainStream(torch.utils.data.IterableDataset):
     micro-batches in order whatever n is.
     """
 
-    def __init__(self, plan: StreamPlan, replicas: list[int], start: int, end: int,
-                 log_keys: bool = False) -> None:
+    def __init__(self, plan: StreamPlan, replicas: list[int], start: int, end: int, log_keys: bool = False) -> None:
         super().__init__()
         self.plan, self.replicas, self.start, self.end = plan, list(replicas), start, end
         self.log_keys = log_keys
@@ -377,8 +257,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         stream = replica * plan.lanes + lane
         blocks = dealt_blocks(plan, epoch, stream, plan.replicas * plan.lanes)
         shuffled = itertools.chain.from_iterable(
-            wds.shuffle(plan.shuffle_buffer, initial=min(100, plan.shuffle_buffer),
-                        seed=f"{plan.seed}:{epoch}:{stream}:{i}")(self._samples(block))
+            wds.shuffle(
+                plan.shuffle_buffer, initial=min(100, plan.shuffle_buffer), seed=f"{plan.seed}:{epoch}:{stream}:{i}"
+            )(self._samples(block))
             for i, block in enumerate(blocks)
         )
         b = plan.micro_batch
@@ -416,8 +297,10 @@ class TrainStream(torch.utils.data.IterableDataset):
             source = plan.sources[sample["__source__"]]
             face = decode_face(sample)
             if face.shape[:2] != (H, W):
-                raise UserError(f"{sample['__url__']}: {key} is {face.shape[0]}x{face.shape[1]}, the run trains on "
-                                f"{H}x{W}; mix only manifests of one face size")
+                raise UserError(
+                    f"{sample['__url__']}: {key} is {face.shape[0]}x{face.shape[1]}, the run trains on "
+                    f"{H}x{W}; mix only manifests of one face size"
+                )
             labels[i] = int(sample["cls"]) + source.identity_offset
             if plan.online is not None:
                 face, geometry = self._occlude(face, key, epoch)
@@ -434,8 +317,11 @@ class TrainStream(torch.utils.data.IterableDataset):
                 boxes[i] = [W - boxes[i, 2], boxes[i, 1], W - boxes[i, 0], boxes[i, 3]]
                 relabel[i] = True  # block edges are not symmetric: the mirrored box gets its own label
             images[i] = face
-        batch: dict[str, Any] = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels),
-                                 "occluded": torch.from_numpy(occluded)}
+        batch: dict[str, Any] = {
+            "image": torch.from_numpy(images),
+            "label": torch.from_numpy(labels),
+            "occluded": torch.from_numpy(occluded),
+        }
         if plan.targets:
             if relabel.any():
                 patterns[relabel] = label_boxes(boxes[relabel], occluded[relabel], plan.K, H, W)[0]
@@ -453,5 +339,4 @@ class TrainStream(torch.utils.data.IterableDataset):
         if self._library is None:
             self._library = load_library(online.occluders)
             self._options = BuildOptions(scales=online.scales, clean_ratio=online.clean_ratio)
-        return occlude_sample(face, sample_seed(self.plan.seed, f"{key}@{epoch}/occlude"), self._options,
-                              self._library)
+        return occlude_sample(face, sample_seed(self.plan.seed, f"{key}@{epoch}/occlude"), self._options, self._library)

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fromnet.distributed import World, all_gather_cat
 from fromnet.losses import Margin, class_scores, target_cosine
+from fromnet.train.distributed import World, all_gather_cat
 
 
 def class_slices(num_classes: int, world_size: int) -> list[tuple[int, int]]:
@@ -48,7 +48,7 @@ class _GatherBatch(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # Gloo has no reduce-scatter; the batch is small
-        mine = grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        mine = grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
         return mine * ctx.size, None, None
 
 
@@ -98,8 +98,9 @@ class ShardedMarginHead(nn.Module):
         weight = torch.empty(self.end - self.start, embedding_dim).uniform_(-bound, bound, generator=gen)
         self.weight = nn.Parameter(weight)
 
-    def forward(self, embedding: torch.Tensor, labels: torch.Tensor,
-                weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, embedding: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         w = self.world
         if w.distributed:
             embedding = _GatherBatch.apply(embedding, w.rank, w.size)
@@ -121,10 +122,10 @@ class ShardedMarginHead(nn.Module):
             return rows.detach().clone()
         longest = max(e - s for s, e in self.slices)
         padded = torch.zeros(longest, *rows.shape[1:], dtype=rows.dtype, device=rows.device)
-        padded[:rows.shape[0]] = rows.detach()
+        padded[: rows.shape[0]] = rows.detach()
         parts = [torch.empty_like(padded) for _ in range(self.world.size)]
         dist.all_gather(parts, padded)
-        return torch.cat([p[:e - s] for p, (s, e) in zip(parts, self.slices)])
+        return torch.cat([p[: e - s] for p, (s, e) in zip(parts, self.slices)])
 
     def full_weight(self) -> torch.Tensor:
         return self.gather_rows(self.weight)
@@ -134,4 +135,4 @@ class ShardedMarginHead(nn.Module):
             self.weight.copy_(self.local_rows(weight))
 
     def local_rows(self, full: torch.Tensor) -> torch.Tensor:
-        return full[self.start:self.end]
+        return full[self.start : self.end]

@@ -22,19 +22,20 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fromnet import checkpoint, distributed
+from fromnet import checkpoint
 from fromnet.checkpoint import ModelSpec
-from fromnet.data import (OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, decode_face, image_size,
-                          iter_ordered, parse_source, read_manifest, sample_meta, to_input)
-from fromnet.distributed import World
 from fromnet.losses import Margin, MarginHead, make_criterion
 from fromnet.models import VARIANTS, build_model
-from fromnet.params import TrainConfig, merge_resumed, read_toml, write_toml
-from fromnet.partial_fc import ShardedMarginHead
-from fromnet.progress import Progress
-from occgen.occlude.plan import parse_scales
+from fromnet.shards import decode_face, image_size, iter_ordered, read_manifest, sample_meta, to_input
+from fromnet.train import distributed
+from fromnet.train.data import OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, parse_source
+from fromnet.train.distributed import World
+from fromnet.train.params import TrainConfig, merge_resumed, read_toml, write_toml
+from fromnet.train.partial_fc import ShardedMarginHead
+from fromnet.train.progress import Progress
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes
+from occgen.occlude.plan import parse_scales
 from occgen.writer import atomic_write
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,8 +101,19 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
     online = None
     if cfg.occlude_online:
         online = OnlineOcclusion(parse_scales(cfg.occlude_online), cfg.clean_ratio, cfg.occluders or None)
-    return StreamPlan(sources, cfg.batch_size, cfg.replicas, cfg.lanes, cfg.seed, sizes.pop(), cfg.K,
-                      needs_targets(cfg.variant), cfg.shuffle_buffer, cfg.flip, online)
+    return StreamPlan(
+        sources,
+        cfg.batch_size,
+        cfg.replicas,
+        cfg.lanes,
+        cfg.seed,
+        sizes.pop(),
+        cfg.K,
+        needs_targets(cfg.variant),
+        cfg.shuffle_buffer,
+        cfg.flip,
+        online,
+    )
 
 
 #: Parts of a FROM-family checkpoint that the attention variant has no use for: it stops after stage 3 and pools
@@ -117,18 +129,26 @@ def load_init(model: nn.Module, head: nn.Module, path: str, variant: str) -> str
     if VARIANTS[variant].family == "attention":
         unused = [k for k in theirs if k not in ours and k.startswith(ATTENTION_UNUSED)]
         theirs = {k: v for k, v in theirs.items() if k not in unused}
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in theirs.items()
-             if k in ours and v.shape != ours[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
+        for k, v in theirs.items()
+        if k in ours and v.shape != ours[k].shape
+    ]
     unknown = [k for k in theirs if k not in ours]
     missing = [k for k in ours if k not in theirs and k.split(".")[0] in ("backbone", "head")]
     if wrong or unknown or missing:
-        parts = [f"{len(wrong)} of different shape ({'; '.join(wrong[:4])})" if wrong else "",
-                 f"{len(unknown)} this model lacks ({', '.join(unknown[:4])})" if unknown else "",
-                 f"{len(missing)} the checkpoint lacks ({', '.join(missing[:4])})" if missing else ""]
+        parts = [
+            f"{len(wrong)} of different shape ({'; '.join(wrong[:4])})" if wrong else "",
+            f"{len(unknown)} this model lacks ({', '.join(unknown[:4])})" if unknown else "",
+            f"{len(missing)} the checkpoint lacks ({', '.join(missing[:4])})" if missing else "",
+        ]
         spec = state.get("model_spec", {})
-        raise UserError(f"--init {state['path']} (a {spec.get('variant')} {spec.get('backbone')} x"
-                        f"{spec.get('width_mult')}) does not fit this model: tensors "
-                        + "; ".join(p for p in parts if p) + ". Use the same --backbone, --width-mult and face size")
+        raise UserError(
+            f"--init {state['path']} (a {spec.get('variant')} {spec.get('backbone')} x"
+            f"{spec.get('width_mult')}) does not fit this model: tensors "
+            + "; ".join(p for p in parts if p)
+            + ". Use the same --backbone, --width-mult and face size"
+        )
     model.load_state_dict(theirs, strict=False)
     fresh = sorted({k.split(".")[0] for k in ours if k not in theirs})
     weight = state.get("classifier", {}).get("weight")
@@ -138,8 +158,12 @@ def load_init(model: nn.Module, head: nn.Module, path: str, variant: str) -> str
         classifier = "classifier loaded"
     else:
         classifier = "classifier starts fresh (other identities or embedding size)"
-    return f"initialised from {state['path']}" + (f" (new parts: {', '.join(fresh)})" if fresh else "") \
-        + (f" ({len(unused)} tensors of parts this variant drops left unused)" if unused else "") + f"; {classifier}"
+    return (
+        f"initialised from {state['path']}"
+        + (f" (new parts: {', '.join(fresh)})" if fresh else "")
+        + (f" ({len(unused)} tensors of parts this variant drops left unused)" if unused else "")
+        + f"; {classifier}"
+    )
 
 
 class Trainer:
@@ -165,8 +189,11 @@ class Trainer:
         self.notes: list[str] = []
         if cfg.init and resume_state is None:
             self.notes.append(load_init(self.model, self.head, cfg.init, cfg.variant))
-        self.ddp = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None) \
-            if world.distributed else self.model
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+            if world.distributed
+            else self.model
+        )
         self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
         opt = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.optimizer = torch.optim.SGD(self.model.parameters(), **opt)
@@ -193,16 +220,29 @@ class Trainer:
             "epoch": self.step // self.plan.steps_per_epoch,
             "model_spec": self.spec.to_dict(),
             "model": self.model.state_dict(),
-            "classifier": {"weight": self.head.full_weight().cpu(),
-                           "momentum": None if momentum is None else self.head.gather_rows(momentum).cpu()},
+            "classifier": {
+                "weight": self.head.full_weight().cpu(),
+                "momentum": None if momentum is None else self.head.gather_rows(momentum).cpu(),
+            },
             "optimizer": self.optimizer.state_dict(),
-            "schedule": {"lr": self.cfg.lr, "milestones": list(self.cfg.milestones),
-                         "steps_per_epoch": self.plan.steps_per_epoch, "step": self.step},
+            "schedule": {
+                "lr": self.cfg.lr,
+                "milestones": list(self.cfg.milestones),
+                "steps_per_epoch": self.plan.steps_per_epoch,
+                "step": self.step,
+            },
             "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "data": {"step": self.step, "replicas": self.plan.replicas, "lanes": self.plan.lanes,
-                     "seed": self.plan.seed, "steps_per_epoch": self.plan.steps_per_epoch},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "data": {
+                "step": self.step,
+                "replicas": self.plan.replicas,
+                "lanes": self.plan.lanes,
+                "seed": self.plan.seed,
+                "steps_per_epoch": self.plan.steps_per_epoch,
+            },
             "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
         }
 
@@ -216,8 +256,10 @@ class Trainer:
         state = self.state()
         sums = self.replica_checksums()
         if len(set(sums)) != 1:
-            raise UserError(f"the model replicas differ between ranks (weight checksums {sums}); this is a bug in "
-                            "the distributed setup, please report it with the run's config.toml")
+            raise UserError(
+                f"the model replicas differ between ranks (weight checksums {sums}); this is a bug in "
+                "the distributed setup, please report it with the run's config.toml"
+            )
         state["replica_checksums"] = sums
         path = checkpoint.save(self.run, self.step, state, self.cfg.keep) if self.world.main else None
         distributed.barrier(self.world)
@@ -247,8 +289,12 @@ class Trainer:
         stream = TrainStream(plan, mine, self.step, end, log_keys=self.cfg.log_keys)
         workers = usable_workers(self.cfg.workers, per_process * plan.lanes)
         return torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=workers, pin_memory=world.device.type == "cuda",
-            prefetch_factor=4 if workers else None)
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=world.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+        )
 
     def fit(self, end: int) -> Result:
         cfg, world, plan = self.cfg, self.world, self.plan
@@ -287,20 +333,27 @@ class Trainer:
                 result.data_wait += waited
                 epoch_end = self.step % plan.steps_per_epoch == 0
                 if self.step % cfg.log_every == 0 or self.step == end or epoch_end:
-                    record = {"step": self.step, "epoch": (self.step - 1) // plan.steps_per_epoch, **stats,
-                              "img_s": window["images"] / max(window["time"], 1e-9),
-                              "data_wait": window["wait"] / max(window["time"], 1e-9)}
+                    record = {
+                        "step": self.step,
+                        "epoch": (self.step - 1) // plan.steps_per_epoch,
+                        **stats,
+                        "img_s": window["images"] / max(window["time"], 1e-9),
+                        "data_wait": window["wait"] / max(window["time"], 1e-9),
+                    }
                     progress.log(record)
                     result.last = record
                     window = {"images": 0, "wait": 0.0, "time": 0.0}
                 if epoch_end and cfg.val:
                     result.val = self.validate(Path(cfg.val))
                     if world.main:
-                        progress.note(f"val after epoch {record['epoch']}: " + ", ".join(
-                            f"{k} {v:.4f}" for k, v in result.val.items()))
+                        progress.note(
+                            f"val after epoch {record['epoch']}: "
+                            + ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+                        )
                         with open(self.run / "metrics.jsonl", "a") as f:
-                            f.write(json.dumps({"step": self.step, **{f"val_{k}": v for k, v in result.val.items()}})
-                                    + "\n")
+                            f.write(
+                                json.dumps({"step": self.step, **{f"val_{k}": v for k, v in result.val.items()}}) + "\n"
+                            )
                 if self.step % cfg.ckpt_every == 0 or epoch_end or self.step == end:
                     result.checkpoint = self.save()
         finally:
@@ -319,8 +372,9 @@ class Trainer:
                 group["lr"] = lr
         return lr
 
-    def _train_step(self, micro: list[dict[str, Any]], per_process: int, autocast: torch.dtype | None
-                    ) -> dict[str, float]:
+    def _train_step(
+        self, micro: list[dict[str, Any]], per_process: int, autocast: torch.dtype | None
+    ) -> dict[str, float]:
         cfg, world = self.cfg, self.world
         device = world.device
         self.optimizer.zero_grad(set_to_none=True)
@@ -353,9 +407,11 @@ class Trainer:
         n = self.plan.replicas
         loss = totals[0].item() / n
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss} at step {self.step + 1}; stopped without saving it. The last "
-                                f"good checkpoint is in {checkpoint.checkpoint_dir(self.run)}: resume with a lower "
-                                "--lr, --clip-grad, or --precision fp32/bf16")
+            raise NonFiniteLoss(
+                f"the loss became {loss} at step {self.step + 1}; stopped without saving it. The last "
+                f"good checkpoint is in {checkpoint.checkpoint_dir(self.run)}: resume with a lower "
+                "--lr, --clip-grad, or --precision fp32/bf16"
+            )
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             self.scaler.unscale_(self.head_optimizer)
@@ -394,8 +450,9 @@ class Trainer:
             if out.pattern_logits is not None:
                 H, W = self.plan.image_size
                 occluded = np.array([bool(r.get("occluded")) for r in rows])
-                boxes = np.array([[r.get(c) or 0 for c in ("box_x0", "box_y0", "box_x1", "box_y1")] for r in rows],
-                                 dtype=np.float64)
+                boxes = np.array(
+                    [[r.get(c) or 0 for c in ("box_x0", "box_y0", "box_x1", "box_y1")] for r in rows], dtype=np.float64
+                )
                 truth = torch.from_numpy(label_boxes(boxes, occluded, self.cfg.K, H, W)[0].astype(np.int64))
                 hits[2] += (out.pattern_logits.argmax(1).cpu() == truth).sum()
                 hits[3] += len(rows)
@@ -424,7 +481,8 @@ class Trainer:
         names: dict[str, int] = {}
         for source in self.sources:
             table = ds.dataset(source.manifest.path / "samples.parquet", format="parquet").to_table(
-                columns=["identity", "identity_name"])
+                columns=["identity", "identity_name"]
+            )
             for identity, name in zip(table["identity"].to_pylist(), table["identity_name"].to_pylist()):
                 names.setdefault(name, identity + source.identity_offset)
         return names
@@ -452,8 +510,9 @@ def usable_workers(wanted: int, lanes_here: int) -> int:
     return max(w for w in range(1, min(wanted, lanes_here) + 1) if lanes_here % w == 0)
 
 
-def prepare(cfg_overrides: dict[str, Any], config: TrainConfig, resume: bool, world: World
-            ) -> tuple[TrainConfig, dict[str, Any] | None]:
+def prepare(
+    cfg_overrides: dict[str, Any], config: TrainConfig, resume: bool, world: World
+) -> tuple[TrainConfig, dict[str, Any] | None]:
     """Settle the run's settings: a new run fixes replicas and lanes; a resumed one reads its own settings back."""
     run = Path(config.out)
     saved_cfg = run / "config.toml"
@@ -471,8 +530,10 @@ def prepare(cfg_overrides: dict[str, Any], config: TrainConfig, resume: bool, wo
         state = None
     cfg.validate()
     if cfg.replicas % world.size:
-        raise UserError(f"this run splits each batch into {cfg.replicas} replicas, which {world.size} processes "
-                        f"cannot share evenly; run it on a divisor of {cfg.replicas} processes")
+        raise UserError(
+            f"this run splits each batch into {cfg.replicas} replicas, which {world.size} processes "
+            f"cannot share evenly; run it on a divisor of {cfg.replicas} processes"
+        )
     if world.main:
         atomic_write(run / "config.toml", write_toml(cfg).encode())
     distributed.barrier(world)
