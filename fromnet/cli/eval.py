@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import wraps
 from pathlib import Path
 
 import click
@@ -57,6 +58,26 @@ class Sources:
             raise UserError(f"{path}: neither an embeddings .parquet file nor a finished manifest folder")
         self._cache[key] = emb
         return emb
+
+
+def bootstrap_options(fn):
+    """--bootstrap and --bootstrap-seed, passed on as one ``boot`` (fromnet.eval.bootstrap.Bootstrap)."""
+    from fromnet.eval.bootstrap import DEFAULT_RESAMPLES, Bootstrap
+
+    @click.option(
+        "--bootstrap",
+        "resamples",
+        default=DEFAULT_RESAMPLES,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Resamples of the people for the 95 % intervals (0: no intervals).",
+    )
+    @click.option("--bootstrap-seed", default=0, show_default=True, type=int, help="Seed of the resampling.")
+    @wraps(fn)
+    def wrapper(*args, resamples, bootstrap_seed, **kw):
+        return fn(*args, boot=Bootstrap(resamples, bootstrap_seed), **kw)
+
+    return wrapper
 
 
 def read_key_list(path: str) -> np.ndarray:
@@ -138,6 +159,7 @@ def read_key_list(path: str) -> np.ndarray:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for results.json, results.md and the PNG plots.",
 )
+@bootstrap_options
 @model_options
 def eval_cmd(
     pairs_list,
@@ -154,9 +176,11 @@ def eval_cmd(
     gallery_keys,
     probe_keys,
     out,
+    boot,
     model_settings,
 ) -> None:
-    """Evaluate face embeddings on verification pairs and/or identification lists.
+    """Evaluate face embeddings on verification pairs and/or identification lists, with 95 % intervals that
+    resample people (--bootstrap).
 
     \b
     Examples:
@@ -210,7 +234,7 @@ def eval_cmd(
                 "nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest"
             )
         for ps in pair_sets:
-            verification.extend(evaluate_set(table, ps, metric, fars))
+            verification.extend(evaluate_set(table, ps, metric, fars, boot))
     if gallery:
         if not probes:
             raise UserError("--gallery needs --probes (the faces to identify)")
@@ -223,7 +247,7 @@ def eval_cmd(
             p = src.get(path)
             if probe_keys:
                 p = p.subset(p.find(read_key_list(probe_keys), None, "probe keys"))
-            identification.append(identify(label or _stem(path), g, p, d, metric))
+            identification.append(identify(label or _stem(path), g, p, d, metric, boot))
     elif probes or distractors:
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:

@@ -24,14 +24,35 @@ REGIONS = ("left_eye", "right_eye", "eyes", "nose", "mouth", "lower_face", "uppe
 
 
 LEGEND = (
-    "accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
-    "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
+    "accuracy: mean over the folds, each fold decided at the threshold that maximises accuracy on the others "
+    "(all-pairs sets: the share of their balanced pairs decided right, folds of disjoint people); fold std: "
+    "population std over the folds; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); "
+    "[low, high]: 95 % bootstrap interval that resamples people (see the bootstrap line above); occluded area: "
     "mean box area of the pair's more occluded face."
 )
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """'81.23 [79.80, 82.61]' in percent, or the value alone when no interval was drawn."""
+    if low is None or high is None:
+        return _pct(value)
+    return f"{_pct(value)} [{_pct(low)}, {_pct(high)}]"
+
+
+def bootstrap_line(results) -> str | None:
+    """How the intervals of these results were drawn, in words (None: no intervals)."""
+    spec = next((r.bootstrap for r in results if r.bootstrap), None)
+    if spec is None:
+        return None
+    return (
+        f"{100 * spec['level']:g} % percentile bootstrap over people: {spec['resamples']:,} resamples of the "
+        f"people of each set with replacement (seed {spec['seed']}), a pair weighted by how often its people "
+        "were drawn"
+    )
 
 
 def verification_table(results: Sequence[VerificationResult]) -> str:
@@ -43,20 +64,22 @@ def verification_table(results: Sequence[VerificationResult]) -> str:
         "impostors",
         "folds",
         "accuracy %",
+        "fold std",
         *(f"TAR@FAR={f:g} %" for f in fars),
         "AUC",
         "occluded area %",
     ]
     rows = []
     for r in results:
-        tars = [_pct(t.tar) if t.tar is not None else "n/a" for t in r.tar]
+        tars = [with_interval(t.tar, t.low, t.high) if t.tar is not None else "n/a" for t in r.tar]
         rows.append(
             [
                 r.name,
                 f"{r.pairs:,}",
                 f"{r.impostors:,}",
                 str(r.folds),
-                f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+                with_interval(r.accuracy, r.accuracy_low, r.accuracy_high),
+                _pct(r.accuracy_std),
                 *tars,
                 f"{r.auc:.4f}",
                 _pct(r.mean_area),
@@ -125,7 +148,7 @@ def identification_table(results: Sequence[IdentificationResult]) -> str:
             f"{r.no_mate:,}",
             f"{r.gallery:,}",
             f"{r.distractors:,}",
-            _pct(r.rank1),
+            with_interval(r.rank1, r.rank1_low, r.rank1_high),
             _pct(r.rank5),
             _pct(r.mean_area),
         ]
@@ -194,9 +217,9 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
     low = 100.0
     for i, (group, by_region) in enumerate(series.items()):
         xs = [k + (i - (len(series) - 1) / 2) * width for k, n in enumerate(names) if n in by_region]
-        acc = [100 * by_region[n].accuracy for n in names if n in by_region]
-        err = [100 * by_region[n].accuracy_std for n in names if n in by_region]
-        bars = ax.bar(xs, acc, width=width, yerr=err, capsize=3, label=group)
+        shown = [by_region[n] for n in names if n in by_region]
+        acc = [100 * r.accuracy for r in shown]
+        bars = ax.bar(xs, acc, width=width, yerr=_error_bars(shown), capsize=3, label=group)
         ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, padding=2)
         low = min(low, *acc)
     for r in results:
@@ -204,13 +227,23 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
             ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
             low = min(low, 100 * r.accuracy)
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
-    ax.set_ylabel("verification accuracy % (k-fold)")
+    ax.set_ylabel("verification accuracy % (k-fold; bars: 95 % interval, else fold std)")
     ax.set_ylim(max(0, low - 10), 100)
     ax.set_title("Accuracy per occluded region")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
     return True
+
+
+def _error_bars(results: Sequence[VerificationResult]) -> list[list[float]]:
+    """(2, n) error bars in points: the bootstrap interval where drawn, else ± the fold std."""
+    below, above = [], []
+    for r in results:
+        has = r.accuracy_low is not None
+        below.append(100 * (r.accuracy - r.accuracy_low if has else r.accuracy_std))
+        above.append(100 * (r.accuracy_high - r.accuracy if has else r.accuracy_std))
+    return [below, above]
 
 
 def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int = MIN_BIN_PAIRS) -> bool:
@@ -279,6 +312,9 @@ def write_report(
             plots.append("area.png")
     if identification:
         parts.append("## Identification\n\n" + identification_table(identification))
+    line = bootstrap_line([*verification, *identification])
+    if line:
+        parts.insert(1, f"Intervals: {line}.")
     if plots:
         parts.append("\n".join(f"![{p}]({p})" for p in plots))
     text = "\n\n".join(parts) + "\n"
