@@ -14,7 +14,7 @@ from fromnet.cli.embed import ModelRunner, model_options
 from occgen.errors import UserError
 
 
-def _labelled(text: str) -> tuple[str | None, str]:
+def labelled(text: str) -> tuple[str | None, str]:
     """'LABEL=PATH' -> (LABEL, PATH); a plain PATH -> (None, PATH)."""
     label, sep, rest = text.partition("=")
     return (label, rest) if sep and label and "/" not in label and rest else (None, text)
@@ -214,7 +214,7 @@ def eval_cmd(
             table = select_folds(table, folds)
         pair_sets = []
         for text in sets:
-            label, spec = _labelled(text)
+            label, spec = labelled(text)
             if label is None:
                 raise UserError(f"--set {text!r}: write LABEL=A or LABEL=A,B (e.g. N-O=clean.parquet,occ.parquet)")
             parts = [s for s in spec.split(",") if s]
@@ -243,7 +243,7 @@ def eval_cmd(
             g = g.subset(g.find(read_key_list(gallery_keys), None, "gallery keys"))
         d = [src.get(p) for p in distractors]
         for text in probes:
-            label, path = _labelled(text)
+            label, path = labelled(text)
             p = src.get(path)
             if probe_keys:
                 p = p.subset(p.find(read_key_list(probe_keys), None, "probe keys"))

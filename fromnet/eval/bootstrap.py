@@ -32,6 +32,8 @@ DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
 #: Weight-matrix entries handled at once (bounds memory at ~64 MB of float64).
 CHUNK = 8_000_000
+#: Person x person matrices up to this many entries (~130 MB) are summed densely, by matrix products.
+DENSE_MAX = 16_000_000
 
 
 def identity_of(src: str) -> str:
@@ -126,6 +128,13 @@ def weighted_sums(c: np.ndarray, people: People, values: np.ndarray) -> np.ndarr
         agg[:, k] = np.bincount(inv, weights=values[:, k], minlength=len(uniq))
     a, b = uniq // (people.n + 1), uniq % (people.n + 1)
     out = np.zeros((len(c), values.shape[1]))
+    if (people.n + 1) ** 2 <= min(DENSE_MAX, 16 * len(uniq)):
+        # many combinations of few people: sum_ij c_i N_ij c_j as one matrix product per value column
+        for k in range(values.shape[1]):
+            dense = np.zeros((people.n + 1, people.n + 1))
+            dense[a, b] = agg[:, k]
+            out[:, k] = np.einsum("bi,bi->b", c @ dense, c)
+        return out
     step = max(1, CHUNK // len(c))
     for s in range(0, len(uniq), step):
         out += (c[:, a[s : s + step]] * c[:, b[s : s + step]]) @ agg[s : s + step]

@@ -86,7 +86,7 @@ def verification_table(results: Sequence[VerificationResult]) -> str:
             ]
         )
     notes = sorted({t.refused for r in results for t in r.tar if t.refused})
-    return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
+    return markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
 
 
 #: Rows of the PartialLFW table (Hörmann et al., ICIP 2021): (protocol, centered), holistic first.
@@ -136,7 +136,7 @@ def partiallfw_table(summary: Sequence[dict[str, Any]]) -> str:
         ]
         for r in summary
     ]
-    return _markdown(head, rows)
+    return markdown(head, rows)
 
 
 def identification_table(results: Sequence[IdentificationResult]) -> str:
@@ -154,10 +154,10 @@ def identification_table(results: Sequence[IdentificationResult]) -> str:
         ]
         for r in results
     ]
-    return _markdown(head, rows)
+    return markdown(head, rows)
 
 
-def _markdown(head: list[str], rows: list[list[str]]) -> str:
+def markdown(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
@@ -169,7 +169,7 @@ def region_of(label: str) -> str | None:
     return next((r for r in sorted(REGIONS, key=len, reverse=True) if norm == r or norm.endswith("_" + r)), None)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +180,7 @@ def _pyplot():
 
 def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     """TAR against FAR (log scale from 1/impostors), one curve per set and group."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     low = 1.0
     for r in results:
@@ -196,7 +196,7 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     ax.set_title("Verification ROC")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
@@ -210,7 +210,7 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
             series.setdefault(group, {}).setdefault(region, r)
     if not series:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n in REGIONS if any(n in s for s in series.values())]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     width = 0.8 / len(series)
@@ -232,7 +232,7 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
     ax.set_title("Accuracy per occluded region")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -252,7 +252,7 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     curves = [r for r in results if r.area_curve and any(b["lo"] > 0 for b in r.area_curve)]
     if not curves:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     for r in results:
         if r.mean_area == 0:
@@ -271,17 +271,17 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     ax.set_title(f"Accuracy against occluded area ({counts}bins < {min_pairs} pairs not drawn)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def save(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     # bbox_inches="tight" fits any number of legend rows (tight_layout gives up on tall legends, with a warning)
     fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write(path, buf.getvalue())
 
 

@@ -4,8 +4,9 @@ of a source (in practice, a split's test people), far more pairs than a pairs li
 At most ``max_per_identity`` images of a person are used (a seeded choice), so one person with hundreds of images
 (George W Bush has 530 in LFW) cannot dominate. People are dealt into ``folds`` identity-disjoint folds (seeded),
 and a *balanced* subset is marked for accuracy: all genuine pairs, and per fold as many impostor pairs as it has
-genuine ones, drawn (seeded) among impostor pairs of two people of that fold. Accuracy is decided on the balanced
-pairs, each fold at the threshold chosen on the others (LFW's protocol, with people never shared by two folds);
+genuine ones, drawn (seeded) among impostor pairs of two people of that fold (topped up, where those are too few,
+with pairs of one of its people and someone of another fold). Accuracy is decided on the balanced pairs, each fold
+at the threshold chosen on the others (LFW's protocol: a fold's genuine pairs are people no other fold has);
 TAR at FAR uses every impostor pair. Every choice hashes (seed, path), so the set is the same for any worker
 count and numpy version.
 
@@ -122,9 +123,15 @@ def all_pairs(source: Source, protocol: str, opts: AllPairsOptions) -> AllPairs:
     balanced = same.copy()
     second = _mix(key ^ np.uint64(0x9E3779B97F4A7C15))  # another draw: the balanced subset is not the sample
     for f in range(opts.folds):
-        pool = np.flatnonzero(~same & (pair_fold == f))
         want = int((same & (pair_fold == f)).sum())
-        balanced[pool[_smallest(second[pool], want)]] = True
+        own = np.flatnonzero(~same & (pair_fold == f))
+        chosen = own[_smallest(second[own], want)]
+        if len(chosen) < want:  # too few impostor pairs among the fold's people: one of them and another fold's
+            cross = np.flatnonzero(~same & (pair_fold == -1) & ((fold[i] == f) | (fold[j] == f)))
+            extra = cross[_smallest(second[cross], want - len(chosen))]
+            pair_fold[extra] = f
+            chosen = np.concatenate([chosen, extra])
+        balanced[chosen] = True
     c1, c2 = PROTOCOLS[protocol]
     rels = np.array([it.rel for it in items], dtype=object)
     keys = {c: np.array([sample_key(it.rel, c) for it in items], dtype=object) for c in {c1, c2}}
