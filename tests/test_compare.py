@@ -186,7 +186,7 @@ def test_compare_embeds_runs_of_several_seeds(mini, tmp_path):
     acc = {f["model"]: f for f in report["figures"] if f["metric"] == "accuracy"}
     assert len(acc["A"]["seeds"]) == 2 and len(acc["B"]["seeds"]) == 1
     assert acc["A"]["value"] == pytest.approx(np.mean(acc["A"]["seeds"]))
-    saved = out / "embeddings" / "A" / "1" / "embeddings" / "mini-no.parquet"
+    saved = out / "models" / "A" / "1" / "embeddings" / "mini-no.parquet"
     assert saved.is_file()
     # the saved embeddings compare again without embedding
     again = tmp_path / "again"
@@ -196,9 +196,9 @@ def test_compare_embeds_runs_of_several_seeds(mini, tmp_path):
         "--pairs",
         mini["manifest"],
         "--embeddings",
-        f"A={out / 'embeddings/A/0/embeddings'},{saved.parent}",
+        f"A={out / 'models/A/0/embeddings'},{saved.parent}",
         "--embeddings",
-        f"B={out / 'embeddings/B/0/embeddings'}",
+        f"B={out / 'models/B/0/embeddings'}",
         "--bootstrap",
         100,
         "--far",

@@ -8,7 +8,7 @@ import click
 
 from fromnet.cli import main
 from fromnet.cli.embed import ModelRunner, model_options
-from fromnet.cli.eval import Sources, bootstrap_options, labelled
+from fromnet.cli.eval import Sources, labelled, scoring_options
 from occgen.errors import UserError
 
 
@@ -74,25 +74,21 @@ class Saved:
     multiple=True,
     metavar="NAME=PATH[,PATH...]",
     help="A model given by embeddings already made, one PATH per seed: a folder of <manifest name>.parquet "
-    "files (what --model saves under OUT/embeddings/NAME/<i>/embeddings/) or one file with every face.",
+    "files (what --model saves under OUT/models/NAME/<i>/embeddings/) or one file with every face.",
 )
 @click.option("--reference", help="The model the others are compared with (default: the first given).")
 @click.option("--gallery", help="Identification gallery: a manifest (its faces embedded by each model).")
 @click.option("--probes", multiple=True, metavar="[LABEL=]MANIFEST", help="Identification probes (repeatable).")
-@click.option(
-    "--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True, help="Pair score."
-)
-@click.option("--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4).")
 @click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for compare.md, compare.json, differences.png (and the embeddings --model makes).",
 )
-@bootstrap_options
+@scoring_options
 @model_options
 def compare_cmd(
-    pairs_list, model_specs, embedding_specs, reference, gallery, probes, metric, fars, out, boot, model_settings
+    pairs_list, model_specs, embedding_specs, reference, gallery, probes, out, metric, fars, boot, model_settings
 ) -> None:
     """Score two or more models on exactly the same pairs and probes; give each difference against --reference
     with its paired-bootstrap 95 % interval and a verdict (better / worse / within noise).
@@ -143,7 +139,7 @@ def compare_cmd(
     for name, paths in runs.items():
         for i, run in enumerate(paths):
             factory = lambda run=run: ModelRunner(run, model_settings)  # noqa: E731
-            scored[name].append(score(Sources(factory, out / "embeddings" / name / str(i))))
+            scored[name].append(score(Sources(factory, out / "models" / name / str(i))))
     for name, paths in saved.items():
         scored[name] = [score(Saved(p)) for p in paths]
     figs = figures({n: scored[n] for n in names}, boot.level)

@@ -60,10 +60,21 @@ class Sources:
         return emb
 
 
-def bootstrap_options(fn):
-    """--bootstrap and --bootstrap-seed, passed on as one ``boot`` (fromnet.eval.bootstrap.Bootstrap)."""
+def scoring_options(fn):
+    """How pairs are scored and summarised, shared by `eval` and `compare`: --metric, --far (as ``fars``), and
+    --bootstrap / --bootstrap-seed passed on as one ``boot`` (fromnet.eval.bootstrap.Bootstrap)."""
     from fromnet.eval.bootstrap import DEFAULT_RESAMPLES, Bootstrap
 
+    @click.option(
+        "--metric",
+        type=click.Choice(["cosine", "euclidean"]),
+        default="cosine",
+        show_default=True,
+        help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
+    )
+    @click.option(
+        "--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4)."
+    )
     @click.option(
         "--bootstrap",
         "resamples",
@@ -129,20 +140,12 @@ def read_key_list(path: str) -> np.ndarray:
 )
 @click.option("--model", help="Embed manifest folders on the way: a fromnet run/checkpoint or onnx:PATH.")
 @click.option(
-    "--metric",
-    type=click.Choice(["cosine", "euclidean"]),
-    default="cosine",
-    show_default=True,
-    help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
-)
-@click.option(
     "--fold",
     "folds",
     multiple=True,
     type=click.IntRange(min=0),
     help="Only the pairs of this fold (repeatable), e.g. --fold 9 for people a model was not trained on.",
 )
-@click.option("--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4).")
 @click.option("--gallery", help="Identification gallery: embeddings file or (with --model) manifest.")
 @click.option(
     "--probes",
@@ -159,7 +162,7 @@ def read_key_list(path: str) -> np.ndarray:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for results.json, results.md and the PNG plots.",
 )
-@bootstrap_options
+@scoring_options
 @model_options
 def eval_cmd(
     pairs_list,
