@@ -114,6 +114,11 @@ def test_build_identities_keeps_keys_and_images_and_numbers_people_anew(lfw_mini
     assert set(part["identity_name"]) == set(names) and sorted(set(part["identity"])) == [0, 1, 2]
     assert (part["sha256"] == whole.loc[part.index, "sha256"]).all()  # same keys, same seeds, same bytes
     assert json.loads((tmp_path / "m" / "part" / "build.json").read_text())["identities"] == names
+    tar = next((tmp_path / "shards").glob("part-*.tar"))
+    original = tar.read_bytes()
+    tar.unlink()
+    assert "repaired 1 of 1" in run("verify", tmp_path / "m" / "part", "--repair", "-j", 1).output
+    assert tar.read_bytes() == original  # --repair rebuilt the subset, not the whole source
     (tmp_path / "bad.txt").write_text("Nobody_Here\n")
     result = run("build", *common, "--name", "bad", "--identities", tmp_path / "bad.txt", ok=False)
     assert result.exit_code != 0 and "lacks (first: Nobody_Here)" in result.output
