@@ -38,6 +38,13 @@ def test_hand_worked_resamples():
     assert tar[1, 0] == pytest.approx(1.0) and np.isnan(tar[1, 1])
     assert tar[2] == pytest.approx([metrics.tar_at_far(SCORES, SAME, f).tar for f in (0.5, 0.25)])
     assert bs.interval(tar[:, 1]) is None  # a resample without enough impostors: no interval, not a guess
+    folds = np.array([0, 1, 0, 1, 1, 0])
+    kfold = bs.kfold_accuracy(c, people, SCORES, SAME, folds)
+    # r3 (every pair once) is metrics.kfold_accuracy itself. r2 holds only fold 0's A genuine (x2) and fold 1's
+    # A-C impostor (x2): fold 0 at the threshold of {0.2 impostor} = 0.2 -> 0.9 accepted, right; fold 1 at the
+    # threshold of {0.9 genuine} = 0.9 - 1 -> 0.2 accepted, wrong: 2 of 4
+    assert kfold[2] == pytest.approx(metrics.kfold_accuracy(SCORES, SAME, folds).correct.mean())
+    assert kfold[1] == pytest.approx(0.5)
 
 
 def written_out(scores, same, people, c_row):
@@ -59,9 +66,13 @@ def test_weighted_statistics_equal_the_resample_written_out():
     fars = (1e-2, 1e-3)
     tar = bs.tar_at_far(c, people, scores, same, fars)
     acc = bs.share(c, people, correct)
+    folds = person[i] % 4  # identity folds: each fold's threshold chosen on the other folds
+    kfold = bs.kfold_accuracy(c, people, scores, same, folds)
     for b in range(len(c)):
         s, y = written_out(scores, same, people, c[b])
         assert acc[b] == pytest.approx(np.mean((s > 0.7) == y))
+        w = (c[b, people.first] * c[b, people.second]).astype(int)
+        assert kfold[b] == pytest.approx(metrics.kfold_accuracy(s, y, np.repeat(folds, w)).correct.mean())
         for f, far in enumerate(fars):
             assert tar[b, f] == pytest.approx(metrics.tar_at_far(s, y, far).tar)
 

@@ -154,7 +154,7 @@ def verify(
     )
     if people is not None and boot.resamples:
         c = bs.counts(people.n, boot)
-        result.samples["accuracy"] = bs.share(c, people.subset(decided), kf.correct)
+        result.samples["accuracy"] = bs.kfold_accuracy(c, people.subset(decided), d_scores, d_same, d_folds)
         result.accuracy_low, result.accuracy_high = bs.interval(result.samples["accuracy"], boot.level)
         for t, values in zip(tar, bs.tar_at_far(c, people, scores, same, fars).T):
             result.samples[tar_key(t.far)] = values
