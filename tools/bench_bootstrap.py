@@ -1,6 +1,7 @@
 """How long the people-resampling intervals take on LFW's tenth-fold all-pairs set (412,686 pairs, 451 people),
 against the simple way: each resample written out (pairs repeated by their weight) and scored by the plain metric
-functions (10-fold accuracy on the balanced pairs, TAR@FAR on all). Pixel embeddings (tools/pixel_embeddings.py's) stand in for a model: the timing does not depend on it.
+functions (10-fold accuracy on the balanced pairs, TAR@FAR on all). Pixel embeddings (tools/pixel_embeddings.py's)
+stand in for a model: the timing does not depend on it.
 
     python tools/bench_bootstrap.py [--resamples 1000] [--simple 20]
 """
