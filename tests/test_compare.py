@@ -218,3 +218,32 @@ def test_compare_user_errors(mini, tmp_path):
     ]:
         result = run(main, "compare", "--pairs", mini["manifest"], *args, "--out", tmp_path / "x", ok=False)
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_compare_identification_rank1_with_paired_intervals(mini, tmp_path):
+    out = tmp_path / "id"
+    # leave-one-out on the set's own faces: a probe's own photo (either copy) is never its match
+    result = run(
+        main,
+        "compare",
+        "--gallery",
+        mini["manifest"],
+        "--probes",
+        f"all={mini['manifest']}",
+        "--embeddings",
+        f"Good={mini['good']}",
+        "--embeddings",
+        f"Poor={mini['poor']}",
+        "--embeddings",
+        f"Again={mini['good']}",
+        "--bootstrap",
+        200,
+        "--out",
+        out,
+    )
+    report = json.loads((out / "compare.json").read_text())
+    good = next(f for f in report["figures"] if f["model"] == "Good")
+    assert good["metric"] == "rank-1" and good["people"] == 12 and good["low"] <= good["value"] <= good["high"]
+    diffs = {d["model"]: d for d in report["differences"]}
+    assert diffs["Again"]["verdict"] == "within noise" and diffs["Again"]["low"] == diffs["Again"]["high"] == 0
+    assert diffs["Poor"]["value"] < 0 and "all, rank-1: Poor - Good:" in result.output
