@@ -64,6 +64,18 @@ def mini(tmp_path_factory) -> dict:
     return dict(root=root, manifest=manifest, **folders)
 
 
+def three_models(mini) -> list[str]:
+    """Good, Poor, and Good again under another name (a model compared with itself)."""
+    return [
+        "--embeddings",
+        f"Good={mini['good']}",
+        "--embeddings",
+        f"Poor={mini['poor']}",
+        "--embeddings",
+        f"Again={mini['good']}",
+    ]
+
+
 def test_eval_writes_intervals_with_their_resamples_and_seed(mini, tmp_path):
     out = tmp_path / "ev"
     result = run(
@@ -98,12 +110,7 @@ def test_compare_a_model_with_itself_and_with_a_worse_one(mini, tmp_path):
         "compare",
         "--pairs",
         mini["manifest"],
-        "--embeddings",
-        f"Good={mini['good']}",
-        "--embeddings",
-        f"Poor={mini['poor']}",
-        "--embeddings",
-        f"Again={mini['good']}",
+        *three_models(mini),
         "--reference",
         "Good",
         "--bootstrap",
@@ -230,12 +237,7 @@ def test_compare_identification_rank1_with_paired_intervals(mini, tmp_path):
         mini["manifest"],
         "--probes",
         f"all={mini['manifest']}",
-        "--embeddings",
-        f"Good={mini['good']}",
-        "--embeddings",
-        f"Poor={mini['poor']}",
-        "--embeddings",
-        f"Again={mini['good']}",
+        *three_models(mini),
         "--bootstrap",
         200,
         "--out",
