@@ -27,7 +27,8 @@ LEGEND = (
     "accuracy: mean over the folds, each fold decided at the threshold that maximises accuracy on the others "
     "(all-pairs sets: the share of their balanced pairs decided right, folds of disjoint people); fold std: "
     "population std over the folds; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); "
-    "[low, high]: 95 % bootstrap interval that resamples people (see the bootstrap line above); occluded area: "
+    "[low, high]: 95 % bootstrap interval that resamples people (see the intervals line above; none where a "
+    "resample cannot be scored: too few impostors for the FAR, or a fold drawn without any other); occluded area: "
     "mean box area of the pair's more occluded face."
 )
 

@@ -155,7 +155,7 @@ def verify(
     if people is not None and boot.resamples:
         c = bs.counts(people.n, boot)
         result.samples["accuracy"] = bs.kfold_accuracy(c, people.subset(decided), d_scores, d_same, d_folds)
-        result.accuracy_low, result.accuracy_high = bs.interval(result.samples["accuracy"], boot.level)
+        result.accuracy_low, result.accuracy_high = bs.interval(result.samples["accuracy"], boot.level) or (None, None)
         for t, values in zip(tar, bs.tar_at_far(c, people, scores, same, fars).T):
             result.samples[tar_key(t.far)] = values
             t.low, t.high = bs.interval(values, boot.level) or (None, None)
