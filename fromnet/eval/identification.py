@@ -8,6 +8,7 @@ the gallery and match no probe. Probes with no mate left in the gallery are coun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ def identify(
     label: str,
     gallery: Embeddings,
     probes: Embeddings,
-    distractors: list[Embeddings] = (),
+    distractors: Sequence[Embeddings] = (),
     metric: str = "cosine",
     boot: bs.Bootstrap = bs.DEFAULT,
 ) -> IdentificationResult:
