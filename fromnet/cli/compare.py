@@ -101,10 +101,10 @@ def compare_cmd(
       fromnet compare --pairs manifests/lfw-t10-no-2 --embeddings A=emb/a --embeddings B=emb/b --out results/ab
     """
     from fromnet.eval.compare import differences, differences_table, figures, figures_table, plot_differences
-    from fromnet.eval.identification import identify
+    from fromnet.eval.identification import IdentificationResult, identify
     from fromnet.eval.pairs import read_pairs_manifest
     from fromnet.eval.report import bootstrap_line
-    from fromnet.eval.verification import DEFAULT_FARS, PairSet, evaluate_set
+    from fromnet.eval.verification import DEFAULT_FARS, PairSet, VerificationResult, evaluate_set
     from occgen.writer import atomic_write, json_bytes
 
     runs, saved = _models(model_specs, "--model"), _models(embedding_specs, "--embeddings")
@@ -123,8 +123,8 @@ def compare_cmd(
     fars = tuple(fars) or DEFAULT_FARS
     tables = {p: read_pairs_manifest(Path(p)) for p in pairs_list}
 
-    def score(source) -> list:
-        results = []
+    def score(source) -> list[VerificationResult | IdentificationResult]:
+        results: list[VerificationResult | IdentificationResult] = []
         for path, table in tables.items():
             emb = source.get(path)
             results.extend(evaluate_set(table, PairSet(Path(path.rstrip("/")).name, emb, emb), metric, fars, boot))

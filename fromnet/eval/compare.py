@@ -64,8 +64,7 @@ class Difference:
         """'FROM - Baseline-Aug: +1.80 [+0.90, +2.70]: better' (percentage points)."""
         if self.value is None:
             return f"{self.model} - {self.reference}: n/a"
-        ci = f" [{100 * self.low:+.2f}, {100 * self.high:+.2f}]" if self.low is not None else ""
-        return f"{self.model} - {self.reference}: {100 * self.value:+.2f}{ci}: {self.verdict}"
+        return f"{self.model} - {self.reference}: {_signed(self.value, self.low, self.high)}: {self.verdict}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +74,9 @@ def values_of(result: VerificationResult | IdentificationResult) -> dict[tuple[s
     """(set, metric) -> (value, per-resample values or None) of one evaluation result."""
     if isinstance(result, IdentificationResult):
         return {(result.label, "rank-1"): (result.rank1, result.samples.get("rank-1"))}
-    out = {(result.name, "accuracy"): (result.accuracy, result.samples.get("accuracy"))}
+    out: dict[tuple[str, str], tuple[float | None, Any]] = {
+        (result.name, "accuracy"): (result.accuracy, result.samples.get("accuracy"))
+    }
     for t in result.tar:
         out[(result.name, tar_key(t.far))] = (t.tar, result.samples.get(tar_key(t.far)))
     return out
@@ -150,6 +151,19 @@ def _pct(x: float | None, sign: str = "") -> str:
     return "-" if x is None else f"{100 * x:{sign}.2f}"
 
 
+def _signed(value: float | None, low: float | None, high: float | None) -> str:
+    """'+1.80 [+0.90, +2.70]' in points; the value alone when there is no interval."""
+    ci = f" [{_pct(low, '+')}, {_pct(high, '+')}]" if low is not None and high is not None else ""
+    return _pct(value, "+") + ci
+
+
+def _bar(value: float, low: float | None, high: float | None) -> tuple[float, float]:
+    """Error bar lengths below and above a value, in points (none without an interval)."""
+    if low is None or high is None:
+        return 0.0, 0.0
+    return 100 * (value - low), 100 * (high - value)
+
+
 def figures_table(figs: Sequence[Figure]) -> str:
     from fromnet.eval.report import markdown, with_interval
 
@@ -173,7 +187,7 @@ def differences_table(diffs: Sequence[Difference]) -> str:
             d.set,
             d.metric,
             f"{d.model} - {d.reference}",
-            _pct(d.value, "+") + (f" [{_pct(d.low, '+')}, {_pct(d.high, '+')}]" if d.low is not None else ""),
+            _signed(d.value, d.low, d.high),
             d.verdict,
         ]
         for d in diffs
@@ -200,11 +214,8 @@ def plot_differences(diffs: Sequence[Difference], path: Path) -> bool:
         for m, model in enumerate(models):
             rows = [d for d in drawn if d.metric == metric and d.model == model]
             xs = [sets.index(d.set) + (m - (len(models) - 1) / 2) * 0.8 / len(models) for d in rows]
-            ys = [100 * d.value for d in rows]
-            err = [
-                [100 * (d.value - d.low) if d.low is not None else 0 for d in rows],
-                [100 * (d.high - d.value) if d.high is not None else 0 for d in rows],
-            ]
+            ys = [100 * (d.value or 0.0) for d in rows]
+            err = np.array([_bar(d.value or 0.0, d.low, d.high) for d in rows]).T.reshape(2, -1)
             ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=f"{model} - {rows[0].reference}" if rows else model)
         ax.axhline(0, color="grey", linewidth=1)
         ax.set_xticks(range(len(sets)), sets, rotation=30, ha="right", fontsize=7)

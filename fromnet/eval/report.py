@@ -243,9 +243,9 @@ def _error_bars(results: Sequence[VerificationResult]) -> list[list[float]]:
     """(2, n) error bars in points: the bootstrap interval where drawn, else ± the fold std."""
     below, above = [], []
     for r in results:
-        has = r.accuracy_low is not None
-        below.append(100 * (r.accuracy - r.accuracy_low if has else r.accuracy_std))
-        above.append(100 * (r.accuracy_high - r.accuracy if has else r.accuracy_std))
+        low, high = r.accuracy_low, r.accuracy_high
+        below.append(100 * (r.accuracy - low if low is not None else r.accuracy_std))
+        above.append(100 * (high - r.accuracy if high is not None else r.accuracy_std))
     return [below, above]
 
 
