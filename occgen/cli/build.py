@@ -19,6 +19,8 @@ from occgen.occlude.run import BuildOptions, build
 from occgen.occlude.sources import open_source
 from occgen.report.card import command_line, write_card
 from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
+from occgen.sets.allpairs import AllPairsOptions
+from occgen.sets.allpairs import all_pairs as all_pairs_set
 from occgen.sets.pairs import (
     describe as describe_pairs,
 )
@@ -27,11 +29,13 @@ from occgen.sets.pairs import (
     read_pairs,
     resolve,
     write_pairs,
+    write_pairs_table,
 )
 from occgen.sets.pairs import (
     picks as pair_picks,
 )
 from occgen.sets.regions import REGIONS, group_categories
+from occgen.sets.split import read_identity_list, select_identities
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -85,12 +89,31 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option(
     "--pairs",
     "pairs_file",
-    type=click.Path(dir_okay=False, path_type=Path),
     help="LFW-style pairs list: "
     "build a verification set of the images it names, first image clean and second occluded (N-O), and "
-    "write pairs.parquet beside the manifest.",
+    "write pairs.parquet beside the manifest. 'all': every genuine and impostor pair among the source's faces "
+    "(use --identities to take a split's test people).",
 )
 @click.option("--both", is_flag=True, help="With --pairs: occlude both images of every pair (O-O).")
+@click.option(
+    "--identities",
+    "identities_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Only these people of --src: a file of identity names, one a line (train.txt or test.txt of "
+    "`occgen split`). Samples keep the keys and images they have in a build of the whole source.",
+)
+@click.option(
+    "--max-per-identity",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --pairs all: at most this many images of a person (a seeded choice).",
+)
+@click.option(
+    "--impostors",
+    type=click.IntRange(min=1),
+    help="With --pairs all: a seeded sample of this many impostor pairs (default: all of them).",
+)
 @click.option("--exclude-categories", help="Leave these occluder categories out (comma separated).")
 @click.option(
     "--compat",
@@ -159,6 +182,9 @@ def build_cmd(
     regions,
     pairs_file,
     both,
+    identities_file,
+    max_per_identity,
+    impostors,
     exclude_categories,
     compat,
     seed,
@@ -192,6 +218,11 @@ def build_cmd(
     if occluders is not None and not occluders.is_dir():
         raise UserError(f"--occluders {occluders}: no such folder")
     source = open_source(src, root)
+    if identities_file is not None:
+        source = select_identities(source, read_identity_list(identities_file))
+    all_pairs = pairs_file == "all"
+    if not all_pairs and (impostors is not None or max_per_identity != 10):
+        raise UserError("--impostors and --max-per-identity shape all-pairs sets: they go with --pairs all")
     name = name or f"occ-{Path(src.rstrip('/')).name if src != 'demo' else 'demo'}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as occ-lfw (no '/')")
@@ -213,7 +244,8 @@ def build_cmd(
         if regions
         else [(name, scale_set, None)]
     )
-    pairs = read_pairs(pairs_file) if pairs_file else None
+    pairs = read_pairs(Path(pairs_file)) if pairs_file and not all_pairs else None
+    protocol = "N-N" if clean_ratio >= 1 else "O-O" if both else "N-O"
     failed: list[str] = []
     for run_name, run_scales, region in runs:
         opts = BuildOptions(
@@ -228,16 +260,19 @@ def build_cmd(
             occluders=str(occluders) if occluders else None,
             categories=group_categories(group) if group else _names(categories),
             exclude=_names(exclude_categories) or (),
-            clean_copies=1 if pairs else 0,
+            clean_copies=1 if pairs_file else 0,
             region=region,
             size=parse_size(face_size) if face_size else None,
             strict_size=strict_size,
         )
-        rows, sample_picks = None, None
+        rows, sample_picks, every = None, None, None
         if pairs:
             items = resolve(pairs, source)
-            rows = pair_rows(pairs, items, "N-N" if clean_ratio >= 1 else "O-O" if both else "N-O")
+            rows = pair_rows(pairs, items, protocol)
             sample_picks = pair_picks(rows, items)
+        elif all_pairs:
+            every = all_pairs_set(source, protocol, AllPairsOptions(max_per_identity, impostors, seed))
+            sample_picks = every.picks
         try:
             with sigterm_interrupts():
                 result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
@@ -253,6 +288,9 @@ def build_cmd(
         if rows is not None:
             path = write_pairs(result.manifest_dir, rows)
             click.echo(f"  pairs: {describe_pairs(rows)} -> {path}")
+        if every is not None:
+            path = write_pairs_table(result.manifest_dir, every.table)
+            click.echo(f"  pairs: {every.describe()} -> {path}")
         if ks:
             label_manifest(result.manifest_dir, ks, compat)
         card = write_card(result.manifest_dir, command_line())

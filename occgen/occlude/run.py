@@ -274,6 +274,7 @@ def fingerprint(
         "src_path": str(source.path) if source.path else None,  # where `occgen verify
         "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
         "occluders_path": str(library.root.absolute()),
+        "identities": list(source.identities) if source.selected else None,  # --identities: whom --repair keeps
     }
 
 

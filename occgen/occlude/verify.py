@@ -26,6 +26,7 @@ from occgen.occlude.run import LOCK, BuildOptions, plan_shards, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.runner import parallel_map
+from occgen.sets.split import select_identities
 from occgen.writer import exclusive, member_bytes
 
 #: What can be wrong with a shard, worst first.
@@ -143,11 +144,12 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
             "rebuild with `occgen build ... --overwrite`"
         )
     path = Path(src_path)
-    return (
+    source = (
         from_tree(path, fingerprint["src"])
         if path.is_dir()
         else from_list(path, Path(root) if root else None, fingerprint["src"])
     )
+    return select_identities(source, fingerprint["identities"]) if fingerprint.get("identities") else source
 
 
 def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:

@@ -154,7 +154,8 @@ def render(manifest_dir: Path, command: str) -> str:
             "|---|---|---|---|",
         ]
         for protocol, g in pairs.groupby("protocol", sort=False):
-            lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {g['fold'].nunique()} |")
+            folds = g.loc[g["fold"] >= 0, "fold"].nunique()  # all-pairs sets: -1 marks pairs across folds
+            lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {folds} |")
         lines.append("")
     used = set(samples.loc[samples["occluded"].astype(bool), "occluder"].dropna())
     if used:
