@@ -15,7 +15,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from occgen.cli import align, build, label, occluders, partial, patterns, preview, stats, verify  # noqa: F401  (each module adds its command to `main`)
+    from occgen.cli import align, build, label, mask, occluders, partial, patterns, preview, stats, verify  # noqa: F401  (each module adds its command to `main`)
 
 
 _register()
