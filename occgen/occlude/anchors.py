@@ -9,8 +9,8 @@ height follows its aspect; the point lands on the occluder's alpha centroid (the
 middle of their bounding box), moved by up to ``jitter`` eye distances either way. A library without the file
 uses the project's (``occluders/anchors.csv``), whose rows cover the FROM categories and common others.
 
-Region groups, after O_LFW (upper half, lower half, random, large): any occluder of the library, ``width`` drawn
-from GROUP_WIDTH eye distances, kept above the nose line (upper), below it (lower) or anywhere on the face
+Region groups, after O_LFW (upper half, lower half, random, large): any occluder of the library, its longer
+side drawn from GROUP_SIZE eye distances, kept above the nose line (upper), below it (lower) or anywhere on the face
 (random); ``large`` grows it until it covers at least half of the face box (occgen.occlude.face.Face.box). The
 nose line is horizontal: faces are upright (aligned crops, deep-funneled photos).
 
@@ -36,12 +36,14 @@ ANCHORS_FILE = "anchors.csv"
 ANCHOR_POINTS = ("eyes", "nose", "mouth", "anywhere")
 #: O_LFW-style groups, in the order their sets are built.
 GROUPS = ("upper", "lower", "random", "large")
-#: Occluder width of the upper, lower and random groups, in eye distances.
-GROUP_WIDTH = (1.2, 2.4)
+#: The longer side of an occluder of the upper, lower and random groups, in eye distances.
+GROUP_SIZE = (1.0, 2.0)
 #: The large group covers at least this share of the face box...
 LARGE_COVER = 0.5
-#: ...with occluders whose opaque pixels fill at least this share of their box (not open frames like glasses).
-SOLID_FILL = 0.4
+#: ...with occluders whose covering pixels fill at least this share of their box (not open frames like glasses),
+#: grown at most this many times by 15% when their transparent parts leave too much of the face visible.
+SOLID_FILL = 0.6
+GROW_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -147,35 +149,37 @@ def group_place(
     group: str,
     face: Face,
     aspect: float,
+    fill: float,
     rng: SampleRandom,
     image: tuple[int, int],
     cover: Callable[[tuple[int, int], tuple[int, int]], float],
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(size, render centre) of an occluder of ``aspect`` for an O_LFW-style ``group``. ``cover(size, centre)``
-    is the share of the face box the occluder would cover (used by ``large``)."""
+    """(size, render centre) of an occluder of ``aspect`` (h / w) whose covering pixels fill ``fill`` of its box,
+    for an O_LFW-style ``group``. ``cover(size, centre)`` is the share of the face box it would cover (``large``
+    grows the occluder until that reaches LARGE_COVER)."""
     fx0, fy0, fx1, fy1 = face_area(face, image)
     if group == "large":
-        target = _uniform(rng, LARGE_COVER, 0.8) * (fx1 - fx0) * (fy1 - fy0)
+        target = _uniform(rng, LARGE_COVER, 0.8) * (fx1 - fx0) * (fy1 - fy0) / fill
         width = float(np.sqrt(target / aspect))
-        centre = ((fx0 + fx1) / 2 + 0.1 * (fx1 - fx0) * (2 * rng.random() - 1), (fy0 + fy1) / 2)
-        centre = (centre[0], centre[1] + 0.1 * (fy1 - fy0) * (2 * rng.random() - 1))
-        for _ in range(40):  # grow until half the face is covered (a sparse occluder needs a larger box)
+        jx, jy = (0.1 * (2 * rng.random() - 1) for _ in range(2))
+        centre = ((fx0 + fx1) / 2 + jx * (fx1 - fx0), (fy0 + fy1) / 2 + jy * (fy1 - fy0))
+        for _ in range(GROW_STEPS):  # a box that covers the face with a transparent part needs to grow
             size = _size(width, aspect)
             placed = _top_left(centre, size)
             if cover(size, placed) >= LARGE_COVER:
-                return size, placed
-            width *= 1.1
+                break
+            width *= 1.15
         return size, placed
-    width = _uniform(rng, *GROUP_WIDTH) * face.eye_distance
+    longer = _uniform(rng, *GROUP_SIZE) * face.eye_distance
+    width = longer if aspect <= 1 else longer / aspect
     if group == "random":
         return _size(width, aspect), _top_left(_in_face(face, rng, image), _size(width, aspect))
     nose_y = float(face.nose[1])
     top, bottom = (fy0, nose_y) if group == "upper" else (nose_y, fy1)
     band = bottom - top
     width = min(width, fx1 - fx0, band / aspect)  # the whole occluder fits in its half
-    w, h = size = _size(width, aspect)
-    h = min(h, int(np.floor(band)))
-    size = (w, max(1, h))
+    w, h = _size(width, aspect)
+    size = (w, max(1, min(h, int(np.floor(band)))))
     x0 = _uniform(rng, fx0 - w / 2, fx1 - w / 2)
     y_lo, y_hi = int(np.ceil(top)), int(np.floor(bottom)) - size[1]
     y0 = y_lo + int(rng.integers(max(1, y_hi - y_lo + 1)))

@@ -192,10 +192,10 @@ def read_table(path: str | Path) -> LandmarkTable:
                 missing[row["path"]] = f"no landmarks: `occgen align` found none ({row['reason'] or row['status']})"
     else:
         for rel, row in read_landmarks(path).items():
-            if row.status not in ("", "ok"):
-                missing[rel] = f"no landmarks: {path.name} marks it {row.status!r}"
-            elif not np.isfinite(row.points).all():
+            if not np.isfinite(row.points).all():
                 missing[rel] = f"no landmarks: {path.name} has none for it"
+            elif row.status not in ("", "ok"):
+                missing[rel] = f"no landmarks: {path.name} marks it {row.status!r}"
             else:
                 points[rel] = row.points
     return LandmarkTable(path.absolute(), digest, points, missing)

@@ -235,7 +235,7 @@ def _place(
     H, W = face.shape[:2]
     library = occluders.library
     occ = library.occluders[index]
-    cx, cy, _ = library.shapes[index]
+    cx, cy, fill = library.shapes[index]
     aspect = occ.image.height / occ.image.width
     rng = SampleRandom(sample_seed(seed, "placement"))
     if opts.placement == "anchored":
@@ -253,7 +253,7 @@ def _place(
         covered = scaled.covered(x0 - raw.x0, y0 - raw.y0, x1 - raw.x0, y1 - raw.y0)
         return covered / max(1, (fx1 - fx0) * (fy1 - fy0))
 
-    return group_place(opts.placement.removeprefix("group-"), where, aspect, rng, (W, H), cover)
+    return group_place(opts.placement.removeprefix("group-"), where, aspect, fill, rng, (W, H), cover)
 
 
 def _mask_sample(

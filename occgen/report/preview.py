@@ -159,16 +159,19 @@ def contact_sheets(
     return out
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, optimize: bool = True) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
 
 
 def write_preview(manifest_dir: Path, per_group: int = 24, seed: int = 0) -> Path:
-    """``preview.png`` beside the manifest: a contact sheet of the occluded samples (zoomed 2x, 8 a row), with a
-    sheet of clean ones below when the set has them (the gallery side of pairs)."""
-    sheets = contact_sheets(manifest_dir, per_group, seed, Overlay(), zoom=2)
+    """``preview.png`` beside the manifest: a contact sheet of the occluded samples (8 a row; crops zoomed 2x),
+    with a sheet of clean ones below when the set has them (the gallery side of pairs). Written with plain zlib:
+    optimising a large sheet costs more than building the set."""
+    first = read_manifest(manifest_dir).iloc[0]
+    zoom = 2 if max(first["height"], first["width"]) <= 128 else 1
+    sheets = contact_sheets(manifest_dir, per_group, seed, Overlay(), zoom=zoom)
     parts = [sheets[g] for g in sorted(sheets, key=lambda g: g == "clean")]
     out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
     top = 0
@@ -176,5 +179,5 @@ def write_preview(manifest_dir: Path, per_group: int = 24, seed: int = 0) -> Pat
         out.paste(part, (0, top))
         top += part.height
     path = Path(manifest_dir) / "preview.png"
-    atomic_write(path, png_bytes(out))
+    atomic_write(path, png_bytes(out, optimize=False))
     return path
