@@ -247,7 +247,7 @@ def build_cmd(
         if per_scale
         else [(f"{name}-{r}", scale_set, r, "random") for r in REGIONS]
         if regions
-        else [(f"{name}-{g}", scale_set, None, f"group-{g}") for g in groups]
+        else [(f"{name}-{g}" if len(groups) > 1 else name, scale_set, None, f"group-{g}") for g in groups]
         if groups
         else [(name, scale_set, None, placement)]
     )

@@ -44,6 +44,8 @@ LARGE_COVER = 0.5
 #: grown at most this many times by 15% when their transparent parts leave too much of the face visible.
 SOLID_FILL = 0.6
 GROW_STEPS = 8
+#: Occluders drawn for one large sample before the last is kept whatever it covers.
+LARGE_TRIES = 10
 
 
 @dataclass(frozen=True)
@@ -176,13 +178,12 @@ def group_place(
         return _size(width, aspect), _top_left(_in_face(face, rng, image), _size(width, aspect))
     nose_y = float(face.nose[1])
     top, bottom = (fy0, nose_y) if group == "upper" else (nose_y, fy1)
-    band = bottom - top
-    width = min(width, fx1 - fx0, band / aspect)  # the whole occluder fits in its half
+    y_lo, y_end = int(np.ceil(top)), int(np.floor(bottom))  # whole pixel rows of the half
+    width = min(width, fx1 - fx0, (y_end - y_lo) / aspect)  # the whole occluder fits in its half
     w, h = _size(width, aspect)
-    size = (w, max(1, min(h, int(np.floor(band)))))
+    size = (w, max(1, min(h, y_end - y_lo)))
     x0 = _uniform(rng, fx0 - w / 2, fx1 - w / 2)
-    y_lo, y_hi = int(np.ceil(top)), int(np.floor(bottom)) - size[1]
-    y0 = y_lo + int(rng.integers(max(1, y_hi - y_lo + 1)))
+    y0 = y_lo + int(rng.integers(max(1, y_end - size[1] - y_lo + 1)))
     return size, (round(x0) + w // 2, y0 + size[1] // 2)
 
 

@@ -15,8 +15,9 @@ import contextlib
 import glob
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode, resize
 from occgen.occlude.anchors import (
     GROUPS,
+    LARGE_COVER,
+    LARGE_TRIES,
     Anchor,
     anchored,
     check_categories,
@@ -108,6 +111,11 @@ class Occluders:
     anchors: dict[str, Anchor] | None = None
     anchors_sha256: str | None = None
 
+    @cached_property
+    def choose_solid(self) -> Callable[[SampleRandom], int]:
+        """The large group's occluder rule (occgen.occlude.anchors.choose_solid) for this library."""
+        return choose_solid(self.library.by_category, tuple(f for _, _, f in self.library.shapes))
+
     @property
     def digest(self) -> str:
         if self.anchors_sha256 is None:
@@ -123,9 +131,10 @@ def load_occluders(opts: BuildOptions) -> Occluders:
         return Occluders(load_masks(opts.occluders, opts.categories))
     library = load_library(opts.occluders, opts.categories, opts.exclude)
     if opts.placement != "anchored":
+        occluders = Occluders(library)
         if opts.placement == "group-large":
-            choose_solid(library.by_category, tuple(f for _, _, f in library.shapes))
-        return Occluders(library)
+            occluders.choose_solid  # noqa: B018 - refuses a library without solid occluders, before any work
+        return occluders
     path, rows, digest = read_anchors(library.root)
     check_categories(path, rows, library.categories)
     return Occluders(library, rows, digest)
@@ -186,25 +195,25 @@ def occlude_sample(
         return _mask_sample(face, seed, opts, occluders.library, clean, Face(points))
     library = occluders.library
     H, W = face.shape[:2]
-    choose = library.choose
-    if opts.placement == "group-large":
-        choose = choose_solid(library.by_category, tuple(f for _, _, f in library.shapes))
+    choose = occluders.choose_solid if opts.placement == "group-large" else library.choose
     choice = draw(seed, (W, H), opts.scales, 1.0 if clean else opts.clean_ratio, choose)
     row: dict[str, Any] = {"occluded": choice.occluded}
     if opts.placement != "random":
         row.update(placement=opts.placement, yaw=Face(points).yaw)
     if choice.occluded:
-        occ = library.occluders[choice.occluder]
-        scale: float | None = choice.scale
+        index, scale = choice.occluder, choice.scale
         if opts.placement != "random":
-            scale, (size, center) = None, _place(face, seed, opts, occluders, choice.occluder, Face(points), row)
-            scaled = ScaledOccluder(occ.image, size, opts.compat)  # sizes vary per face: not worth caching
+            index, size, center = _place(face, seed, opts, occluders, index, Face(points), row)
+            scale = None
+            scaled = ScaledOccluder(library.occluders[index].image, size, opts.compat)  # sizes vary: not cached
         else:
             if opts.region:
                 size, center = fit_region(opts.region, (W, H))
             else:
-                size, center = scaled_size(occ.size, choice.scale, (W, H), opts.compat), choice.center
-            scaled = library.scaled(choice.occluder, size, opts.compat)
+                size = scaled_size(library.occluders[index].size, choice.scale, (W, H), opts.compat)
+                center = choice.center
+            scaled = library.scaled(index, size, opts.compat)
+        occ = library.occluders[index]
         result = occlude(face, scaled, center)
         face = result.image
         row.update(
@@ -229,19 +238,19 @@ def occlude_sample(
 
 def _place(
     face: np.ndarray, seed: int, opts: BuildOptions, occluders: Occluders, index: int, where: Face, row: dict[str, Any]
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(size, centre) of occluder ``index`` on this face for a landmark-based placement, from the sample's own
-    placement stream (the occluder choice above stays the one Algorithm 1 would make)."""
+) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """(occluder, size, centre) on this face for a landmark-based placement, from the sample's own placement stream:
+    the occluder is the one drawn (as Algorithm 1 would), but for ``large``, which draws another when the first
+    cannot cover half the face however it grows (a pair of glasses whose gap lands on the face)."""
     H, W = face.shape[:2]
     library = occluders.library
-    occ = library.occluders[index]
-    cx, cy, fill = library.shapes[index]
-    aspect = occ.image.height / occ.image.width
     rng = SampleRandom(sample_seed(seed, "placement"))
     if opts.placement == "anchored":
+        occ = library.occluders[index]
         anchor = occluders.anchors[occ.category]
         row["anchor"] = anchor.anchor
-        return anchored(where, anchor, aspect, (cx, cy), rng, (W, H))
+        cx, cy, _ = library.shapes[index]
+        return index, *anchored(where, anchor, occ.image.height / occ.image.width, (cx, cy), rng, (W, H))
     fx0, fy0, fx1, fy1 = (round(v) for v in face_area(where, (W, H)))
 
     def cover(size: tuple[int, int], center: tuple[int, int]) -> float:
@@ -249,11 +258,21 @@ def _place(
         x0, y0, x1, y1 = max(fx0, raw.x0), max(fy0, raw.y0), min(fx1, raw.x1), min(fy1, raw.y1)
         if x1 <= x0 or y1 <= y0:
             return 0.0
-        scaled = ScaledOccluder(occ.image, size, opts.compat)
+        scaled = ScaledOccluder(library.occluders[index].image, size, opts.compat)
         covered = scaled.covered(x0 - raw.x0, y0 - raw.y0, x1 - raw.x0, y1 - raw.y0)
         return covered / max(1, (fx1 - fx0) * (fy1 - fy0))
 
-    return group_place(opts.placement.removeprefix("group-"), where, aspect, fill, rng, (W, H), cover)
+    group = opts.placement.removeprefix("group-")
+    for attempt in range(LARGE_TRIES if group == "large" else 1):
+        if attempt:
+            index = occluders.choose_solid(rng)
+        image = library.occluders[index].image
+        size, center = group_place(
+            group, where, image.height / image.width, library.shapes[index][2], rng, (W, H), cover
+        )
+        if group != "large" or cover(size, center) >= LARGE_COVER:
+            break
+    return index, size, center
 
 
 def _mask_sample(
