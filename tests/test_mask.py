@@ -10,29 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import shared
+from conftest import files, shared
+from conftest import run_cli as run
 from PIL import Image
 
 from occgen.align.transform import TEMPLATES
-from occgen.cli import main
 from occgen.images import decode_array
 from occgen.occlude.face import Face, problem, read_table
 from occgen.occlude.masks import SIDE_VIEW_YAW, homography, load_masks, project, view_of, warp_mask
 from occgen.writer import read_tar
 
 MASKS = "occluders-masktheface"
-
-
-def run(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def alpha_at(image: Image.Image, point: np.ndarray) -> int:

@@ -9,29 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import shared
+from conftest import files, shared
+from conftest import run_cli as run
 from PIL import Image
 
 from occgen.align.transform import TEMPLATES
-from occgen.cli import main
 from occgen.occlude.anchors import LARGE_COVER, face_area
 from occgen.occlude.face import Face, read_table
 from occgen.occlude.occluders import DEFAULT_LIBRARY
 
 ALIGNED = "lfw-mini/aligned-112x96"
 POINTS = TEMPLATES["112x96"].points
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def build(tmp_path: Path, name: str, *args: object) -> pd.DataFrame:

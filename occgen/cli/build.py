@@ -37,6 +37,38 @@ from occgen.sets.pairs import (
 from occgen.sets.regions import REGIONS, group_categories
 
 
+def set_options(f):
+    """The options `occgen build` and `occgen mask` share: landmarks, labels, resuming and error limits."""
+    options = [
+        click.option(
+            "--landmarks",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Raw photos' five landmarks (a landmark file, or the align.parquet `occgen align` wrote) for "
+            "placements from the face (masks, anchored, region groups); without it the faces are taken as aligned "
+            "crops (112x96, 112x112), whose landmarks are the crop template's.",
+        ),
+        click.option(
+            "--K",
+            "ks",
+            type=click.IntRange(K_MIN, K_MAX),
+            multiple=True,
+            help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace an existing set NAME made with other options."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        click.option(
+            "--max-errors",
+            default="1%",
+            show_default=True,
+            help="Exit with status 1 when more inputs than this (a count N, or P% of the inputs) cannot be used "
+            "(unreadable, unusable landmarks); the set is finished and kept either way.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _names(text: str | None) -> tuple[str, ...] | None:
     return tuple(sorted(n.strip() for n in text.split(",") if n.strip())) if text else None
 
@@ -108,12 +140,6 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     help="O_LFW-style sets from the landmarks: occluders above the nose line (upper), below it (lower), anywhere "
     "on the face (random), or covering at least half of it (large); 'all' builds the four as NAME-<group>.",
 )
-@click.option(
-    "--landmarks",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Raw photos' five landmarks (a landmark file, or the align.parquet `occgen align` wrote) for "
-    "--placement anchored and --region-group; without it the faces are taken as aligned crops (112x96, 112x112).",
-)
 @click.option("--exclude-categories", help="Leave these occluder categories out (comma separated).")
 @click.option(
     "--compat",
@@ -126,16 +152,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "--seed", default=0, show_default=True, type=int, help="Run seed; each sample's generator is seeded by (seed, key)."
 )
 @shard_output_options
+@set_options
 @click.option("--name", help="Dataset name (default: occ-<source folder name>).")
-@click.option(
-    "--K",
-    "ks",
-    type=click.IntRange(K_MIN, K_MAX),
-    multiple=True,
-    help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
@@ -162,13 +180,6 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "(default: the first readable input's); inputs of another size are resized, with a warning.",
 )
 @click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
-@click.option(
-    "--max-errors",
-    default="1%",
-    show_default=True,
-    help="Exit with status 1 when more inputs than this "
-    "(a count N, or P% of the inputs) cannot be used; the build is finished and kept either way.",
-)
 def build_cmd(
     src,
     root,

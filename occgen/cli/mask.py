@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 
 from occgen.cli import main
-from occgen.cli.build import exit_on_failures, make_set
+from occgen.cli.build import exit_on_failures, make_set, set_options
 from occgen.clicommon import shard_output_options
 from occgen.errors import UserError
-from occgen.label.patterns import K_MAX, K_MIN
 from occgen.occlude.masks import WHERE, parse_colors
 from occgen.occlude.run import BuildOptions
 from occgen.occlude.sources import open_source
@@ -36,11 +35,6 @@ from occgen.sets.pairs import read_pairs
     help="Recolour each mask with one of these colours, drawn per sample (names or #rrggbb, comma separated; "
     "'original' keeps the template's own).",
 )
-@click.option(
-    "--landmarks",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Raw photos' five landmarks: a landmark file or the align.parquet `occgen align` wrote.",
-)
 @click.option("--copies", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per input image.")
 @click.option(
     "--clean-ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Fraction left unmasked."
@@ -55,22 +49,8 @@ from occgen.sets.pairs import read_pairs
 @click.option("--both", is_flag=True, help="With --pairs: mask both images of every pair (O-O).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; a sample's choices follow (seed, key).")
 @shard_output_options
+@set_options
 @click.option("--name", help="Dataset name (default: mask-<source folder name>).")
-@click.option(
-    "--K",
-    "ks",
-    type=click.IntRange(K_MIN, K_MAX),
-    multiple=True,
-    help="Also write occlusion-pattern labels of the mask's box for K x K blocks (repeatable).",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing set NAME made with other options.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--max-errors",
-    default="1%",
-    show_default=True,
-    help="Exit with status 1 when more inputs than this (N, or P%) cannot be used (unreadable, unusable landmarks).",
-)
 def mask(
     src,
     root,

@@ -43,7 +43,7 @@ from occgen.occlude.face import Face, LandmarkTable, Points, problem, read_table
 from occgen.occlude.masks import MaskLibrary, load_masks, warp_mask
 from occgen.occlude.occluders import OccluderLibrary, load_library
 from occgen.occlude.plan import SampleRandom, draw, sample_key, sample_seed
-from occgen.occlude.render import ALPHA_COVER, Compat, ScaledOccluder, occlude, place, scaled_size
+from occgen.occlude.render import ALPHA_COVER, Box, Compat, ScaledOccluder, occlude, place, scaled_size
 from occgen.occlude.sources import Item, Source, read_bytes
 from occgen.runner import Backend, Summary, parallel_map
 from occgen.sets.regions import fit_region
@@ -216,24 +216,22 @@ def occlude_sample(
         occ = library.occluders[index]
         result = occlude(face, scaled, center)
         face = result.image
-        row.update(
-            scale=scale,
-            occluder=occ.name,
-            occluder_category=occ.category,
-            center_x=center[0],
-            center_y=center[1],
-            raw_x0=result.raw_box.x0,
-            raw_y0=result.raw_box.y0,
-            raw_x1=result.raw_box.x1,
-            raw_y1=result.raw_box.y1,
-            box_x0=result.box.x0,
-            box_y0=result.box.y0,
-            box_x1=result.box.x1,
-            box_y1=result.box.y1,
-            box_area_ratio=result.box.area / (W * H),
-            pixel_area_ratio=result.pixel_area / (W * H),
-        )
+        row.update(scale=scale, occluder=occ.name, occluder_category=occ.category)
+        row.update(_geometry(center, result.raw_box, result.box, result.pixel_area, (W, H)))
     return face, row
+
+
+def _geometry(center: tuple[int, int], raw: Box, box: Box, pixels: int, face: tuple[int, int]) -> dict[str, Any]:
+    """The manifest's geometry columns of an occluded sample."""
+    area = face[0] * face[1]
+    return {
+        "center_x": center[0],
+        "center_y": center[1],
+        **{f"raw_{k}": v for k, v in zip(("x0", "y0", "x1", "y1"), raw.as_tuple())},
+        **{f"box_{k}": v for k, v in zip(("x0", "y0", "x1", "y1"), box.as_tuple())},
+        "box_area_ratio": box.area / area,
+        "pixel_area_ratio": pixels / area,
+    }
 
 
 def _place(
@@ -290,31 +288,12 @@ def _mask_sample(
     color = None if color == "original" else color
     warped = warp_mask(masks, kind, where, (W, H), color)
     result = occlude(face, ScaledOccluder(warped.image, (W, H), "paper"), (W // 2, H // 2))  # alpha, always
-    x0, y0, x1, y1 = warped.image.getchannel("A").point(lambda a: 255 if a >= ALPHA_COVER else 0).getbbox() or (
-        0,
-        0,
-        0,
-        0,
-    )
-    rx0, ry0, rx1, ry1 = warped.raw_box
-    row.update(
-        occluder=warped.template.name,
-        occluder_category=kind,
-        center_x=(x0 + x1) // 2,
-        center_y=(y0 + y1) // 2,
-        raw_x0=rx0,
-        raw_y0=ry0,
-        raw_x1=rx1,
-        raw_y1=ry1,
-        box_x0=x0,
-        box_y0=y0,
-        box_x1=x1,
-        box_y1=y1,
-        box_area_ratio=(x1 - x0) * (y1 - y0) / (W * H),
-        pixel_area_ratio=result.pixel_area / (W * H),
-        mask_view=warped.template.view,
-        mask_color=color,
-    )
+    cover = warped.image.getchannel("A").point(lambda a: 255 if a >= ALPHA_COVER else 0)
+    box = Box(*(cover.getbbox() or (0, 0, 0, 0)))  # the covering pixels' box: what pattern labels describe
+    row.update(occluder=warped.template.name, occluder_category=kind)
+    center = ((box.x0 + box.x1) // 2, (box.y0 + box.y1) // 2)
+    row.update(_geometry(center, Box(*warped.raw_box), box, result.pixel_area, (W, H)))
+    row.update(mask_view=warped.template.view, mask_color=color)
     return result.image, row
 
 
