@@ -141,6 +141,9 @@ def test_mask_resumes_byte_for_byte(tmp_path: Path):
     again = run(*args)
     assert "24 samples written" in again.output and "24 already done" in again.output
     assert files(tmp_path) == before
+    (tmp_path / "out" / "sm-000000.tar").write_bytes(b"flipped")  # and `occgen verify --repair` restores a shard
+    assert "repaired 1 of 1 shards" in run("verify", tmp_path / "m" / "sm", "--repair", "-j", "1").output
+    assert files(tmp_path) == before
     changed = run(*args[:-2], "-j", "1", "--types", "surgical", ok=False)
     assert changed.exit_code == 2 and "other option categories" in changed.output
 
