@@ -189,6 +189,11 @@ def test_raw_photos_use_their_landmarks_and_unusable_ones_are_recorded(tmp_path:
         assert r.box_x0 <= points[2:, 0].min() and r.box_x1 > points[2:, 0].max()
         assert r.box_y0 <= points[2, 1] and r.box_y1 > points[3:, 1].max() and r.box_y0 > points[:2, 1].min()
         assert (r.yaw < -SIDE_VIEW_YAW) == (r.mask_view == "left")
+    # as a pairs set: the face with swapped landmarks is the clean first image of a pair, which is still written
+    pairs = ["--pairs", shared("lfw-mini/pairs_mini.txt"), "--manifests", tmp_path / "m", "--name", "rawpairs"]
+    run(*args, *pairs, "-j", "1", "-q", "--max-errors", "3")
+    rows = pd.read_parquet(tmp_path / "m" / "rawpairs" / "samples.parquet").set_index("src")
+    assert first in rows.index and not rows.loc[[first], "occluded"].any() and rows["yaw"].isna().sum() == 1
     # one error over the limit (3 of 50 = 6% > --max-errors 2): the set is still written, the exit says so
     over = run(*args, "--manifests", tmp_path / "m", "--name", "raw", "-j", "1", "--max-errors", "2", ok=False)
     assert over.exit_code == 1 and "more inputs failed than --max-errors 2" in over.output

@@ -192,14 +192,14 @@ def occlude_sample(
     placements other than Algorithm 1's need the face's landmarks ``points`` (5, 2)."""
     occluders = lib if isinstance(lib, Occluders) else Occluders(lib)
     if opts.placement == "mask":
-        return _mask_sample(face, seed, opts, occluders.library, clean, Face(points))
+        return _mask_sample(face, seed, opts, occluders.library, clean, None if points is None else Face(points))
     library = occluders.library
     H, W = face.shape[:2]
     choose = occluders.choose_solid if opts.placement == "group-large" else library.choose
     choice = draw(seed, (W, H), opts.scales, 1.0 if clean else opts.clean_ratio, choose)
     row: dict[str, Any] = {"occluded": choice.occluded}
     if opts.placement != "random":
-        row.update(placement=opts.placement, yaw=Face(points).yaw)
+        row.update(placement=opts.placement, yaw=None if points is None else Face(points).yaw)
     if choice.occluded:
         index, scale = choice.occluder, choice.scale
         if opts.placement != "random":
@@ -274,13 +274,14 @@ def _place(
 
 
 def _mask_sample(
-    face: np.ndarray, seed: int, opts: BuildOptions, masks: MaskLibrary, clean: bool, where: Face
+    face: np.ndarray, seed: int, opts: BuildOptions, masks: MaskLibrary, clean: bool, where: Face | None
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """A face mask: the type (and colour) drawn from the sample's seed, warped onto the face through its anchors."""
+    """A face mask: the type (and colour) drawn from the sample's seed, warped onto the face through its anchors.
+    ``where`` is None for the clean copy of a face without usable landmarks (the gallery side of a pair)."""
     H, W = face.shape[:2]
     rng = SampleRandom(seed)
     row: dict[str, Any] = {"occluded": not (clean or rng.random() < opts.clean_ratio)}
-    row.update(placement="mask", yaw=where.yaw)
+    row.update(placement="mask", yaw=None if where is None else where.yaw)
     if not row["occluded"]:
         return face, row
     kind = masks.kinds[rng.integers(len(masks.kinds))]
