@@ -8,6 +8,7 @@ only, as in the paper), e.g. from tools/exp_table5.py:
 
     python tools/exp_table9_sets.py --pairs /tmp/exp/pairs-fold10.txt --work /tmp/t9 --jobs 2
     python tools/exp_table9_sets.py --folds 10 --work /tmp/t9          # fold 10 of LFW view 2 (600 pairs)
+    python tools/exp_table9_sets.py --folds 10 --identities people.txt  # only the pairs of these people
 
 or from Python: ``from exp_table9_sets import table9_sets; sets = table9_sets(pairs, work)`` returns
 {set name: manifest folder}. It prints one line per set (pairs, masked/occluded share of the face, seconds).
@@ -38,6 +39,19 @@ def fold_pairs(folds: list[int], out: Path, pairs: Path = PAIRS) -> Path:
         raise SystemExit(f"--folds: choose from 1..{n_folds}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"{len(folds)}\t{half}\n" + "\n".join(chosen) + "\n")
+    return out
+
+
+def identity_pairs(pairs: Path, identities: Path, out: Path) -> Path:
+    """The pairs of ``pairs`` whose people are all in ``identities`` (one name a line), as one fold (no header)."""
+    keep = {ln.strip() for ln in identities.read_text().splitlines() if ln.strip()}
+    lines = pairs.read_text().splitlines()
+    body = lines[1:] if len(lines[0].split()) == 2 else lines
+    chosen = [ln for ln in body if {f for f in ln.split() if not f.isdigit()} <= keep]
+    if not chosen:
+        raise SystemExit(f"--identities: no pair of {pairs} has only people of {identities}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(chosen) + "\n")
     return out
 
 
@@ -79,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=Path, help="LFW-style pairs list (default: --folds of LFW view 2)")
     ap.add_argument("--folds", default="10", help="With no --pairs: these folds of LFW view 2 (1-based, e.g. 10)")
+    ap.add_argument("--identities", type=Path, help="keep only pairs of these people (one name a line)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/exp-table9"))
     ap.add_argument("--src", type=Path, default=LFW, help="aligned 112x96 faces")
     ap.add_argument("--masks", type=Path, default=MASKS, help="MaskTheFace-layout templates")
@@ -88,6 +103,8 @@ def main() -> None:
     ap.add_argument("--both", action="store_true", help="O-O: occlude both images of each pair")
     args = ap.parse_args()
     pairs = args.pairs or fold_pairs([int(f) for f in args.folds.split(",")], args.work / "pairs.txt")
+    if args.identities:
+        pairs = identity_pairs(pairs, args.identities, args.work / "pairs-identities.txt")
     started = time.perf_counter()
     sets = table9_sets(pairs, args.work, args.src, args.masks, args.occluders, args.seed, args.jobs, args.both)
     print(f"\nTable 9-style sets of {pairs} ({time.perf_counter() - started:.0f} s):")
