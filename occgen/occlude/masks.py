@@ -87,7 +87,7 @@ class MaskLibrary:
             if factor > 1:
                 image = image.reduce(factor)
             anchors = (t.anchors - (factor - 1) / 2) / factor  # box filter: pixel j covers j*f .. (j+1)*f - 1
-            self._reduced[key] = (image, anchors, image.getchannel("a").getbbox())
+            self._reduced[key] = (image, anchors, image.getchannel("a").getbbox() or (0, 0, 0, 0))
         return self._reduced[key]
 
 

@@ -111,10 +111,23 @@ class Occluders:
     anchors: dict[str, Anchor] | None = None
     anchors_sha256: str | None = None
 
+    @property
+    def occluder_library(self) -> OccluderLibrary:
+        if not isinstance(self.library, OccluderLibrary):
+            raise TypeError("mask templates cannot be placed as occluders")
+        return self.library
+
+    @property
+    def masks(self) -> MaskLibrary:
+        if not isinstance(self.library, MaskLibrary):
+            raise TypeError("an occluder library holds no mask templates")
+        return self.library
+
     @cached_property
     def choose_solid(self) -> Callable[[SampleRandom], int]:
         """The large group's occluder rule (occgen.occlude.anchors.choose_solid) for this library."""
-        return choose_solid(self.library.by_category, tuple(f for _, _, f in self.library.shapes))
+        library = self.occluder_library
+        return choose_solid(library.by_category, tuple(f for _, _, f in library.shapes))
 
     @property
     def digest(self) -> str:
@@ -192,8 +205,8 @@ def occlude_sample(
     placements other than Algorithm 1's need the face's landmarks ``points`` (5, 2)."""
     occluders = lib if isinstance(lib, Occluders) else Occluders(lib)
     if opts.placement == "mask":
-        return _mask_sample(face, seed, opts, occluders.library, clean, None if points is None else Face(points))
-    library = occluders.library
+        return _mask_sample(face, seed, opts, occluders.masks, clean, None if points is None else Face(points))
+    library = occluders.occluder_library
     H, W = face.shape[:2]
     choose = occluders.choose_solid if opts.placement == "group-large" else library.choose
     choice = draw(seed, (W, H), opts.scales, 1.0 if clean else opts.clean_ratio, choose)
@@ -201,10 +214,9 @@ def occlude_sample(
     if opts.placement != "random":
         row.update(placement=opts.placement, yaw=None if points is None else Face(points).yaw)
     if choice.occluded:
-        index, scale = choice.occluder, choice.scale
+        index, scale = choice.occluder, choice.scale if opts.placement == "random" else None
         if opts.placement != "random":
-            index, size, center = _place(face, seed, opts, occluders, index, Face(points), row)
-            scale = None
+            index, size, center = _place(face, seed, opts, occluders, index, _face(points), row)
             scaled = ScaledOccluder(library.occluders[index].image, size, opts.compat)  # sizes vary: not cached
         else:
             if opts.region:
@@ -234,6 +246,13 @@ def _geometry(center: tuple[int, int], raw: Box, box: Box, pixels: int, face: tu
     }
 
 
+def _face(points: np.ndarray | None) -> Face:
+    """The face frame an occluded sample needs; faces without usable landmarks never get this far."""
+    if points is None:
+        raise ValueError("a placement from the face needs its landmarks")
+    return Face(points)
+
+
 def _place(
     face: np.ndarray, seed: int, opts: BuildOptions, occluders: Occluders, index: int, where: Face, row: dict[str, Any]
 ) -> tuple[int, tuple[int, int], tuple[int, int]]:
@@ -241,11 +260,11 @@ def _place(
     the occluder is the one drawn (as Algorithm 1 would), but for ``large``, which draws another when the first
     cannot cover half the face however it grows (a pair of glasses whose gap lands on the face)."""
     H, W = face.shape[:2]
-    library = occluders.library
+    library = occluders.occluder_library
     rng = SampleRandom(sample_seed(seed, "placement"))
     if opts.placement == "anchored":
         occ = library.occluders[index]
-        anchor = occluders.anchors[occ.category]
+        anchor = (occluders.anchors or {})[occ.category]  # load_occluders checked every category has a row
         row["anchor"] = anchor.anchor
         cx, cy, _ = library.shapes[index]
         return index, *anchored(where, anchor, occ.image.height / occ.image.width, (cx, cy), rng, (W, H))
@@ -285,9 +304,9 @@ def _mask_sample(
     if not row["occluded"]:
         return face, row
     kind = masks.kinds[rng.integers(len(masks.kinds))]
-    color = opts.colors[rng.integers(len(opts.colors))] if opts.colors else "original"
-    color = None if color == "original" else color
-    warped = warp_mask(masks, kind, where, (W, H), color)
+    drawn = opts.colors[rng.integers(len(opts.colors))] if opts.colors else "original"
+    color = None if drawn == "original" else drawn
+    warped = warp_mask(masks, kind, _face(where.points if where else None), (W, H), color)
     result = occlude(face, ScaledOccluder(warped.image, (W, H), "paper"), (W // 2, H // 2))  # alpha, always
     cover = warped.image.getchannel("A").point(lambda a: 255 if a >= ALPHA_COVER else 0)
     box = Box(*(cover.getbbox() or (0, 0, 0, 0)))  # the covering pixels' box: what pattern labels describe
@@ -494,7 +513,7 @@ def fingerprint(
 
 
 #: Options added after builds were first made, with the value older builds were made with.
-_OPTION_DEFAULTS = {"placement": "random", "landmarks": None, "colors": []}
+_OPTION_DEFAULTS: dict[str, Any] = {"placement": "random", "landmarks": None, "colors": []}
 
 
 def _prepare(manifest_dir: Path, out: Path, name: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
