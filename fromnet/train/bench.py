@@ -19,7 +19,7 @@ from PIL import Image
 from fromnet.losses import FromLoss, Margin, MarginHead
 from fromnet.models import build_model, num_patterns
 from fromnet.shards import Manifest, image_size
-from fromnet.train.data import Source, StreamPlan, TrainStream, build_label_cache
+from fromnet.train.data import Source, StreamPlan, TrainStream, build_index_cache, build_label_cache
 
 
 @dataclass
@@ -123,12 +123,13 @@ def plain_pil_loop(manifest: Manifest, images: int, batch: int) -> float:
 def loader_throughput(
     manifest: Manifest, workers: int, batches: int, batch: int, K: int | None, cache: Path
 ) -> tuple[float, float]:
-    """fromnet's loader (decode, flip, labels, uint8 batches) with `workers` processes, after its first batch
-    (worker start-up) is in. Returns (images/s, seconds to the first batch)."""
+    """fromnet's loader (random access in the epoch's permutation, decode, flip, labels, uint8 batches) with
+    `workers` processes, after its first batch (worker start-up) is in. Returns (images/s, seconds to the first
+    batch, the sample index built before)."""
     labels = str(build_label_cache(manifest, K, cache)) if K else None
-    lanes = max(1, workers)  # one lane per worker: each decodes its own stream
+    index = str(build_index_cache(manifest, cache.with_name(f"{cache.stem}-index.npy")))
     plan = StreamPlan(
-        (Source(manifest, labels=labels),), batch, 1, lanes, 0, image_size(manifest), K or 5, targets=K is not None
+        (Source(manifest, labels=labels, index=index),), batch, 1, 0, image_size(manifest), K or 5, K is not None
     )
     stream = TrainStream(plan, [0], 0, batches + 1)
     loader = torch.utils.data.DataLoader(
