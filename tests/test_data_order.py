@@ -1,5 +1,6 @@
 """Data order on identity-ordered shards (occgen's own, and tars another tool wrote): batches as well mixed as a full
-permutation, and training losses as good as a plain loop that draws a full permutation each epoch."""
+permutation, and training losses as good as a plain loop that draws a full permutation each epoch. Each data set is
+larger than, or as large as, a 1,000-sample shuffle buffer, which these tests would catch."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import shared
+from PIL import Image
 
 from fromnet.cli import main as fromnet_main
-from fromnet.shards import iter_ordered, read_manifest
+from fromnet.shards import image_size, iter_ordered, read_manifest
 from fromnet.train.bench import permutation_loop
 from fromnet.train.data import Source, StreamPlan, TrainStream
 from fromnet.train.order import expected_identities_per_batch
@@ -46,34 +48,61 @@ def lfw(tmp_path_factory) -> Path:
     return root / "m" / "lfw"
 
 
-def foreign_copy(manifest: Path, out: Path) -> Path:
-    """The same samples written in identity order by another tool: Python's tarfile (pax headers, a folder per
-    identity), 3 shards, with the shards.json and samples.parquet a manifest needs."""
-    samples = sorted(iter_ordered(read_manifest(manifest)), key=lambda s: (int(s["cls"]), s["__key__"]))
-    shards, rows = [], []
-    for i in range(3):
-        name = f"foreign-{i:06d}"
-        part = samples[i * len(samples) // 3 : (i + 1) * len(samples) // 3]
+def write_foreign(out: Path, samples: list[tuple[int, str, bytes]], size: tuple[int, int], shards: int) -> Path:
+    """Samples (identity, key, JPEG) written as they come by another tool: Python's tarfile (pax headers, a folder per
+    identity), with the shards.json and samples.parquet that make them a manifest."""
+    index, rows, per = [], [], len(samples) // shards
+    for k in range(shards):
+        name = f"{out.name}-{k:06d}"
         with tarfile.open(out / f"{name}.tar", "w", format=tarfile.PAX_FORMAT) as tar:
-            for s in part:
-                key = f"id{int(s['cls']):04d}/{s['__key__']}"
-                for ext in ("cls", "jpg"):
+            for identity, key, jpeg in samples[k * per : (k + 1) * per]:
+                for ext, data in (("cls", str(identity).encode()), ("jpg", jpeg)):
                     info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(s[ext])
-                    tar.addfile(info, io.BytesIO(s[ext]))
-                rows.append({"key": key, "shard": name, "identity": int(s["cls"]), "height": 112, "width": 96})
-        shards.append({"shard": name, "path": f"{name}.tar", "samples": len(part)})
-    (out / "shards.json").write_text(json.dumps({"name": "foreign", "shards": shards}))
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                rows.append({"key": key, "shard": name, "identity": identity, "height": size[0], "width": size[1]})
+        index.append({"shard": name, "path": f"{name}.tar", "samples": per})
+    (out / "shards.json").write_text(json.dumps({"name": out.name, "shards": index}))
     pq.write_table(pa.Table.from_pylist(rows), out / "samples.parquet")
     return out
 
 
-def trained_identities(manifest: Path, batch: int, epochs: int, workers: int) -> tuple[list[int], np.ndarray]:
-    """Distinct identities of each batch the loader really serves, and the identity of every sample in the mix."""
+def jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def foreign_set(out: Path, identities: int = 300, per: int = 8) -> Path:
+    """2,400 small generated faces in identity order, 4 tars: more than a 1,000-sample shuffle buffer holds."""
+    rng = np.random.default_rng(0)
+    faces = [jpeg(Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))) for _ in range(identities)]
+    samples = [(i, f"id{i:04d}/{j:02d}", faces[i]) for i in range(identities) for j in range(per)]
+    return write_foreign(out, samples, (16, 16), 4)
+
+
+@pytest.fixture(scope="module")
+def lfw_small(tmp_path_factory) -> Path:
+    """960 real LFW faces (120 people x 8) scaled to 32x32, in identity order, in 4 tars another tool wrote: small
+    enough for a few hundred training steps of a tiny network in seconds."""
+    source = shared("lfw-112x96")
+    out = tmp_path_factory.mktemp("lfw-small")
+    people = [p for p in sorted(source.iterdir()) if p.is_dir() and len(list(p.glob("*.jpg"))) >= 8][:120]
+    samples = [
+        (i, f"{person.name}/{image.stem}", jpeg(Image.open(image).convert("RGB").resize((32, 32), Image.BILINEAR)))
+        for i, person in enumerate(people)
+        for image in sorted(person.glob("*.jpg"))[:8]
+    ]
+    return write_foreign(out, samples, (32, 32), 4)
+
+
+def trained_identities(manifest: Path, batch: int, epochs: int) -> tuple[list[int], np.ndarray]:
+    """Distinct identities of each batch the loader really serves (2 replicas, 2 workers), and the identity of every
+    sample in the manifest."""
     m = read_manifest(manifest)
-    plan = StreamPlan((Source(m),), batch, 2, 0, (112, 96), flip=False)
+    plan = StreamPlan((Source(m),), batch, 2, 0, image_size(m), flip=False)
     stream = TrainStream(plan, [0, 1], 0, epochs * plan.steps_per_epoch)
-    micro = list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers))
+    micro = list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
     per_step = [torch.cat([a["label"], b["label"]]) for a, b in zip(micro[::2], micro[1::2])]
     labels = np.array([int(s["cls"]) for s in iter_ordered(m)])
     return [len(set(x.tolist())) for x in per_step], labels
@@ -81,33 +110,51 @@ def trained_identities(manifest: Path, batch: int, epochs: int, workers: int) ->
 
 @pytest.mark.parametrize("written_by", ["occgen", "tarfile"])
 def test_batches_hold_as_many_identities_as_a_full_permutation(lfw, tmp_path, written_by):
-    manifest = lfw if written_by == "occgen" else foreign_copy(lfw, tmp_path)
+    manifest, batch, epochs = (lfw, 32, 8) if written_by == "occgen" else (foreign_set(tmp_path), 64, 2)
     stored = [int(s["cls"]) for s in iter_ordered(read_manifest(manifest))]
-    assert stored == sorted(stored)  # identity order: the case a shuffle buffer cannot mix
-    distinct, labels = trained_identities(manifest, 32, 8, workers=1)
-    expected = expected_identities_per_batch(labels, 32)  # 23.8 of 48: a full permutation's mean
-    assert len(distinct) == 8 * 12
+    assert stored == sorted(stored)  # identity order: what a shuffle buffer cannot mix
+    distinct, labels = trained_identities(manifest, batch, epochs)
+    expected = expected_identities_per_batch(labels, batch)  # a full permutation's mean: 23.8 of 48, 58.2 of 300
+    assert len(distinct) == epochs * (len(labels) // batch)
     assert np.mean(distinct) == pytest.approx(expected, rel=0.03)
 
 
-def test_trainer_loss_matches_a_plain_full_permutation_loop(lfw, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: spinning OpenMP threads crawl on a busy machine, and the figures below were taken so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def epoch_means(losses: list[float], epochs: int) -> np.ndarray:
+    return np.array(losses).reshape(epochs, -1).mean(axis=1)
+
+
+def test_trainer_loss_matches_a_plain_full_permutation_loop(lfw_small, tmp_path, one_thread):
+    """Same data, model, schedule and seeds; only the order differs. Per-epoch mean losses, averaged over two seeds
+    (one pair of runs differs by up to 2.5 % from chance alone): the trainer's within 5 % of the plain loop's. The
+    shuffle-buffer order this replaced was 8 % worse in the last epoch at seed 1."""
     settings = dict(
-        variant="baseline", backbone="r18", width_mult=0.25, batch_size=32, lr=0.1, epochs=3, milestones=[2], seed=5
+        variant="baseline", backbone="r18", width_mult=0.125, batch_size=32, lr=0.1, epochs=3, milestones=[2]
     )
-    run = tmp_path / "run"
-    options = ["--shards", str(lfw), "--out", str(run), "-j", "0", "--log-every", "1", "--milestones", "2"]
-    for key in ("variant", "backbone", "width_mult", "batch_size", "lr", "epochs", "seed"):
-        options += [f"--{key.replace('_', '-')}", str(settings[key])]
-    result = CliRunner().invoke(fromnet_main, ["train", *options])
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    trainer = [r["loss"] for r in rows if "loss" in r]
-    plain, _ = permutation_loop(TrainConfig(shards=[str(lfw)], out=str(tmp_path / "plain"), **settings))
-    assert len(trainer) == len(plain) == 3 * 12
-    for epoch in range(3):
-        ours, theirs = np.mean(trainer[epoch * 12 : (epoch + 1) * 12]), np.mean(plain[epoch * 12 : (epoch + 1) * 12])
-        assert ours == pytest.approx(theirs, rel=0.05), (epoch, ours, theirs)
+    ours, theirs = np.zeros(3), np.zeros(3)
+    for seed in (1, 2):
+        run = tmp_path / f"run-{seed}"
+        options = ["--shards", str(lfw_small), "--out", str(run), "-j", "0", "--log-every", "1", "--milestones", "2"]
+        for key in ("variant", "backbone", "width_mult", "batch_size", "lr", "epochs"):
+            options += [f"--{key.replace('_', '-')}", str(settings[key])]
+        result = CliRunner().invoke(fromnet_main, ["train", *options, "--seed", str(seed)])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        trainer = [r["loss"] for r in rows if "loss" in r]
+        plain_cfg = TrainConfig(shards=[str(lfw_small)], out=str(tmp_path / f"plain-{seed}"), seed=seed, **settings)
+        plain, _ = permutation_loop(plain_cfg)
+        assert len(trainer) == len(plain) == 3 * 960 // 32
+        ours += epoch_means(trainer, 3) / 2
+        theirs += epoch_means(plain, 3) / 2
+    assert ours == pytest.approx(theirs, rel=0.05)
 
 
 def test_bench_order_prints_the_mix_beside_a_full_permutation(lfw):
