@@ -26,36 +26,18 @@ from expcommon import LFW, link_images, run
 
 
 def build(work: Path, min_images: int, occgen: str) -> Path:
+    """An identity-ordered Mix of the LFW people with at least `min_images` images, built once."""
     manifest = work / "manifests" / f"lfw{min_images}-mix"
     if (manifest / "shards.json").is_file():
         return manifest
+    src = work / f"src{min_images}"
     for person in sorted(p for p in LFW.iterdir() if p.is_dir()):
-        images = sorted(person.glob("*.jpg"))
-        if len(images) >= min_images:
-            link_images(work / "src" / person.name, images)
-    run(
-        occgen,
-        "build",
-        "--src",
-        str(work / "src"),
-        "--name",
-        manifest.name,
-        "--copies",
-        "2",
-        "--clean-ratio",
-        "0.3333",
-        "--scales",
-        "1:0.5:5",
-        "--shard-size",
-        "500",
-        "--seed",
-        "1",
-        "--out",
-        str(work / "shards"),
-        "--manifests",
-        str(manifest.parent),
-        "-q",
-    )
+        if len(images := sorted(person.glob("*.jpg"))) >= min_images:
+            link_images(src / person.name, images)
+    mix = {"--copies": 2, "--clean-ratio": 0.3333, "--scales": "1:0.5:5", "--shard-size": 500, "--seed": 1}
+    options = [str(x) for option in mix.items() for x in option]
+    out = ["--out", str(work / "shards"), "--manifests", str(manifest.parent), "-q"]
+    run(occgen, "build", "--src", str(src), "--name", manifest.name, *options, *out)
     return manifest
 
 
@@ -71,14 +53,11 @@ def per_epoch(values: list[float], steps: int) -> list[tuple[float, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/exp-order"))
-    ap.add_argument("--min-images", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=6)
+    for name, default in (("min-images", 3), ("epochs", 6), ("batch-size", 64), ("workers", 2), ("seed", 0)):
+        ap.add_argument(f"--{name}", type=int, default=default)
+    for name, default in (("lr", 0.1), ("width-mult", 0.25)):
+        ap.add_argument(f"--{name}", type=float, default=default)
     ap.add_argument("--milestones", default="4,5")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--width-mult", type=float, default=0.25)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not LFW.is_dir():
         sys.exit(f"needs {LFW} (the project's shared test data)")

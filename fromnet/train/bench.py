@@ -127,8 +127,8 @@ def loader_throughput(
     manifest: Manifest, workers: int, batches: int, batch: int, K: int | None, cache: Path
 ) -> tuple[float, float]:
     """fromnet's loader (random access in the epoch's permutation, decode, flip, labels, uint8 batches) with
-    `workers` processes, after its first batch (worker start-up) is in. Returns (images/s, seconds to the first
-    batch, the sample index built before)."""
+    `workers` processes, after its first batch (worker start-up) is in; the sample index is built before the
+    clock starts, as a run builds it once. Returns (images/s, seconds to the first batch)."""
     labels = str(build_label_cache(manifest, K, cache)) if K else None
     index = str(build_index_cache(manifest, cache.with_name(f"{cache.stem}-index.npy")))
     plan = StreamPlan(
