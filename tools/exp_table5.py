@@ -116,12 +116,13 @@ class Experiment:
             train.write_text("\n".join(kept) + "\n")
         return train, folder / "test.txt"
 
-    def build(self, name: str, *options: str) -> Path:
+    def build(self, name: str, *options: str, command: str = "build") -> Path:
+        """`occgen build` (or `occgen partial`) of LFW faces into manifests/NAME, unless it is there."""
         if not (self.manifests / name / "shards.json").is_file():
             self.timed(
                 f"build {name}",
                 self.occgen,
-                "build",
+                command,
                 "--src",
                 str(LFW),
                 "--name",
@@ -169,28 +170,11 @@ class Experiment:
         if not all((self.manifests / f"t-region-{r}" / "shards.json").is_file() for r in REGIONS):
             self.build("t-region", *pairs, "--regions", "--seed", "100")
         sets += [self.manifests / f"t-region-{r}" for r in REGIONS]
-        partial = []
         small = self.partial_pairs(test)
-        for centered, name in ((False, "t-partial"), (True, "t-partial-c")):
-            if not (self.manifests / name / "shards.json").is_file():
-                self.timed(
-                    f"build {name}",
-                    self.occgen,
-                    "partial",
-                    "--src",
-                    str(LFW),
-                    "--pairs",
-                    str(small),
-                    "--name",
-                    name,
-                    *(["--centered"] if centered else []),
-                    "--out",
-                    str(self.shards),
-                    "--manifests",
-                    str(self.manifests),
-                    "-q",
-                )
-            partial.append(self.manifests / name)
+        partial = [
+            self.build(name, "--pairs", str(small), *extra, command="partial")
+            for name, extra in (("t-partial", []), ("t-partial-c", ["--centered"]))
+        ]
         return clean, mix, sets, partial
 
     # -- training ---------------------------------------------------------------------------------------------
