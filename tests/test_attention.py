@@ -275,12 +275,12 @@ def test_training_steps_decrease_the_loss_on_real_faces(preset):
 
 
 def test_identity_loss_falls_well_below_chance_on_real_faces():
-    # Issue #17: with a bare FC per part the plain-softmax identity loss stayed at ln C (here ln 12 = 2.48: 2.44
-    # after 10 steps, 2.07 after 30), because the pooled parts start tiny; with BN-FC-BN parts it is 1.12 after
-    # 10 steps and 0.08 after 30 on these 48 real faces.
-    x, labels, _ = real_batch(people=12, per_person=4)
+    # Issue #17: with a bare FC per part the plain-softmax identity loss stayed at ln C, because the pooled parts
+    # start tiny. On these 24 real faces of 8 people (ln 8 = 2.08) a bare FC reaches 2.02 after 12 steps; the
+    # BN-FC-BN parts reach 0.57.
+    x, labels, _ = real_batch(people=8, per_person=3)
     model = tiny(K=4)
-    head = MarginHead(24, 12, Margin.preset("softmax"))
+    head = MarginHead(24, 8, Margin.preset("softmax"))
     crit = make_criterion("attention", head, lambda_wce=1.0, lambda_div=1.0)
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(12):
@@ -288,7 +288,7 @@ def test_identity_loss_falls_well_below_chance_on_real_faces():
         opt.zero_grad()
         parts.total.backward()
         opt.step()
-    assert parts.margin.item() < 0.5 * math.log(12), parts.margin.item()
+    assert parts.margin.item() < 0.5 * math.log(8), parts.margin.item()
 
 
 def test_channels_last_bf16_autocast_step():
