@@ -26,7 +26,7 @@ import webdataset as wds
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
-from occgen.writer import NeedsTarfile, parse_tar, read_tar, ustar_member
+from occgen.writer import NeedsTarfile, member_bytes, parse_tar, read_tar, ustar_member
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,8 @@ def _ustar_extents(url: str) -> list[tuple[str, int, int]]:
     """(name, header offset, end of padded data) of each member, reading only the 512-byte headers."""
     with open(url, "rb", buffering=0) as f:
         fd, size = f.fileno(), os.fstat(f.fileno()).st_size
-        extents, offset = [], 0
+        extents: list[tuple[str, int, int]] = []
+        offset = 0
         while offset + 512 <= size:
             member = ustar_member(os.pread(fd, 512, offset), url)
             if member is None:
@@ -197,7 +198,7 @@ def span_sample(url: str, data: bytes) -> dict[str, Any]:
         members = list(parse_tar(memoryview(data), url))
     except NeedsTarfile:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+            members = [(m.name, member_bytes(tar, m)) for m in tar if m.isreg()]
     samples = list(group_members(members, url))
     if len(samples) != 1:
         raise UserError(f"{url}: the shard changed since the run indexed it; start the run again")

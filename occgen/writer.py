@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,3 +282,11 @@ def read_tar(path: Path) -> Iterator[tuple[str, bytes]]:
     with open(path, "rb") as f:
         buf = memoryview(f.read())
     yield from parse_tar(buf, str(path))
+
+
+def member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The payload of a regular member (``tarfile`` gives no file object for folders and devices)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise tarfile.TarError(f"{member.name} is not a regular file")
+    return f.read()

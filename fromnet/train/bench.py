@@ -12,6 +12,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from fromnet.shards import Manifest, image_size
 from fromnet.train.data import Source, StreamPlan, TrainStream, build_index_cache, build_label_cache, shard_order
 from fromnet.train.order import epoch_order, identities_per_batch, order_seed, steps_per_identity
 from fromnet.train.params import TrainConfig
+from occgen.writer import member_bytes
 
 
 @dataclass
@@ -112,7 +114,7 @@ def plain_pil_loop(manifest: Manifest, images: int, batch: int) -> float:
             for member in tar:
                 if not member.name.endswith((".jpg", ".png", ".webp")):
                     continue
-                face = np.array(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+                face = np.array(Image.open(io.BytesIO(member_bytes(tar, member))).convert("RGB"))
                 pending.append(torch.from_numpy(face).permute(2, 0, 1).float().sub(127.5).div(127.5))
                 if len(pending) == batch:
                     torch.stack(pending)
@@ -208,7 +210,7 @@ def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:
                 flip = torch.rand(len(ids), generator=generator).numpy() < 0.5
                 images[flip] = images[flip][:, :, ::-1]
             batch = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels_all[ids]), "replica": 0}
-            losses.append(trainer._train_step([batch], 1, None)["loss"])
+            losses.append(cast(float, trainer._train_step([batch], 1, None)["loss"]))
             distinct.append(len(set(labels_all[ids].tolist())))
             trainer.step += 1
     return losses, distinct
