@@ -12,7 +12,6 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -210,7 +209,9 @@ def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:
                 flip = torch.rand(len(ids), generator=generator).numpy() < 0.5
                 images[flip] = images[flip][:, :, ::-1]
             batch = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels_all[ids]), "replica": 0}
-            losses.append(cast(float, trainer._train_step([batch], 1, None)["loss"]))
+            loss = trainer._train_step([batch], 1, None)["loss"]
+            assert loss is not None  # the loss of a step is always set; other entries may be None
+            losses.append(loss)
             distinct.append(len(set(labels_all[ids].tolist())))
             trainer.step += 1
     return losses, distinct

@@ -291,7 +291,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         plan, n = self.plan, len(self.replicas)
         reader = SpanReader()
-        order, order_epoch = np.zeros(0, np.int64), -1
+        order, order_epoch = np.empty(0, np.int64), -1
         try:
             for c in range(worker, (self.end - self.start) * n, workers):
                 step, replica = self.start + c // n, self.replicas[c % n]
