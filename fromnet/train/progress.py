@@ -63,6 +63,13 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def status(self, text: str) -> None:
+        """What the run is doing before its first step is logged (start-up can take a while): redrawn in place
+        on a terminal."""
+        if self.enabled:
+            self.stream.write(("\r\033[K" + text) if self.tty else text + "\n")
+            self.stream.flush()
+
     def note(self, text: str) -> None:
         """A message between bar updates (checkpoints, validation)."""
         if self.enabled:

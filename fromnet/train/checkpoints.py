@@ -1,0 +1,51 @@
+"""A run's checkpoints as the training program uses them: saved collectively (the sharded classifier gathered, the
+replicas checked to agree), resumed from the newest one that verifies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fromnet import checkpoint
+from fromnet.train import distributed
+from fromnet.train.distributed import World
+from fromnet.train.runfolder import resume_command
+from fromnet.train.state import TrainState
+from occgen.errors import UserError
+
+
+def save(state: TrainState, contents: dict[str, Any], run: Path, keep: int, world: World) -> Path | None:
+    """Write the checkpoint of `state.step` (rank 0 writes; every rank calls this). On a full disk the error names
+    the last good checkpoint, which is left intact."""
+    sums = state.replica_checksums(world)
+    if len(set(sums)) != 1:
+        raise UserError(
+            f"the model replicas differ between ranks (weight checksums {sums}); this is a bug in "
+            "the distributed setup, please report it with the run's config.toml"
+        )
+    contents["replica_checksums"] = sums
+    path = None
+    if world.main:
+        try:
+            path = checkpoint.save(run, state.step, contents, keep)
+        except checkpoint.DiskFull as exc:
+            good = checkpoint.checkpoints(run)
+            raise UserError(
+                f"{exc}; the last good checkpoint {good[-1] if good else '(none yet)'} is intact: "
+                f"free some space, then resume: {resume_command(run, world)}"
+            ) from None
+    distributed.barrier(world)
+    return path
+
+
+def load_for_resume(run: Path) -> tuple[dict[str, Any], list[str]]:
+    """The state to resume from and a note per skipped checkpoint (damaged: truncated, corrupted)."""
+    if not checkpoint.checkpoints(run):
+        raise UserError(
+            f"--resume: {run} has no checkpoint yet (the run stopped before its first); "
+            "start it again with --overwrite instead of --resume"
+        )
+    state, skipped = checkpoint.load_newest_good(run)
+    if skipped:
+        skipped.append(f"resuming from {state['path']} (step {state['step']})")
+    return state, skipped
