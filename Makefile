@@ -1,4 +1,5 @@
-# The two commands: `make demo` (set up, build the embedded synthetic demo dataset, train a small FROM on it) and
+# The two commands: `make demo` (set up, build the embedded synthetic demo dataset, train a small FROM on it,
+# evaluate it, draw what it made) and
 # `make test` (set up, then run the test suite). Both work on a fresh machine with no data.
 PY ?= python3
 VENV := .venv
@@ -24,6 +25,12 @@ demo: setup
 	$(BIN)/occgen build --src demo --clean-ratio 1 --out out/shards --name demo-clean -q
 	$(BIN)/fromnet eval --model runs/demo --gallery manifests/demo-clean --probes clean=manifests/demo-clean \
 		--probes occluded=manifests/occ-demo --out runs/demo/eval -q
+	$(BIN)/occgen preview manifests/occ-demo --boxes -n 16 --out runs/demo/preview > /dev/null
+	@echo ""
+	@echo "Pictures:"
+	@echo "  the demo set (a contact sheet per scale, occluded boxes outlined): $$(ls runs/demo/preview/*.png | tr '\n' ' ')"
+	@echo "  the training loss: runs/demo/loss.png"
+	@echo "  the evaluation (rank-1 and rank-5 of clean and occluded probes): runs/demo/eval/identification.png"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -222,6 +222,7 @@ def _intro(job, step: int) -> None:
 
 def _summary(job, result) -> None:
     from fromnet.train.data import parse_source
+    from fromnet.train.progress import plot_losses
     from fromnet.train.runfolder import resume_command
 
     last, cfg = result.last, job.cfg
@@ -245,6 +246,8 @@ def _summary(job, result) -> None:
     if result.checkpoint:
         lines.append(f"checkpoint {result.checkpoint}")
     lines.append(f"metrics    {Path(result.run) / 'metrics.jsonl'}")
+    if curve := plot_losses(Path(result.run)):
+        lines.append(f"loss curve {curve}")
     if result.step < job.end:
         lines.append(f"next       {resume_command(result.run, job.world)}   (continues to step {job.end:,})")
     elif result.step < job.schedule_end:

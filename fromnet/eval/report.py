@@ -146,7 +146,7 @@ def region_of(label: str) -> str | None:
     return next((r for r in sorted(REGIONS, key=len, reverse=True) if norm == r or norm.endswith("_" + r)), None)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +157,7 @@ def _pyplot():
 
 def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     """TAR against FAR (log scale from 1/impostors), one curve per set and group."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     low = 1.0
     for r in results:
@@ -173,7 +173,24 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     ax.set_title("Verification ROC")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_png(fig, path)
+
+
+def plot_identification(results: Sequence[IdentificationResult], path: Path) -> None:
+    """Rank-1 and rank-5 of each probe set, side by side."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(results) + 2), 4), dpi=120)
+    x = list(range(len(results)))
+    for shift, rank, name in ((-0.2, "rank1", "rank-1"), (0.2, "rank5", "rank-5")):
+        values = [100 * getattr(r, rank) for r in results]
+        bars = ax.bar([i + shift for i in x], values, width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, [f"{r.label}\n({r.probes} probes)" for r in results], fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("identification rate (%)")
+    ax.set_title("Identification")
+    ax.legend(fontsize=7, loc="lower right")
+    save_png(fig, path)
 
 
 def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
@@ -187,7 +204,7 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
             series.setdefault(group, {}).setdefault(region, r)
     if not series:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n in REGIONS if any(n in s for s in series.values())]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     width = 0.8 / len(series)
@@ -209,7 +226,7 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
     ax.set_title("Accuracy per occluded region")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -219,7 +236,7 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     curves = [r for r in results if r.area_curve and any(b["lo"] > 0 for b in r.area_curve)]
     if not curves:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     for r in results:
         if r.mean_area == 0:
@@ -238,17 +255,17 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     ax.set_title(f"Accuracy against occluded area ({counts}bins < {min_pairs} pairs not drawn)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     # bbox_inches="tight" fits any number of legend rows (tight_layout gives up on tall legends, with a warning)
     fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write(path, buf.getvalue())
 
 
@@ -279,6 +296,8 @@ def write_report(
             plots.append("area.png")
     if identification:
         parts.append("## Identification\n\n" + identification_table(identification))
+        plot_identification(identification, out / "identification.png")
+        plots.append("identification.png")
     if plots:
         parts.append("\n".join(f"![{p}]({p})" for p in plots))
     text = "\n\n".join(parts) + "\n"

@@ -144,6 +144,8 @@ def prepare(
         cfg = merge_resumed(TrainConfig(**read_toml(saved_cfg)), overrides)
         state, skipped = checkpoints.load_for_resume(run)
         notes += skipped
+        if world.main and (dropped := runfolder.rewind(run, int(state["step"]))):
+            notes.append(f"dropped {dropped} log line(s) of steps after the checkpoint (they will be run again)")
     else:
         if found := runfolder.holds_run(run):
             if not overwrite:
@@ -189,8 +191,8 @@ def open_run(
         run.notes.append(load_init(state.model, state.head, cfg.init, cfg.variant))
     elif cfg.variant != "baseline":
         run.notes.append(
-            f"note: the paper trains {cfg.variant} from a stage-1 Baseline, not from scratch: train one with "
-            "`fromnet train --config stage1-baseline --out runs/stage1 ...`, then add --init runs/stage1"
+            f"note: the paper starts {cfg.variant} (stage 2) from a stage-1 Baseline, not from scratch: train one "
+            "with `fromnet train --config stage1-baseline --out runs/stage1 ...`, then add --init runs/stage1"
         )
     return run, state
 

@@ -89,3 +89,35 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def plot_losses(run: Path) -> Path | None:
+    """``RUN/loss.png``: the logged training loss (and its identity and pattern terms) against the step, with the
+    validation accuracies when there are any. None when nothing is logged yet."""
+    from fromnet.eval.report import pyplot, save_png
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    steps = [r["step"] for r in train]
+    for key, name in (("loss", "loss"), ("loss_id", "identity"), ("loss_pattern", "pattern")):
+        if all(r.get(key) is not None for r in train):
+            ax.plot(steps, [r[key] for r in train], label=name, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    val = [r for r in rows if any(k.startswith("val_") for k in r)]
+    if val:
+        acc = ax.twinx()
+        for key in sorted({k for r in val for k in r if k.startswith("val_")}):
+            acc.plot([r["step"] for r in val], [r.get(key) for r in val], "o--", label=key, markersize=3)
+        acc.set_ylabel("validation accuracy")
+        acc.legend(fontsize=7, loc="center right")
+    ax.set_title(f"fromnet train: {run.name}")
+    path = run / "loss.png"
+    save_png(fig, path)
+    return path

@@ -3,6 +3,7 @@ files, and no leftovers of a killed one."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -10,7 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from fromnet.train.distributed import World
-from occgen.writer import exclusive, remove_temporaries
+from occgen.writer import atomic_write, exclusive, remove_temporaries
 
 LOCK = ".lock"
 #: What a run writes into its folder; --overwrite removes these (and nothing else the user put there).
@@ -50,3 +51,20 @@ def resume_command(run: Path, world: World) -> str:
     per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world.size))
     launcher = f"torchrun --nproc-per-node {per_node} -m fromnet" if world.distributed else "fromnet"
     return f"{launcher} train --out {shlex.quote(str(run))} --resume"
+
+
+def rewind(run: Path, step: int) -> int:
+    """Drop what a killed run logged after its checkpoint at `step` (metrics, sample keys), so that the resumed run
+    logs those steps once. Returns how many lines were dropped."""
+    dropped = 0
+    logs = [(run / "metrics.jsonl", lambda line: json.loads(line).get("step", 0) <= step)]
+    logs += [(p, lambda line: int(line.split()[0]) < step) for p in sorted((run / "keys").glob("rank-*.txt"))]
+    for path, keep in logs:
+        if not path.is_file():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and keep(line)]
+        if len(kept) != len(lines):
+            dropped += len(lines) - len(kept)
+            atomic_write(path, "".join(kept).encode())
+    return dropped
