@@ -30,10 +30,8 @@ def save(state: TrainState, contents: dict[str, Any], run: Path, keep: int, worl
             path = checkpoint.save(run, state.step, contents, keep)
         except checkpoint.DiskFull as exc:
             good = checkpoint.checkpoints(run)
-            raise UserError(
-                f"{exc}; the last good checkpoint {good[-1] if good else '(none yet)'} is intact: "
-                f"free some space, then resume: {resume_command(run, world)}"
-            ) from None
+            kept = f"the last good checkpoint {good[-1]} is intact" if good else "no checkpoint was written yet"
+            raise UserError(f"{exc}; {kept}: free some space, then resume: {resume_command(run, world)}") from None
     distributed.barrier(world)
     return path
 

@@ -28,8 +28,8 @@ def locked(run: Path) -> AbstractContextManager[None]:
 
 
 def holds_run(run: Path) -> list[str]:
-    """The run files already in `run` (empty for a new or empty folder)."""
-    return [name for name in RUN_MARKS if (run / name).exists()]
+    """The run files already in `run` (empty for a new or empty folder; an empty checkpoints/ does not count)."""
+    return [name for name in RUN_MARKS if (run / name).is_file() or any((run / name).glob("step-*.pt"))]
 
 
 def clear(run: Path) -> None:
