@@ -18,6 +18,8 @@ import pytest
 from test_train import TINY, losses, metrics, mix  # noqa: F401 (mix is a fixture)
 
 from fromnet import checkpoint
+from fromnet.train import memory
+from fromnet.train.loop import DEFAULT_LANES, usable_workers
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -97,6 +99,7 @@ def test_a_signal_finishes_the_step_saves_and_resumes_exactly(mix, whole, tmp_pa
     os.kill(proc.pid, sig)
     code, out, err = finish(proc, tmp_path, "a")
     assert code == 128 + sig, err
+    assert "(2 micro-batches of 4)" in err  # --micro-batch 4 of a batch of 8: gradients accumulated over two
     line = error_line(err)
     step = checkpoint.load(run)["step"]
     assert 2 <= step < STEPS
@@ -249,3 +252,30 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(mix, tmp_pat
     ), line
     assert sorted(p.name for p in kept.iterdir()) == ["latest", "step-00000002.pt", "step-00000002.pt.sha256"]
     assert checkpoint.load(kept / "step-00000002.pt")["step"] == 2  # verifies against its checksum
+
+
+def test_the_summary_states_the_schedule_and_its_commands_run_as_printed(mix, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    args = [*TINY, "--variant", "baseline", "--batch-size", "32", "--epochs", "1", "--milestones", "1"]
+    result = cli("train", "--shards", str(mix), *args, "--steps", "2", "--ckpt-every", "0.01s", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.splitlines()
+    assert err[0] == f"fromnet train -> {run}: reading the data and building the model ..."  # from the first second
+    workers = usable_workers(memory.default_workers(1), DEFAULT_LANES)  # -j from the machine's cores
+    assert f"step 0/2: starting {workers or 'no'} loader worker(s), first batch ..." in err
+    lines = {line[:11].strip(): line[11:] for line in result.stdout.splitlines() if line[:11].strip()}
+    assert lines["steps"] == "0 -> 2 (epoch 0); the schedule ends at step 4 (epoch 1)"
+    assert lines["loss curve"] == f"{run}/loss.png" and (run / "loss.png").stat().st_size > 0
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["step-00000001.pt", "step-00000002.pt"]  # by time
+    command = lines["next"].split("   (")[0]
+    assert command == f"fromnet train --out {run} --resume --steps 4"
+    resumed = subprocess.run(command, shell=True, capture_output=True, text=True, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    lines = {line[:11].strip(): line[11:] for line in resumed.stdout.splitlines() if line[:11].strip()}
+    assert "next" not in lines
+    command = lines["evaluate"].split("   (")[0]
+    assert command == f"fromnet eval --model {run} --gallery {mix} --probes {mix} --out {run}/eval"
+    evaluated = subprocess.run(command, shell=True, capture_output=True, text=True, env=ENV)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (run / "eval" / "identification.png").stat().st_size > 0 and "rank-1" in evaluated.stdout

@@ -191,8 +191,8 @@ def open_run(
         run.notes.append(load_init(state.model, state.head, cfg.init, cfg.variant))
     elif cfg.variant != "baseline":
         run.notes.append(
-            f"note: the paper starts {cfg.variant} (stage 2) from a stage-1 Baseline, not from scratch: train one "
-            "with `fromnet train --config stage1-baseline --out runs/stage1 ...`, then add --init runs/stage1"
+            f"note: the paper starts the '{cfg.variant}' variant (stage 2) from a stage-1 Baseline, not from scratch: "
+            "train one with `fromnet train --config stage1-baseline --out runs/stage1 ...`, then add --init runs/stage1"
         )
     return run, state
 
@@ -244,12 +244,16 @@ def usable_workers(wanted: int, lanes_here: int) -> int:
     return max(w for w in range(1, min(wanted, lanes_here) + 1) if lanes_here % w == 0)
 
 
-def agree(world: World, *flags: bool) -> list[bool]:
-    """Each flag raised on any rank is raised on every rank (a signal or a clock may reach them at different steps)."""
+def consensus(world: World, stop: StopRequest, clock_due: bool = False) -> tuple[bool, bool]:
+    """(stop, checkpoint now) as every rank sees it: a signal or a clock may reach the ranks at different steps.
+    A rank that got no signal adopts another's, so that every rank exits the same way."""
     if not world.distributed:
-        return list(flags)
-    votes = distributed.all_reduce_sum(torch.tensor([float(f) for f in flags], dtype=torch.float64), world)
-    return [v > 0 for v in votes.tolist()]
+        return stop.requested, clock_due
+    mine = torch.tensor([[float(stop.signum), float(clock_due)]], dtype=torch.float64)
+    signum, due = distributed.all_gather_cat(mine, world).max(dim=0).values.tolist()
+    if signum and not stop.requested:
+        stop.signum = int(signum)
+    return bool(signum), bool(due)
 
 
 def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
@@ -273,7 +277,7 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
     batches = iter(loader)
     state.model.train()
     try:
-        while state.step < end and not agree(world, stop.requested)[0]:
+        while state.step < end and not consensus(world, stop)[0]:
             tick = time.perf_counter()
             micro = [next(batches) for _ in range(per_process)]
             waited = time.perf_counter() - tick
@@ -312,11 +316,8 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
             if epoch_end and cfg.val:
                 result.val = validate(state, Path(cfg.val), run.sources, cfg.K, world.device)
                 log_validation(progress, run, step, record["epoch"], result.val)
-            stopping, timely = agree(
-                world,
-                stop.requested,
-                bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes,
-            )
+            clock = bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes
+            stopping, timely = consensus(world, stop, clock)
             by_steps = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
             if by_steps or epoch_end or step == end or timely or stopping:
                 contents = state.to_checkpoint(cfg, plan.steps_per_epoch, plan_position(plan))
