@@ -279,3 +279,31 @@ def test_the_summary_states_the_schedule_and_its_commands_run_as_printed(mix, tm
     evaluated = subprocess.run(command, shell=True, capture_output=True, text=True, env=ENV)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (run / "eval" / "identification.png").stat().st_size > 0 and "rank-1" in evaluated.stdout
+
+
+def test_sigterm_to_one_rank_under_torchrun_stops_every_rank_at_the_same_step(mix, whole, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    args = ["fromnet", "train", "--shards", str(mix), *FAST, "-j", "0", "--steps", str(STEPS), "--out", str(run)]
+    with open(tmp_path / "ddp.err", "w") as err:
+        proc = subprocess.Popen([*launcher, *args], stdout=subprocess.DEVNULL, stderr=err, env=ENV)
+    wait_for_step(run, 2, proc)
+    ranks = {
+        int(dict(v.split("=", 1) for v in Path(f"/proc/{p}/environ").read_text().split("\0") if "=" in v)["RANK"]): p
+        for p in children(proc.pid)
+    }
+    os.kill(ranks[1], signal.SIGTERM)  # rank 0 gets no signal
+    assert proc.wait(timeout=300) != 0
+    err = (tmp_path / "ddp.err").read_text()
+    state = checkpoint.load(run)
+    step = state["step"]
+    assert len(set(state["replica_checksums"])) == 1 and 2 <= step < STEPS
+    line = (
+        f"SIGTERM: stopped after step {step} of {STEPS}, checkpoint {run}/checkpoints/step-{step:08d}.pt; "
+        f"resume with: torchrun --nproc-per-node 2 -m fromnet train --out {run} --resume"
+    )
+    assert line in err.splitlines(), err
+    resumed = cli("train", "--out", str(run), "--resume")  # on one process: it runs both replicas
+    assert resumed.returncode == 0, resumed.stderr
+    numbers = [[x for x in losses(r) if x is not None] for r in (run, whole)]  # the baseline has no pattern loss
+    assert numbers[0] == pytest.approx(numbers[1], rel=1e-4)  # the summation order differs across processes
