@@ -214,7 +214,8 @@ def _intro(job, step: int) -> None:
     )
     click.echo(
         f"data: {data}; {plan.steps_per_epoch} steps/epoch of {plan.batch_size} "
-        f"({plan.replicas} micro-batches of {plan.micro_batch}); steps {step} -> {job.end}"
+        f"({plan.replicas} micro-batch{'es' if plan.replicas > 1 else ''} of {plan.micro_batch}); "
+        f"steps {step} -> {job.end}"
         + (f" (the schedule ends at {job.schedule_end})" if job.end < job.schedule_end else ""),
         err=True,
     )

@@ -24,7 +24,7 @@ from fromnet.train import checkpoints, distributed, memory, runfolder
 from fromnet.train.data import OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, parse_source
 from fromnet.train.distributed import World
 from fromnet.train.params import TrainConfig, merge_resumed, read_toml, write_toml
-from fromnet.train.progress import Progress
+from fromnet.train.progress import KeyLog, Meter, Progress
 from fromnet.train.state import TrainState, build_state, load_init
 from fromnet.train.step import NonFiniteLoss, StepSettings, lr_factor, train_step
 from fromnet.train.stop import StopRequest
@@ -266,74 +266,59 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
     settings = StepSettings(cfg.seed, plan.replicas, cfg.precision, cfg.clip_grad, needs_targets(cfg.variant))
     per_process = plan.replicas // world.size
     result = Result(run.folder, start, start, 0.0, 0, 0.0)
-    keys_file = None
-    if cfg.log_keys:
-        (run.folder / "keys").mkdir(parents=True, exist_ok=True)
-        keys_file = open(run.folder / "keys" / f"rank-{world.rank}.txt", "a")
+    window, total = Meter(), Meter()
     began = last_save = time.perf_counter()
-    window = {"images": 0, "wait": 0.0, "time": 0.0}
     loader = make_loader(run, start, end)
     progress.status(f"step {start}/{end}: starting {loader.num_workers or 'no'} loader worker(s), first batch ...")
     batches = iter(loader)
     state.model.train()
     try:
-        while state.step < end and not consensus(world, stop)[0]:
-            tick = time.perf_counter()
-            micro = [next(batches) for _ in range(per_process)]
-            waited = time.perf_counter() - tick
-            lr = cfg.lr * lr_factor(state.step, cfg.milestones, plan.steps_per_epoch)
-            try:
-                stats = train_step(state, micro, lr, settings, world)
-            except NonFiniteLoss as exc:
-                raise NonFiniteLoss(
-                    f"{exc}; stopped without saving it. The last good checkpoint is in {run.folder / 'checkpoints'}: "
-                    "resume with a lower --lr, --clip-grad, or --precision fp32/bf16"
-                ) from None
-            if keys_file is not None:
-                for mb in micro:
-                    keys_file.write("".join(f"{state.step - 1} {mb['replica']} {k}\n" for k in mb["keys"]))
-            elapsed = time.perf_counter() - tick
-            window["images"] += plan.batch_size
-            window["wait"] += waited
-            window["time"] += elapsed
-            result.images += plan.batch_size
-            result.data_wait += waited
-            step = state.step
-            epoch_end = step % plan.steps_per_epoch == 0
-            record = {
-                "step": step,
-                "epoch": (step - 1) // plan.steps_per_epoch,
-                **stats,
-                "img_s": window["images"] / max(window["time"], 1e-9),
-                "data_wait": window["wait"] / max(window["time"], 1e-9),
-            }
-            if step % cfg.log_every == 0 or step == end or epoch_end:
-                progress.log(record)
-                result.last = record
-                window = {"images": 0, "wait": 0.0, "time": 0.0}
-            elif step == start + 1:
-                progress.show(record)  # something to see before the first logged step
-            if epoch_end and cfg.val:
-                result.val = validate(state, Path(cfg.val), run.sources, cfg.K, world.device)
-                log_validation(progress, run, step, record["epoch"], result.val)
-            clock = bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes
-            stopping, timely = consensus(world, stop, clock)
-            by_steps = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
-            if by_steps or epoch_end or step == end or timely or stopping:
-                contents = state.to_checkpoint(cfg, plan.steps_per_epoch, plan_position(plan))
-                result.checkpoint = checkpoints.save(state, contents, run.folder, cfg.keep, world)
-                last_save = time.perf_counter()
-            if stopping:
-                break
+        with KeyLog(run.folder, world.rank, cfg.log_keys) as keys:
+            while state.step < end and not consensus(world, stop)[0]:
+                tick = time.perf_counter()
+                micro = [next(batches) for _ in range(per_process)]
+                waited = time.perf_counter() - tick
+                stats = _step(run, state, micro, settings)
+                keys.write(state.step - 1, micro)
+                for meter in (window, total):
+                    meter.add(plan.batch_size, waited, time.perf_counter() - tick)
+                step, epoch_end = state.step, state.step % plan.steps_per_epoch == 0
+                record = {"step": step, "epoch": (step - 1) // plan.steps_per_epoch, **stats, **window.rates()}
+                if step % cfg.log_every == 0 or step == end or epoch_end:
+                    progress.log(record)
+                    result.last, window = record, Meter()
+                elif step == start + 1:
+                    progress.show(record)  # something to see before the first logged step
+                if epoch_end and cfg.val:
+                    result.val = validate(state, Path(cfg.val), run.sources, cfg.K, world.device)
+                    log_validation(progress, run, step, record["epoch"], result.val)
+                clock = bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes
+                stopping, timely = consensus(world, stop, clock)
+                by_steps = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
+                if by_steps or epoch_end or step == end or timely or stopping:
+                    contents = state.to_checkpoint(cfg, plan.steps_per_epoch, plan_position(plan))
+                    result.checkpoint = checkpoints.save(state, contents, run.folder, cfg.keep, world)
+                    last_save = time.perf_counter()
+                if stopping:
+                    break
     finally:
         del batches  # stops the loader workers now, not at interpreter exit
         progress.close()
-        if keys_file is not None:
-            keys_file.close()
     result.stopped = stop.signum if stop.requested else 0
-    result.step = state.step
-    result.seconds = time.perf_counter() - began
+    result.step, result.seconds = state.step, time.perf_counter() - began
+    result.images, result.data_wait = total.images, total.wait
     return result
+
+
+def _step(run: Run, state: TrainState, micro: list[dict[str, Any]], settings: StepSettings) -> dict[str, Any]:
+    lr = run.cfg.lr * lr_factor(state.step, run.cfg.milestones, run.plan.steps_per_epoch)
+    try:
+        return train_step(state, micro, lr, settings, run.world)
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(
+            f"{exc}; stopped without saving it. The last good checkpoint is in {run.folder / 'checkpoints'}: "
+            "resume with a lower --lr, --clip-grad, or --precision fp32/bf16"
+        ) from None
 
 
 def plan_position(plan: StreamPlan) -> dict[str, Any]:

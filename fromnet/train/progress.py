@@ -5,8 +5,48 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+
+@dataclass
+class Meter:
+    """Images per second and the share of step time spent waiting for data, over the steps it was given."""
+
+    images: int = 0
+    wait: float = 0.0
+    time: float = 0.0
+
+    def add(self, images: int, wait: float, elapsed: float) -> None:
+        self.images += images
+        self.wait += wait
+        self.time += elapsed
+
+    def rates(self) -> dict[str, float]:
+        return {"img_s": self.images / max(self.time, 1e-9), "data_wait": self.wait / max(self.time, 1e-9)}
+
+
+class KeyLog:
+    """``--log-keys``: every trained-on sample key, one ``STEP REPLICA KEY`` line, in ``RUN/keys/rank-R.txt``."""
+
+    def __init__(self, run: Path, rank: int, enabled: bool) -> None:
+        self.file = None
+        if enabled:
+            (run / "keys").mkdir(parents=True, exist_ok=True)
+            self.file = open(run / "keys" / f"rank-{rank}.txt", "a")
+
+    def write(self, step: int, micro: list[dict[str, Any]]) -> None:
+        if self.file is not None:
+            for mb in micro:
+                self.file.write("".join(f"{step} {mb['replica']} {k}\n" for k in mb["keys"]))
+
+    def __enter__(self) -> KeyLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class Progress:
