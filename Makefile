@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/occgen label --K 4 manifests/occ-demo
 	rm -rf runs/demo
 	$(BIN)/fromnet train --shards manifests/occ-demo --variant from --K 5 --backbone r18 --width-mult 0.25 \
-		--batch-size 32 --epochs 2 --milestones 1 --workers 2 --out runs/demo
+		--batch-size 32 --epochs 2 --milestones 1 --workers 2 --log-every 2 --out runs/demo
 	$(BIN)/occgen build --src demo --clean-ratio 1 --out out/shards --name demo-clean -q
 	$(BIN)/fromnet eval --model runs/demo --gallery manifests/demo-clean --probes clean=manifests/demo-clean \
 		--probes occluded=manifests/occ-demo --out runs/demo/eval -q
