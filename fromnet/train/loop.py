@@ -272,9 +272,16 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
     progress.status(f"step {start}/{end}: starting {loader.num_workers or 'no'} loader worker(s), first batch ...")
     batches = iter(loader)
     state.model.train()
+    saved = start
     try:
         with KeyLog(run.folder, world.rank, cfg.log_keys) as keys:
-            while state.step < end and not consensus(world, stop)[0]:
+            while state.step < end:
+                clock = bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes
+                stopping, timely = consensus(world, stop, clock)  # the one check per step that every rank shares
+                if (stopping or timely) and saved != state.step:
+                    result.checkpoint, saved, last_save = save(run, state), state.step, time.perf_counter()
+                if stopping:
+                    break
                 tick = time.perf_counter()
                 micro = [next(batches) for _ in range(per_process)]
                 waited = time.perf_counter() - tick
@@ -292,22 +299,20 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
                 if epoch_end and cfg.val:
                     result.val = validate(state, Path(cfg.val), run.sources, cfg.K, world.device)
                     log_validation(progress, run, step, record["epoch"], result.val)
-                clock = bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes
-                stopping, timely = consensus(world, stop, clock)
-                by_steps = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
-                if by_steps or epoch_end or step == end or timely or stopping:
-                    contents = state.to_checkpoint(cfg, plan.steps_per_epoch, plan_position(plan))
-                    result.checkpoint = checkpoints.save(state, contents, run.folder, cfg.keep, world)
-                    last_save = time.perf_counter()
-                if stopping:
-                    break
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or epoch_end or step == end:
+                    result.checkpoint, saved, last_save = save(run, state), step, time.perf_counter()
     finally:
         del batches  # stops the loader workers now, not at interpreter exit
         progress.close()
-    result.stopped = stop.signum if stop.requested else 0
+    result.stopped = stop.signum if stop.requested and state.step < end else 0
     result.step, result.seconds = state.step, time.perf_counter() - began
     result.images, result.data_wait = total.images, total.wait
     return result
+
+
+def save(run: Run, state: TrainState) -> Path | None:
+    contents = state.to_checkpoint(run.cfg, run.plan.steps_per_epoch, plan_position(run.plan))
+    return checkpoints.save(state, contents, run.folder, run.cfg.keep, run.world)
 
 
 def _step(run: Run, state: TrainState, micro: list[dict[str, Any]], settings: StepSettings) -> dict[str, Any]:
