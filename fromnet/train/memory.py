@@ -53,23 +53,29 @@ class StepMemory:
 
 
 def step_memory(spec: ModelSpec, num_classes: int, precision: str) -> StepMemory:
-    """Measured on the meta device (shapes only, no compute): the tensors autograd saves in a training forward."""
+    """Measured on the meta device (shapes only, no compute): the tensors autograd saves in a training forward, at
+    two batch sizes, so that what does not grow with the batch (weights saved for the backward) is not counted per
+    sample."""
     with torch.device("meta"):
         model = build_model(**spec.build_kwargs())
     model.train()
-    saved = 0
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
+    def saved_bytes(batch: int) -> int:
+        total = 0
 
-    x = torch.zeros(2, 3, *spec.input_size, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    dim = out.embedding.shape[1]
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.zeros(batch, 3, *spec.input_size, device="meta"))
+        return total
+
+    per_sample = (saved_bytes(4) - saved_bytes(2)) / 2
+    dim = model.config.embedding_dim
     params = sum(p.numel() for p in model.parameters()) + num_classes * dim
-    activations = saved / 2 * (0.5 if precision in ("bf16", "fp16") else 1.0)  # autocast halves most of them
+    activations = per_sample * (0.5 if precision in ("bf16", "fp16") else 1.0)  # autocast halves most of them
     logits = num_classes * 4 * 3  # cosines, margin logits, their gradient
     return StepMemory(fixed=params * 4 * 3, per_sample=int(activations * ACTIVATION_OVERHEAD) + logits)
 
