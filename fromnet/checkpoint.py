@@ -178,16 +178,25 @@ def _try_load(path: Path) -> tuple[dict[str, Any], str | None]:
     return state, None
 
 
-def load_newest_good(run: Path) -> tuple[dict[str, Any], list[str]]:
-    """The newest checkpoint of ``run`` that verifies and loads, and a line for each newer one skipped (and why)."""
+def load_newest_good(run: Path) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
+    """The newest checkpoint of ``run`` that verifies and loads, and each newer one skipped with the reason."""
     skipped = []
     for path in reversed(checkpoints(run)):
         state, problem = _try_load(path)
         if problem is None:
             return state, skipped
-        skipped.append(f"skipped {path}: {problem}")
-    found = "; ".join(skipped) if skipped else "it holds none"
+        skipped.append((path, problem))
+    found = "; ".join(f"skipped {p}: {why}" for p, why in skipped) if skipped else "it holds none"
     raise UserError(f"--resume: {run} has no usable checkpoint ({found}); start it again with --overwrite")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint (and its checksum) out of the run's list, so that pruning keeps good ones."""
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    if checksum_path(path).is_file():
+        os.replace(checksum_path(path), checksum_path(aside))
+    return aside
 
 
 @dataclass

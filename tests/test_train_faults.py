@@ -192,12 +192,17 @@ def test_damaged_checkpoints_are_skipped_and_old_ones_pruned(mix, whole, tmp_pat
     older.write_bytes(bytes(data))
     result = cli("train", "--out", str(run), "--resume", "--steps", str(STEPS))
     assert result.returncode == 0, result.stderr
-    assert f"skipped {newest}: truncated: {size // 2:,} of {size:,} bytes" in result.stderr
-    assert f"skipped {older}: corrupted: its SHA-256 differs from the one recorded in {older.name}.sha256" in (
+    assert f"skipped {newest}: truncated: {size // 2:,} of {size:,} bytes (kept as {newest.name}.damaged)" in (
         result.stderr
+    )
+    assert (
+        f"skipped {older}: corrupted: its SHA-256 differs from the one recorded in {older.name}.sha256 (kept as "
+        in (result.stderr)
     )
     assert f"resuming from {run}/checkpoints/step-00000004.pt (step 4)" in result.stderr
     assert losses(run) == losses(whole)
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["step-00000008.pt", "step-00000010.pt", "step-00000012.pt"]
+    assert (run / "checkpoints" / "step-00000008.pt.damaged").stat().st_size == size // 2
     for path in checkpoint.checkpoints(run):  # nothing usable left: a clear error
         path.write_bytes(b"")
     result = cli("train", "--out", str(run), "--resume", "--steps", str(STEPS + 2))

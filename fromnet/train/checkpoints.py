@@ -36,14 +36,20 @@ def save(state: TrainState, contents: dict[str, Any], run: Path, keep: int, worl
     return path
 
 
-def load_for_resume(run: Path) -> tuple[dict[str, Any], list[str]]:
-    """The state to resume from and a note per skipped checkpoint (damaged: truncated, corrupted)."""
+def load_for_resume(run: Path, world: World) -> tuple[dict[str, Any], list[str]]:
+    """The state to resume from and a note per newer checkpoint skipped as damaged (truncated, corrupted); those
+    are renamed to ``*.damaged`` so that the run keeps --keep good ones."""
     if not checkpoint.checkpoints(run):
         raise UserError(
             f"--resume: {run} has no checkpoint yet (the run stopped before its first); "
             "start it again with --overwrite instead of --resume"
         )
     state, skipped = checkpoint.load_newest_good(run)
+    distributed.barrier(world)  # every rank has read its checkpoint before rank 0 renames the damaged ones
+    notes = []
+    for path, problem in skipped:
+        aside = checkpoint.set_aside(path) if world.main else path.with_name(path.name + ".damaged")
+        notes.append(f"skipped {path}: {problem} (kept as {aside.name})")
     if skipped:
-        skipped.append(f"resuming from {state['path']} (step {state['step']})")
-    return state, skipped
+        notes.append(f"resuming from {state['path']} (step {state['step']})")
+    return state, notes

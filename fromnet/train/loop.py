@@ -142,7 +142,7 @@ def prepare(
         if not saved_cfg.is_file():
             raise UserError(f"--resume: {run} holds no run (no config.toml); start it without --resume")
         cfg = merge_resumed(TrainConfig(**read_toml(saved_cfg)), overrides)
-        state, skipped = checkpoints.load_for_resume(run)
+        state, skipped = checkpoints.load_for_resume(run, world)
         notes += skipped
         if world.main and (dropped := runfolder.rewind(run, int(state["step"]))):
             notes.append(f"dropped {dropped} log line(s) of steps after the checkpoint (they will be run again)")
