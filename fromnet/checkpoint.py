@@ -180,7 +180,7 @@ def _try_load(path: Path) -> tuple[dict[str, Any], str | None]:
 
 def load_newest_good(run: Path) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
     """The newest checkpoint of ``run`` that verifies and loads, and each newer one skipped with the reason."""
-    skipped = []
+    skipped: list[tuple[Path, str]] = []
     for path in reversed(checkpoints(run)):
         state, problem = _try_load(path)
         if problem is None:

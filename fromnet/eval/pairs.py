@@ -74,13 +74,16 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
     for n, f in zip(numbers[1:], body):
         try:
             if len(f) == 3:
-                src1.append(lfw_src(f[0], f[1])), src2.append(lfw_src(f[0], f[2])), same.append(True)
+                first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[0], f[2]), True
             elif len(f) == 4:
-                src1.append(lfw_src(f[0], f[1])), src2.append(lfw_src(f[2], f[3])), same.append(False)
+                first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[2], f[3]), False
             else:
                 raise UserError(f"a pair line has 3 fields (name i j) or 4 (name1 i name2 j); got {len(f)}")
         except UserError as exc:
             raise UserError(f"{path}:{n}: {exc}") from None
+        src1.append(first)
+        src2.append(second)
+        same.append(matched)
     count = len(body)
     table = pd.DataFrame(
         {

@@ -4,6 +4,7 @@ scaler, and the global step. Built once per process; saved into and restored fro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,8 @@ class TrainState:
     spec: ModelSpec
     model: nn.Module
     wrapped: nn.Module
-    forward: nn.Module
-    head: nn.Module
+    forward: Callable[..., Any]
+    head: MarginHead | ShardedMarginHead
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer
@@ -114,7 +115,7 @@ def build_state(cfg: TrainConfig, world: World, spec: ModelSpec, num_identities:
     margin = Margin.preset(cfg.margin, cfg.margin_scale or None)
     dim = model.config.embedding_dim
     if cfg.classifier == "sharded":
-        head: nn.Module = ShardedMarginHead(dim, num_identities, margin, world, cfg.seed)
+        head: MarginHead | ShardedMarginHead = ShardedMarginHead(dim, num_identities, margin, world, cfg.seed)
     else:
         head = MarginHead(dim, num_identities, margin)
     head.to(device)
@@ -123,7 +124,7 @@ def build_state(cfg: TrainConfig, world: World, spec: ModelSpec, num_identities:
     if world.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     forward = torch.compile(wrapped) if cfg.compile else wrapped
-    opt = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt: dict[str, Any] = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return TrainState(
         spec,
         model,
@@ -142,7 +143,7 @@ def build_state(cfg: TrainConfig, world: World, spec: ModelSpec, num_identities:
 ATTENTION_UNUSED = ("backbone.stages.3.", "head.")
 
 
-def load_init(model: nn.Module, head: nn.Module, path: str, variant: str) -> str:
+def load_init(model: nn.Module, head: MarginHead | ShardedMarginHead, path: str, variant: str) -> str:
     """Start from another run's weights (stage 2 from stage 1): every tensor must fit, or nothing is loaded."""
     state = checkpoint.load(path, what="--init")
     theirs, ours = state["model"], model.state_dict()

@@ -75,11 +75,12 @@ def train_step(
         totals[1] += parts.margin.item()
         if parts.pred is not None:
             totals[2] += parts.pred.item()
-        if out.pattern_logits is not None:
+        if out.pattern_logits is not None and patterns is not None:
             totals[3] += (out.pattern_logits.argmax(1) == patterns).sum().item()
             totals[4] += len(patterns)
     if world.distributed and not state.head.sharded:
         for p in state.head.parameters():
+            assert p.grad is not None  # every head parameter takes part in the loss
             distributed.all_reduce_sum(p.grad, world).div_(world.size)
     distributed.all_reduce_sum(totals, world)
     n = settings.replicas

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -20,7 +21,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum = 0
         self._pid = os.getpid()
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # what signal.signal returned: a handler, SIG_DFL or SIG_IGN
 
     @property
     def requested(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ def validate(
     model = state.model
     model.eval()
     hits = torch.zeros(4, dtype=torch.float64)  # identity hits, identity count, pattern hits, pattern count
-    rows, images = [], []
+    rows: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
     centres = torch.nn.functional.normalize(state.head.full_weight().float(), dim=1)
 
     def flush() -> None:
@@ -31,7 +33,7 @@ def validate(
         emb = torch.nn.functional.normalize(out.embedding.float(), dim=1)
         predicted = (emb @ centres.T).argmax(1).cpu()
         for j, row in enumerate(rows):
-            label = names.get(row.get("identity_name"))
+            label = names.get(row.get("identity_name", ""))
             if label is not None:
                 hits[0] += int(predicted[j] == label)
                 hits[1] += 1
