@@ -75,7 +75,8 @@ def test_every_mistake_is_one_line_naming_the_file(mix, tmp_path):  # noqa: F811
     for name, line in lines.items():
         print(f"{name}: {line}")
     assert lines["toml"] == (
-        f"Error: {bad_toml}: cannot read as TOML (Expected '=' after a key in a key/value pair (at line 2, column 4))"
+        f"Error: {bad_toml}: cannot read as TOML (Expected '=' after a key in a key/value pair (at line 2, column 4)); "
+        "write one setting a line, key = value, strings in double quotes (see fromnet/train/configs/)"
     )
     assert lines["key"].startswith(f"Error: {unknown}: unknown setting(s) learning_rate; known: K, backbone,")
     assert lines["init"] == (

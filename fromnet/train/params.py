@@ -141,7 +141,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: cannot read as TOML ({exc})") from None
+        hint = "write one setting a line, key = value, strings in double quotes (see fromnet/train/configs/)"
+        raise UserError(f"{path}: cannot read as TOML ({exc}); {hint}") from None
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(data) - set(known))
     if unknown:
