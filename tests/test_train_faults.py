@@ -142,10 +142,11 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(mix, 
     assert losses(run) == losses(whole)
 
 
-def test_a_second_ctrl_c_stops_at_once(mix, tmp_path):  # noqa: F811
+def test_a_second_ctrl_c_stops_at_once(mix, whole, tmp_path):  # noqa: F811
     run = tmp_path / "run"
-    proc = start(tmp_path, "a", "--shards", str(mix), *FAST, "-j", "0", "--steps", "200", "--out", str(run))
-    wait_for_step(run, 1, proc)
+    args = ["--shards", str(mix), *FAST, "-j", "0", "--steps", str(STEPS), "--ckpt-every", "2", "--out", str(run)]
+    proc = start(tmp_path, "a", *args)
+    wait_for_step(run, 3, proc)
     os.kill(proc.pid, signal.SIGINT)
     deadline = time.monotonic() + 60
     while "stopping after this step" not in (tmp_path / "a.err").read_text():
@@ -154,11 +155,16 @@ def test_a_second_ctrl_c_stops_at_once(mix, tmp_path):  # noqa: F811
     os.kill(proc.pid, signal.SIGINT)
     code, out, err = finish(proc, tmp_path, "a")
     assert code == 130
-    assert error_line(err) == (
+    line = error_line(err)
+    assert line == (
         "SIGINT: stopped at once, without saving; the steps since the last checkpoint are lost. "
         f"Resume with: fromnet train --out {run} --resume"
     )
-    assert not checkpoint.checkpoints(run)
+    assert not list(run.rglob(".*.tmp-*"))  # an interrupted write leaves no temporary behind
+    assert checkpoint.load(run)["step"] <= logged_steps(run) < STEPS
+    resumed = subprocess.run(line.split("Resume with: ")[1], shell=True, capture_output=True, text=True, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(run) == losses(whole)
 
 
 def test_two_runs_into_one_folder_one_is_refused_naming_the_other(mix, tmp_path):  # noqa: F811

@@ -144,6 +144,7 @@ def train_cmd(config, resume, overwrite, compile_, ckpt_every, **given) -> None:
       fromnet train --config stage2-from --init runs/stage1 --shards manifests/mix-webface --out runs/from
       torchrun --nproc-per-node 8 -m fromnet train --config stage1-baseline --shards manifests/webface
     """
+    from fromnet.checkpoint import checkpoints
     from fromnet.train import distributed
     from fromnet.train.loop import fit, open_run, prepare
     from fromnet.train.params import resolve
@@ -179,7 +180,9 @@ def train_cmd(config, resume, overwrite, compile_, ckpt_every, **given) -> None:
             if world.main:
                 _summary(job, result)
         if result.stopped:
-            if world.main:
+            if world.main and not checkpoints(run):
+                click.echo(f"{stop.name}: stopped before the first step; nothing to resume", err=True)
+            elif world.main:
                 click.echo(
                     f"{stop.name}: stopped after step {result.step} of {job.end}, checkpoint "
                     f"{result.checkpoint or 'unchanged (no step since the last one)'}; resume with: "
@@ -190,10 +193,13 @@ def train_cmd(config, resume, overwrite, compile_, ckpt_every, **given) -> None:
     except KeyboardInterrupt:
         code = stop.exit_code if stop.requested else 130
         if world.main:
+            then = (
+                f"the steps since the last checkpoint are lost. Resume with: {resume_command(run, world)}"
+                if checkpoints(run)
+                else "the run has no checkpoint yet: start it again with --overwrite"
+            )
             click.echo(
-                f"{stop.name if stop.requested else 'SIGINT'}: stopped at once, without saving; the steps since "
-                f"the last checkpoint are lost. Resume with: {resume_command(run, world)}",
-                err=True,
+                f"{stop.name if stop.requested else 'SIGINT'}: stopped at once, without saving; {then}", err=True
             )
         sys.exit(code)
     finally:
