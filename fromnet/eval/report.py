@@ -24,14 +24,36 @@ REGIONS = ("left_eye", "right_eye", "eyes", "nose", "mouth", "lower_face", "uppe
 
 
 LEGEND = (
-    "accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
-    "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
+    "accuracy: mean over the folds, each fold decided at the threshold that maximises accuracy on the others "
+    "(all-pairs sets: the share of their balanced pairs decided right, folds of disjoint people); fold std: "
+    "population std over the folds; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); "
+    "[low, high]: 95 % bootstrap interval that resamples people (see the intervals line above; none where a "
+    "resample cannot be scored: too few impostors for the FAR, or a fold drawn without any other); occluded area: "
     "mean box area of the pair's more occluded face."
 )
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """'81.23 [79.80, 82.61]' in percent, or the value alone when no interval was drawn."""
+    if low is None or high is None:
+        return _pct(value)
+    return f"{_pct(value)} [{_pct(low)}, {_pct(high)}]"
+
+
+def bootstrap_line(results) -> str | None:
+    """How the intervals of these results were drawn, in words (None: no intervals)."""
+    spec = next((r.bootstrap for r in results if r.bootstrap), None)
+    if spec is None:
+        return None
+    return (
+        f"{100 * spec['level']:g} % percentile bootstrap over people: {spec['resamples']:,} resamples of the "
+        f"people of each set with replacement (seed {spec['seed']}), a pair weighted by how often its people "
+        "were drawn"
+    )
 
 
 def verification_table(results: Sequence[VerificationResult]) -> str:
@@ -43,27 +65,29 @@ def verification_table(results: Sequence[VerificationResult]) -> str:
         "impostors",
         "folds",
         "accuracy %",
+        "fold std",
         *(f"TAR@FAR={f:g} %" for f in fars),
         "AUC",
         "occluded area %",
     ]
     rows = []
     for r in results:
-        tars = [_pct(t.tar) if t.tar is not None else "n/a" for t in r.tar]
+        tars = [with_interval(t.tar, t.low, t.high) if t.tar is not None else "n/a" for t in r.tar]
         rows.append(
             [
                 r.name,
                 f"{r.pairs:,}",
                 f"{r.impostors:,}",
                 str(r.folds),
-                f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+                with_interval(r.accuracy, r.accuracy_low, r.accuracy_high),
+                _pct(r.accuracy_std),
                 *tars,
                 f"{r.auc:.4f}",
                 _pct(r.mean_area),
             ]
         )
     notes = sorted({t.refused for r in results for t in r.tar if t.refused})
-    return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
+    return markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
 
 
 #: Rows of the PartialLFW table (Hörmann et al., ICIP 2021): (protocol, centered), holistic first.
@@ -113,7 +137,7 @@ def partiallfw_table(summary: Sequence[dict[str, Any]]) -> str:
         ]
         for r in summary
     ]
-    return _markdown(head, rows)
+    return markdown(head, rows)
 
 
 def identification_table(results: Sequence[IdentificationResult]) -> str:
@@ -125,16 +149,16 @@ def identification_table(results: Sequence[IdentificationResult]) -> str:
             f"{r.no_mate:,}",
             f"{r.gallery:,}",
             f"{r.distractors:,}",
-            _pct(r.rank1),
+            with_interval(r.rank1, r.rank1_low, r.rank1_high),
             _pct(r.rank5),
             _pct(r.mean_area),
         ]
         for r in results
     ]
-    return _markdown(head, rows)
+    return markdown(head, rows)
 
 
-def _markdown(head: list[str], rows: list[list[str]]) -> str:
+def markdown(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
@@ -175,7 +199,7 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     ax.set_title("Verification ROC")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    save_png(fig, path)
+    save(fig, path)
 
 
 def plot_identification(results: Sequence[IdentificationResult], path: Path) -> None:
@@ -192,7 +216,7 @@ def plot_identification(results: Sequence[IdentificationResult], path: Path) -> 
     ax.set_ylabel("identification rate (%)")
     ax.set_title("Identification")
     ax.legend(fontsize=7, loc="lower right")
-    save_png(fig, path)
+    save(fig, path)
 
 
 def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
@@ -213,9 +237,9 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
     low = 100.0
     for i, (group, by_region) in enumerate(series.items()):
         xs = [k + (i - (len(series) - 1) / 2) * width for k, n in enumerate(names) if n in by_region]
-        acc = [100 * by_region[n].accuracy for n in names if n in by_region]
-        err = [100 * by_region[n].accuracy_std for n in names if n in by_region]
-        bars = ax.bar(xs, acc, width=width, yerr=err, capsize=3, label=group)
+        shown = [by_region[n] for n in names if n in by_region]
+        acc = [100 * r.accuracy for r in shown]
+        bars = ax.bar(xs, acc, width=width, yerr=_error_bars(shown), capsize=3, label=group)
         ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, padding=2)
         low = min(low, *acc)
     for r in results:
@@ -223,13 +247,23 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
             ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
             low = min(low, 100 * r.accuracy)
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
-    ax.set_ylabel("verification accuracy % (k-fold)")
+    ax.set_ylabel("verification accuracy % (k-fold; bars: 95 % interval, else fold std)")
     ax.set_ylim(max(0, low - 10), 100)
     ax.set_title("Accuracy per occluded region")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    save_png(fig, path)
+    save(fig, path)
     return True
+
+
+def _error_bars(results: Sequence[VerificationResult]) -> list[list[float]]:
+    """(2, n) error bars in points: the bootstrap interval where drawn, else ± the fold std."""
+    below, above = [], []
+    for r in results:
+        low, high = r.accuracy_low, r.accuracy_high
+        below.append(100 * (r.accuracy - low if low is not None else r.accuracy_std))
+        above.append(100 * (high - r.accuracy if high is not None else r.accuracy_std))
+    return [below, above]
 
 
 def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int = MIN_BIN_PAIRS) -> bool:
@@ -257,11 +291,11 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     ax.set_title(f"Accuracy against occluded area ({counts}bins < {min_pairs} pairs not drawn)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    save_png(fig, path)
+    save(fig, path)
     return True
 
 
-def save_png(fig, path: Path) -> None:
+def save(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
@@ -300,6 +334,9 @@ def write_report(
         parts.append("## Identification\n\n" + identification_table(identification))
         plot_identification(identification, out / "identification.png")
         plots.append("identification.png")
+    line = bootstrap_line([*verification, *identification])
+    if line:
+        parts.insert(1, f"Intervals: {line}.")
     if plots:
         parts.append("\n".join(f"![{p}]({p})" for p in plots))
     text = "\n\n".join(parts) + "\n"

@@ -134,7 +134,7 @@ def _clock(seconds: float) -> str:
 def plot_losses(run: Path) -> Path | None:
     """``RUN/loss.png``: the logged training loss (and its identity and pattern terms) against the step, with the
     validation accuracies when there are any. None when nothing is logged yet."""
-    from fromnet.eval.report import pyplot, save_png
+    from fromnet.eval.report import pyplot, save
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
@@ -159,5 +159,5 @@ def plot_losses(run: Path) -> Path | None:
         acc.legend(fontsize=7, loc="center right")
     ax.set_title(f"fromnet train: {run.name}")
     path = run / "loss.png"
-    save_png(fig, path)
+    save(fig, path)
     return path

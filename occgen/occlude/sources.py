@@ -41,6 +41,7 @@ class Source:
     identities: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
     path: Path | None = None  # the folder or list file --src resolved to, absolute (None for the demo)
+    selected: bool = False  # only some people of it (occgen.sets.split.select_identities): a build records whom
 
 
 def read_bytes(root: Path | None, rel: str) -> bytes:
