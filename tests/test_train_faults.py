@@ -19,7 +19,6 @@ from test_train import TINY, losses, metrics, mix  # noqa: F401 (mix is a fixtur
 
 from fromnet import checkpoint
 from fromnet.train import memory
-from fromnet.train.loop import DEFAULT_LANES, usable_workers
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -272,7 +271,7 @@ def test_the_summary_states_the_schedule_and_its_commands_run_as_printed(mix, tm
     assert result.returncode == 0, result.stderr
     err = result.stderr.splitlines()
     assert err[0] == f"fromnet train -> {run}: reading the data and building the model ..."  # from the first second
-    workers = usable_workers(memory.default_workers(1), DEFAULT_LANES)  # -j from the machine's cores
+    workers = memory.default_workers(1)  # -j from the machine's cores
     assert f"step 0/2: starting {workers or 'no'} loader worker(s), first batch ..." in err
     lines = {line[:11].strip(): line[11:] for line in result.stdout.splitlines() if line[:11].strip()}
     assert lines["steps"] == "0 -> 2 (epoch 0); the schedule ends at step 4 (epoch 1)"

@@ -87,7 +87,6 @@ def _options(f):
         click.option("--clean-ratio", type=click.FloatRange(0, 1), help="With --occlude-online: share left clean."),
         click.option("--occluders", type=click.Path(file_okay=False), help="With --occlude-online: occluder folder."),
         click.option("--flip/--no-flip", default=None, help="Random horizontal flip (default on)."),
-        click.option("--shuffle-buffer", type=click.IntRange(1), help="Samples per lane's shuffle buffer (1000)."),
         click.option(
             "-j",
             "--workers",

@@ -21,7 +21,16 @@ from fromnet.checkpoint import ModelSpec
 from fromnet.models import VARIANTS
 from fromnet.shards import image_size, read_manifest
 from fromnet.train import checkpoints, distributed, memory, runfolder
-from fromnet.train.data import OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, parse_source
+from fromnet.train.data import (
+    OnlineOcclusion,
+    Source,
+    StreamPlan,
+    TrainStream,
+    build_index_cache,
+    build_label_cache,
+    index_cache_path,
+    parse_source,
+)
 from fromnet.train.distributed import World
 from fromnet.train.params import TrainConfig, merge_resumed, read_toml, write_toml
 from fromnet.train.progress import KeyLog, Meter, Progress
@@ -32,9 +41,6 @@ from fromnet.train.validate import validate
 from occgen.errors import UserError
 from occgen.occlude.plan import parse_scales
 from occgen.writer import atomic_write
-
-#: The lanes of a new run when --workers is left to the machine: the data order must not depend on the machine.
-DEFAULT_LANES = 4
 
 
 @dataclass
@@ -84,7 +90,8 @@ def needs_targets(variant: str) -> bool:
 
 
 def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...]:
-    """The manifests of the mix, with identity offsets and (when the variant predicts patterns) label caches."""
+    """The manifests of the mix, with identity offsets, sample indexes and (when the variant predicts patterns)
+    label caches."""
     sources, offset = [], 0
     for text in cfg.shards:
         path, weight = parse_source(text)
@@ -93,10 +100,13 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
         if needs_targets(cfg.variant) and not cfg.occlude_online:
             digest = hashlib.blake2b(str(manifest.path.resolve()).encode(), digest_size=4).hexdigest()
             labels = str(run / "cache" / f"{manifest.name}-{digest}-k{cfg.K}.npy")
-        sources.append(Source(manifest, weight, offset, labels))
+        index = str(index_cache_path(manifest, run / "cache"))
+        sources.append(Source(manifest, weight, offset, labels, index))
         offset += manifest.num_identities
     if world.main:  # one process writes the caches, the others wait for them
         for source in sources:
+            if source.index is not None:
+                build_index_cache(source.manifest, Path(source.index))
             if source.labels is not None:
                 build_label_cache(source.manifest, cfg.K, Path(source.labels))
     distributed.barrier(world)
@@ -114,12 +124,10 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
         sources,
         cfg.batch_size,
         cfg.replicas,
-        cfg.lanes,
         cfg.seed,
         sizes.pop(),
         cfg.K,
         needs_targets(cfg.variant),
-        cfg.shuffle_buffer,
         cfg.flip,
         online,
     )
@@ -128,7 +136,7 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
 def prepare(
     overrides: dict[str, Any], config: TrainConfig, resume: bool, overwrite: bool, world: World
 ) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
-    """Settle the run's settings under its folder's lock: a new run fixes replicas and lanes (and refuses a folder
+    """Settle the run's settings under its folder's lock: a new run fixes its replicas (and refuses a folder
     that holds another run unless told to overwrite it); a resumed one reads its settings and checkpoint back.
     Returns the settings, the checkpoint to resume from, and notes for the user."""
     run = Path(config.out)
@@ -161,7 +169,6 @@ def prepare(
         if cfg.micro_batch:
             cfg.replicas = cfg.batch_size // cfg.micro_batch
         cfg.replicas = cfg.replicas or world.size
-        cfg.lanes = cfg.lanes or (max(1, cfg.workers) if cfg.workers >= 0 else DEFAULT_LANES)
         state = None
     cfg.validate()
     if cfg.replicas % world.size:
@@ -226,8 +233,7 @@ def make_loader(run: Run, start: int, end: int) -> torch.utils.data.DataLoader:
     mine = [world.rank * per_process + i for i in range(per_process)]
     stream = TrainStream(plan, mine, start, end, log_keys=cfg.log_keys)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
-    wanted = cfg.workers if cfg.workers >= 0 else memory.default_workers(local)
-    workers = usable_workers(wanted, per_process * plan.lanes)
+    workers = cfg.workers if cfg.workers >= 0 else memory.default_workers(local)
     return torch.utils.data.DataLoader(
         stream,
         batch_size=None,
@@ -235,13 +241,6 @@ def make_loader(run: Run, start: int, end: int) -> torch.utils.data.DataLoader:
         pin_memory=world.device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-
-
-def usable_workers(wanted: int, lanes_here: int) -> int:
-    """The largest worker count <= wanted that divides this process's lanes (so batches keep their order)."""
-    if wanted <= 0:
-        return 0
-    return max(w for w in range(1, min(wanted, lanes_here) + 1) if lanes_here % w == 0)
 
 
 def consensus(world: World, stop: StopRequest, clock_due: bool = False) -> tuple[bool, bool]:
@@ -330,7 +329,7 @@ def plan_position(plan: StreamPlan) -> dict[str, Any]:
     """What a checkpoint records of the data order, to check a resume reads the same stream."""
     return {
         "replicas": plan.replicas,
-        "lanes": plan.lanes,
+        "order": "permutation",
         "seed": plan.seed,
         "steps_per_epoch": plan.steps_per_epoch,
     }
