@@ -20,13 +20,14 @@ from occgen.occlude.sources import open_source
 from occgen.report.card import command_line, write_card
 from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
 from occgen.sets.pairs import (
-    describe as describe_pairs,
-)
-from occgen.sets.pairs import (
+    bin_pairs,
     pair_rows,
     read_pairs,
     resolve,
     write_pairs,
+)
+from occgen.sets.pairs import (
+    describe as describe_pairs,
 )
 from occgen.sets.pairs import (
     picks as pair_picks,
@@ -43,7 +44,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "--src",
     required=True,
     help="Aligned faces: an <identity>/<image> folder, a 'path label' list file "
-    "(with --root), a registered name (webface, lfw, ...), or 'demo' (built-in synthetic faces).",
+    "(with --root), an insightface RecordIO set (folder with train.rec + train.idx, e.g. faces_webface_112x112), "
+    "an insightface verification set (lfw.bin, with --pairs-from-bin), a registered name (webface, lfw, ...), "
+    "or 'demo' (built-in synthetic faces).",
 )
 @click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to."
@@ -90,7 +93,13 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "build a verification set of the images it names, first image clean and second occluded (N-O), and "
     "write pairs.parquet beside the manifest.",
 )
-@click.option("--both", is_flag=True, help="With --pairs: occlude both images of every pair (O-O).")
+@click.option(
+    "--pairs-from-bin",
+    is_flag=True,
+    help="With --src X.bin (an insightface verification set): build its pairs as --pairs does, "
+    "in file order with insightface's ten folds (consecutive tenths).",
+)
+@click.option("--both", is_flag=True, help="With --pairs or --pairs-from-bin: occlude both images of every pair (O-O).")
 @click.option("--exclude-categories", help="Leave these occluder categories out (comma separated).")
 @click.option(
     "--compat",
@@ -140,6 +149,12 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 )
 @click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
 @click.option(
+    "--crop",
+    metavar="HxW",
+    help="Cut this window from the centre of every input first: 112x96 takes the SphereFace/CosFace crop (FROM's "
+    "input) from insightface's 112x112 ArcFace crops, whose template is the same 8 px to the right.",
+)
+@click.option(
     "--max-errors",
     default="1%",
     show_default=True,
@@ -158,6 +173,7 @@ def build_cmd(
     group,
     regions,
     pairs_file,
+    pairs_from_bin,
     both,
     exclude_categories,
     compat,
@@ -177,6 +193,7 @@ def build_cmd(
     address,
     face_size,
     strict_size,
+    crop,
     max_errors,
 ) -> None:
     """Run Algorithm 1 over every input image and write shards plus manifests.
@@ -192,18 +209,21 @@ def build_cmd(
     if occluders is not None and not occluders.is_dir():
         raise UserError(f"--occluders {occluders}: no such folder")
     source = open_source(src, root)
-    name = name or f"occ-{Path(src.rstrip('/')).name if src != 'demo' else 'demo'}"
+    given = Path(src.rstrip("/"))
+    name = name or f"occ-{given.stem if given.suffix in ('.bin', '.rec') else given.name if src != 'demo' else 'demo'}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as occ-lfw (no '/')")
     if group and categories:
         raise UserError("--group and --categories both choose occluder categories; give one of them")
-    if both and not pairs_file:
-        raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt")
+    if pairs_file and pairs_from_bin:
+        raise UserError("--pairs and --pairs-from-bin both give the pairs; choose one")
+    if both and not (pairs_file or pairs_from_bin):
+        raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt or --pairs-from-bin")
     if regions and (per_scale or scales):
         raise UserError(
             "--regions fits each occluder to a fixed region box, so scales do not apply; drop --scales/--per-scale"
         )
-    if pairs_file and copies != 1:
+    if (pairs_file or pairs_from_bin) and copies != 1:
         raise UserError("--pairs renders one clean and one occluded copy of each image it needs; drop --copies")
     scale_set = parse_scales(scales or ("1" if regions else "1:0.5:5"))
     runs = (
@@ -213,7 +233,7 @@ def build_cmd(
         if regions
         else [(name, scale_set, None)]
     )
-    pairs = read_pairs(pairs_file) if pairs_file else None
+    pairs = read_pairs(pairs_file) if pairs_file else bin_pairs(source) if pairs_from_bin else None
     failed: list[str] = []
     for run_name, run_scales, region in runs:
         opts = BuildOptions(
@@ -232,6 +252,7 @@ def build_cmd(
             region=region,
             size=parse_size(face_size) if face_size else None,
             strict_size=strict_size,
+            crop=parse_size(crop) if crop else None,
         )
         rows, sample_picks = None, None
         if pairs:

@@ -24,11 +24,11 @@ import numpy as np
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array, encode, resize
+from occgen.images import FORMATS, crop_center, decode_array, encode, resize
 from occgen.occlude.occluders import OccluderLibrary, load_library
 from occgen.occlude.plan import draw, sample_key, sample_seed
 from occgen.occlude.render import Compat, occlude, scaled_size
-from occgen.occlude.sources import Item, Source, read_bytes
+from occgen.occlude.sources import Item, Source, read_input
 from occgen.runner import Backend, Summary, parallel_map
 from occgen.sets.regions import fit_region
 from occgen.writer import (
@@ -64,6 +64,7 @@ class BuildOptions:
     region: str | None = None  # a named region (occgen.sets.regions): the occluder is fitted to its box
     size: tuple[int, int] | None = None  # (height, width) of every face; None: the first readable input's
     strict_size: bool = False  # refuse inputs of another size instead of resizing them
+    crop: tuple[int, int] | None = None  # (height, width) window cut from the centre of each input first
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,9 @@ def render_shard(task: ShardTask) -> dict[str, Any]:
 def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | None]:
     """Decode one input and bring it to the build's face size: (face or None, what to record or None)."""
     try:
-        face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
+        face = decode_array(read_input(task.source_root, item), item.rel)
+        if task.options.crop:
+            face = crop_center(face, task.options.crop)
     except UserError as exc:
         return None, str(exc).removeprefix(f"{item.rel}: ")
     want, got = task.options.size, face.shape[:2]
@@ -310,7 +313,7 @@ def first_size(source: Source) -> tuple[int, int] | None:
     """(height, width) of the first input, in build order, that decodes: the size every face is brought to."""
     for item in source.items:
         try:
-            return decode_array(read_bytes(source.root, item.rel), item.rel).shape[:2]
+            return decode_array(read_input(source.root, item), item.rel).shape[:2]
         except UserError:
             continue
     return None
@@ -343,7 +346,7 @@ def build(
     library = load_library(opts.occluders, opts.categories, opts.exclude)  # fails fast, before any worker starts
     _LIBRARIES[library.digest] = library
     if opts.size is None:
-        opts = replace(opts, size=first_size(source))
+        opts = replace(opts, size=opts.crop or first_size(source))
     manifest_dir = manifests / name
     with exclusive(manifest_dir / LOCK, f"another run of the build {name} is using {manifest_dir}; wait for it to end"):
         _remove_temporaries(manifest_dir, out, name)  # left by a run that was killed

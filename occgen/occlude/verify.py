@@ -24,7 +24,7 @@ from occgen.errors import UserError
 from occgen.occlude.occluders import load_library
 from occgen.occlude.run import LOCK, BuildOptions, plan_shards, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
-from occgen.occlude.sources import Source, from_list, from_tree, open_source
+from occgen.occlude.sources import Source, open_path, open_source
 from occgen.runner import parallel_map
 from occgen.writer import exclusive
 
@@ -143,7 +143,7 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
             "rebuild with `occgen build ... --overwrite`"
         )
     path = Path(path)
-    return from_tree(path, fingerprint["src"]) if path.is_dir() else from_list(path, Path(root), fingerprint["src"])
+    return open_path(path, Path(root) if root else None, fingerprint["src"])
 
 
 def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:

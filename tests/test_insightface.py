@@ -1,0 +1,257 @@
+"""insightface's formats in: RecordIO training sets (train.rec/.idx/property) and .bin verification sets.
+
+The fixtures are written here from the formats' specifications (dmlc-core's RecordIO writer, MXNet's IRHeader,
+insightface's face2rec layout and its pickled .bin), independently of the readers under test.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import shared
+from PIL import Image
+
+from occgen.cli import main as occgen_main
+from occgen.errors import UserError
+from occgen.formats.binset import folds, parse
+from occgen.occlude.sources import open_source, read_input
+
+MAGIC = 0xCED7230A
+
+
+def dmlc_record(data: bytes) -> bytes:
+    """One record as dmlc-core's RecordIOWriter writes it: split wherever the magic number occurs at a 4-byte
+    aligned position (cflag 1 first, 2 middle, 3 last part; the magic itself dropped), each part padded to 4."""
+    magic = struct.pack("<I", MAGIC)
+    cuts, start = [], 0
+    for i in range(0, len(data) // 4 * 4, 4):
+        if data[i : i + 4] == magic:
+            cuts.append(data[start:i])
+            start = i + 4
+    parts = [*cuts, data[start:]]
+    out = b""
+    for n, part in enumerate(parts):
+        cflag = 0 if len(parts) == 1 else 1 if n == 0 else 3 if n == len(parts) - 1 else 2
+        out += struct.pack("<II", MAGIC, cflag << 29 | len(part)) + part + b"\0" * (-len(part) % 4)
+    return out
+
+
+def ir_pack(label, image: bytes, id_: int = 0, id2: int = 0) -> bytes:
+    """MXNet's recordio.pack: IRHeader 'IfQQ'; a vector label sets flag = its length and follows the header."""
+    if np.ndim(label):
+        vec = np.asarray(label, "<f4")
+        return struct.pack("<IfQQ", len(vec), 0.0, id_, id2) + vec.tobytes() + image
+    return struct.pack("<IfQQ", 0, float(label), id_, id2) + image
+
+
+def write_rec(folder: Path, records: list[tuple[int, bytes]], classes: int | None = None) -> Path:
+    """train.rec + train.idx ('key\\toffset' lines, as MXIndexedRecordIO writes) + property."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rec, idx = bytearray(), []
+    for key, payload in records:
+        idx.append(f"{key}\t{len(rec)}\n")
+        rec += dmlc_record(payload)
+    (folder / "train.rec").write_bytes(bytes(rec))
+    (folder / "train.idx").write_text("".join(idx))
+    if classes is not None:
+        (folder / "property").write_text(f"{classes},112,112")
+    return folder
+
+
+def arcface(path: Path, fmt: str = "JPEG") -> bytes:
+    """A 112x96 SphereFace crop padded to insightface's 112x112 ArcFace crop (the template 8 px to the right)."""
+    face = np.asarray(Image.open(path).convert("RGB"))
+    padded = np.pad(face, ((0, 0), (8, 8), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    Image.fromarray(padded).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {"compress_level": 1}))
+    return buf.getvalue()
+
+
+def insightface_set(folder: Path, faces: list[tuple[int, bytes]], header: bool = True, vector: bool = False) -> Path:
+    """faces (label, image) in face2rec's layout: record 0 the header (label [first identity record, end],
+    no image), faces 1..N, then one record per identity with the range [start, end) of its faces."""
+    records = []
+    for n, (label, image) in enumerate(faces, 1):
+        lab = [label, 0.5] if vector and n % 2 else label
+        records.append((n, ir_pack(lab, image, id_=MAGIC if n == 2 else 0, id2=MAGIC if n == 3 else n)))
+    labels = sorted({lab for lab, _ in faces})
+    if header:
+        first_identity = len(faces) + 1
+        records.insert(0, (0, ir_pack([first_identity, first_identity + len(labels)], b"")))
+        for i, lab in enumerate(labels):
+            keys = [n for n, (label, _) in enumerate(faces, 1) if label == lab]
+            records.append((first_identity + i, ir_pack([keys[0], keys[-1] + 1], b"")))
+    return write_rec(folder, records, len(labels))
+
+
+@pytest.fixture(scope="module")
+def mini_faces() -> list[tuple[int, bytes, str]]:
+    """(label, 112x112 JPEG, source path) of 4 lfw-mini people x 3 images."""
+    root = shared("lfw-mini") / "aligned-112x96"
+    people = sorted(p for p in root.iterdir() if p.is_dir())[:4]
+    return [(i, arcface(f), str(f)) for i, p in enumerate(people) for f in sorted(p.iterdir())[:3]]
+
+
+def run(*args, ok: bool = True, cli=occgen_main):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_dmlc_writer_splits_at_the_magic():
+    data = struct.pack("<III", 1, MAGIC, 2) + b"xy"
+    rec = dmlc_record(data)
+    assert struct.unpack_from("<II", rec) == (MAGIC, 1 << 29 | 4)
+    assert struct.unpack_from("<II", rec, 12) == (MAGIC, 3 << 29 | 6)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_recordio_source_labels_vectors_and_split_records(tmp_path, mini_faces, header):
+    faces = [(label, image) for label, image, _ in mini_faces]
+    folder = insightface_set(tmp_path / "faces_test_112x112", faces, header=header, vector=True)
+    source = open_source(str(folder))
+    assert source.kind == "recordio" and not source.skipped
+    assert [it.rel for it in source.items] == [f"{lab}/{n:08d}" for n, (lab, _) in enumerate(faces, 1)]
+    assert [it.identity for it in source.items] == [lab for lab, _ in faces]  # vector labels: the first element
+    # records 2 and 3 hold the magic number in their header, so they were written in parts
+    for item, (_, image) in zip(source.items, faces):
+        assert read_input(source.root, item) == image
+
+
+def test_recordio_build_and_train_end_to_end(tmp_path, mini_faces):
+    faces = [(label, image) for label, image, _ in mini_faces]
+    folder = insightface_set(tmp_path / "faces_test_112x112", faces, vector=True)
+    out, manifests = tmp_path / "shards", tmp_path / "manifests"
+    common = ["--out", out, "--manifests", manifests, "-q", "--shard-size", "5"]
+    text = run("build", "--src", folder, "-j", "2", *common, "--scales", "1").output
+    assert "12 samples" in text or "12 done" in text, text
+    rows = pd.read_parquet(manifests / "occ-faces_test_112x112" / "samples.parquet")
+    assert len(rows) == 12 and set(rows["width"]) == {112} and set(rows["height"]) == {112}
+    assert rows["identity"].tolist() == [lab for lab, _ in faces]
+    assert rows["src"].tolist()[0] == "0/00000001"
+    # the same build with one worker gives the same samples, and verify --repair reads the source back
+    run("build", "--src", folder, "-j", "1", *common, "--scales", "1", "--name", "again")
+    again = pd.read_parquet(manifests / "again" / "samples.parquet")
+    assert again["key"].tolist() == rows["key"].tolist() and again["sha256"].tolist() == rows["sha256"].tolist()
+    a = sorted(p.read_bytes() for p in out.glob("occ-faces_test_112x112-*.tar"))
+    (out / "occ-faces_test_112x112-000001.tar").unlink()
+    run("verify", manifests / "occ-faces_test_112x112", "--repair", "-j", "1", "-q")
+    assert sorted(p.read_bytes() for p in out.glob("occ-faces_test_112x112-*.tar")) == a
+    # --crop 112x96 gives FROM's input size
+    run("build", "--src", folder, "-j", "1", *common, "--crop", "112x96", "--name", "crop")
+    rows = pd.read_parquet(manifests / "crop" / "samples.parquet")
+    assert set(rows["width"]) == {96} and set(rows["height"]) == {112}
+
+
+def test_truncated_record_and_bad_magic_are_recorded(tmp_path, mini_faces):
+    faces = [(label, image) for label, image, _ in mini_faces]
+    folder = insightface_set(tmp_path / "set", faces)
+    rec = folder / "train.rec"
+    offsets = {int(k): int(o) for k, o in (ln.split("\t") for ln in (folder / "train.idx").read_text().splitlines())}
+    data = bytearray(rec.read_bytes())
+    data[offsets[5] : offsets[5] + 4] = b"\0\0\0\0"  # record 5: bad magic
+    rec.write_bytes(bytes(data[: offsets[12] + 100]))  # record 12 (the last face) cut short; identity records gone
+    source = open_source(str(folder))
+    assert [why for what, why in source.skipped if what == "record 5"][0].startswith("no RecordIO record at byte")
+    assert len(source.items) == 11  # record 12's header is there; its image is not
+    out, manifests = tmp_path / "shards", tmp_path / "manifests"
+    result = run("build", "--src", folder, "--out", out, "--manifests", manifests, "-q", "-j", "1", ok=False)
+    assert result.exit_code == 1  # 2 of 12 inputs unusable: over the default --max-errors 1%
+    errors = pd.read_parquet(manifests / "occ-set" / "errors.parquet")
+    reasons = dict(zip(errors["input"], errors["reason"]))
+    assert "no RecordIO record" in reasons["record 5"]
+    assert "truncated record" in reasons["3/00000012"]
+    assert len(pd.read_parquet(manifests / "occ-set" / "samples.parquet")) == 10
+
+
+def test_recordio_user_errors(tmp_path, mini_faces):
+    folder = insightface_set(tmp_path / "set", [(0, mini_faces[0][1])])
+    (folder / "train.idx").unlink()
+    assert "no index train.idx" in run("build", "--src", folder, ok=False).output
+    (folder / "train.idx").write_text("0\t0\n1\t999999\n")
+    assert "truncated record at byte 999999" in run("build", "--src", folder, ok=False).output
+    (folder / "train.idx").write_text("zero\t0\n")
+    assert "expected 'key<TAB>offset'" in run("build", "--src", folder, ok=False).output
+    (folder / "train.rec").write_bytes(b"\0" * 64)
+    (folder / "train.idx").write_text("1\t0\n")
+    out = run("build", "--src", folder, "--out", tmp_path / "o", "--manifests", tmp_path / "m", ok=False).output
+    assert "none of the 1 face records" in out and "Traceback" not in out
+
+
+# ---- .bin verification sets ----
+
+
+def py2_bin(images: list[bytes], issame: list[bool]) -> bytes:
+    """A pickle as Python 2's pickle.dump(..., protocol=2) writes (bins, issame): images as str (BINSTRING),
+    flags as NEWTRUE/NEWFALSE, with the memo puts Python 2 adds."""
+    out = [b"\x80\x02", b"]q\x00(", b""]
+    for n, img in enumerate(images, 1):
+        op = b"U" + bytes([len(img)]) if len(img) < 256 else b"T" + struct.pack("<i", len(img))
+        out.append(op + img + b"q" + bytes([n % 256]))
+    out += [b"e]q\x01(", *(b"\x88" if s else b"\x89" for s in issame), b"e\x86q\x02."]
+    return b"".join(out)
+
+
+def test_bin_reads_python2_and_python3_pickles():
+    images, issame = [b"a" * 10, b"b" * 300, b"c", b"d"], [True, False]
+    assert parse(py2_bin(images, issame), "py2") == (tuple(images), tuple(issame))
+    for protocol in (2, 3, 4, 5):  # Python 3's writers; protocol 2 spells bytes as _codecs.encode(str, 'latin1')
+        assert parse(pickle.dumps((images, issame), protocol=protocol), f"p{protocol}") == (
+            tuple(images),
+            (True, False),
+        )
+    assert folds(6000).tolist() == np.repeat(np.arange(10), 600).tolist()
+    assert np.bincount(folds(23)).tolist() == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_bin_with_code_is_refused_and_nothing_runs(tmp_path, protocol):
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(([b"x", b"y"], [_Evil(marker)]), protocol=protocol)
+    evil = tmp_path / "lfw.bin"
+    evil.write_bytes(payload)
+    with pytest.raises(UserError, match="refused.*posix.system|refused.*os.system|refused.*nt.system"):
+        parse(payload, "evil")
+    out = run(
+        "build", "--src", evil, "--pairs-from-bin", "--out", tmp_path / "o", "--manifests", tmp_path / "m", ok=False
+    )
+    assert out.exit_code != 0 and "refused" in out.output and "Traceback" not in out.output
+    # a global hidden behind a data-looking codecs call is refused too
+    sneaky = b"\x80\x02c_codecs\nencode\nq\x00X\x02\x00\x00\x00xyX\x05\x00\x00\x00utf-8\x86R."
+    with pytest.raises(UserError):
+        parse(sneaky, "sneaky")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        (([b"x", "text"], [True]), "image 1 is a str"),
+        (([b"x", b"y"], [2]), "is-same flag 0 is 2"),
+        (([b"x", b"y", b"z"], [True]), "3 images for 1 pairs"),
+        ({"bins": []}, "expected a pickled pair"),
+    ],
+)
+def test_bin_wrong_contents(obj, message):
+    with pytest.raises(UserError, match=message):
+        parse(pickle.dumps(obj, protocol=4), "x.bin")
+    with pytest.raises(UserError, match="not a readable verification set"):
+        parse(b"\x80\x04garbage", "x.bin")
