@@ -9,7 +9,7 @@ that reports can plot accuracy against occluded area without the manifest.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -24,6 +24,7 @@ from fromnet.checkpoint import load_model
 from fromnet.eval.pairs import embeddings_table
 from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
 from occgen.errors import UserError
+from occgen.images import crop_center, decode_array
 from occgen.runner import parallel_map
 from occgen.writer import atomic_write, table_bytes
 
@@ -173,13 +174,18 @@ def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np
     return out
 
 
+def _check_size(face: np.ndarray, size: tuple[int, int], what: str) -> None:
+    if face.shape[:2] != tuple(size):
+        crop = " (--crop 112x96 takes FROM's crop from 112x112 ArcFace crops)" if face.shape[:2] == (112, 112) else ""
+        raise UserError(
+            f"{what} is {face.shape[0]}x{face.shape[1]} (HxW) but the model takes {size[0]}x{size[1]}; "
+            f"embed faces aligned to that size{crop}"
+        )
+
+
 def _face_row(sample: dict, size: tuple[int, int], where: str) -> tuple[dict, np.ndarray]:
     face = decode_face(sample)
-    if face.shape[:2] != tuple(size):
-        raise UserError(
-            f"{where}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
-            f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size"
-        )
+    _check_size(face, size, f"{where}: sample {sample['__key__']}")
     meta = sample_meta(sample)
     return dict(
         key=sample["__key__"],
@@ -269,6 +275,31 @@ def embed_manifest(
         matrix,
         {"occluded": np.array([r["occluded"] for r in rows], bool), "box_area_ratio": area},
     )
+
+
+def embed_encoded(
+    embedder: Embedder,
+    images: Sequence[bytes],
+    names: Sequence[str],
+    batch_size: int = 256,
+    flip: bool = False,
+    crop: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """(N, D) embeddings of encoded faces that are not in a manifest (a verification set's), decoded batch by batch
+    and, with ``crop``, cut to that centred window first."""
+    vectors = []
+    for start in range(0, len(images), batch_size):
+        faces = []
+        for name, data in zip(names[start : start + batch_size], images[start : start + batch_size]):
+            face = decode_array(data, name)
+            face = crop_center(face, crop) if crop else face
+            _check_size(face, embedder.input_size, name)
+            faces.append(face)
+        vectors.append(embed_faces(embedder, np.stack(faces), flip))
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+    if not np.isfinite(matrix).all():
+        raise UserError(f"{embedder.name}: the model gave NaN/inf embeddings")
+    return matrix
 
 
 def write_embeddings(table: pa.Table, path: str | Path) -> None:

@@ -7,6 +7,7 @@ insightface's face2rec layout and its pickled .bin), independently of the reader
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -18,10 +19,13 @@ from click.testing import CliRunner
 from conftest import shared
 from PIL import Image
 
+from fromnet.cli import main as fromnet_main
 from occgen.cli import main as occgen_main
 from occgen.errors import UserError
 from occgen.formats.binset import folds, parse
+from occgen.images import crop_center, decode_array
 from occgen.occlude.sources import open_source, read_input
+from occgen.sets.pairs import bin_pairs, read_pairs
 
 MAGIC = 0xCED7230A
 
@@ -66,11 +70,12 @@ def write_rec(folder: Path, records: list[tuple[int, bytes]], classes: int | Non
 
 
 def arcface(path: Path, fmt: str = "JPEG") -> bytes:
-    """A 112x96 SphereFace crop padded to insightface's 112x112 ArcFace crop (the template 8 px to the right)."""
-    face = np.asarray(Image.open(path).convert("RGB"))
-    padded = np.pad(face, ((0, 0), (8, 8), (0, 0)), mode="edge")
+    """A 112x96 SphereFace crop padded to insightface's 112x112 ArcFace crop (the template 8 px to the right),
+    encoded; PNG keeps the face's pixels exact."""
+    face = decode_array(path.read_bytes())
     buf = io.BytesIO()
-    Image.fromarray(padded).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {"compress_level": 1}))
+    padded = Image.fromarray(np.pad(face, ((0, 0), (8, 8), (0, 0)), mode="edge"))
+    padded.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {"compress_level": 1}))
     return buf.getvalue()
 
 
@@ -96,7 +101,7 @@ def mini_faces() -> list[tuple[int, bytes, str]]:
     """(label, 112x112 JPEG, source path) of 4 lfw-mini people x 3 images."""
     root = shared("lfw-mini") / "aligned-112x96"
     people = sorted(p for p in root.iterdir() if p.is_dir())[:4]
-    return [(i, arcface(f), str(f)) for i, p in enumerate(people) for f in sorted(p.iterdir())[:3]]
+    return [(i, arcface(f), f) for i, p in enumerate(people) for f in sorted(p.iterdir())[:3]]
 
 
 def run(*args, ok: bool = True, cli=occgen_main):
@@ -145,10 +150,20 @@ def test_recordio_build_and_train_end_to_end(tmp_path, mini_faces):
     (out / "occ-faces_test_112x112-000001.tar").unlink()
     run("verify", manifests / "occ-faces_test_112x112", "--repair", "-j", "1", "-q")
     assert sorted(p.read_bytes() for p in out.glob("occ-faces_test_112x112-*.tar")) == a
-    # --crop 112x96 gives FROM's input size
-    run("build", "--src", folder, "-j", "1", *common, "--crop", "112x96", "--name", "crop")
+    # --crop 112x96 gives FROM's input size; train on it a few steps and evaluate on a .bin of the same faces
+    run("build", "--src", folder, "-j", "1", *common, "--crop", "112x96", "--name", "crop", "--K", "5")
     rows = pd.read_parquet(manifests / "crop" / "samples.parquet")
     assert set(rows["width"]) == {96} and set(rows["height"]) == {112}
+    model = tmp_path / "run"
+    tiny = ["--backbone", "r18", "--width-mult", "0.25", "--batch-size", "8", "--steps", "2", "-j", "0"]
+    run("train", "--shards", manifests / "crop", "--K", "5", *tiny, "--out", model, cli=fromnet_main)
+    pairs = [(0, 1, True), (3, 6, False), (4, 5, True), (7, 9, False), (9, 11, True), (2, 10, False)]
+    images = [faces[i][1] for a, b, _ in pairs for i in (a, b)]
+    (tmp_path / "mini.bin").write_bytes(pickle.dumps((images, [s for _, _, s in pairs]), protocol=4))
+    out = tmp_path / "res"
+    run("eval", "--bin", tmp_path / "mini.bin", "--crop", "112x96", "--model", model, "--out", out, cli=fromnet_main)
+    result = json.loads((out / "results.json").read_text())["verification"][0]
+    assert result["pairs"] == 6 and result["genuine"] == 3 and 0 <= result["accuracy"] <= 1
 
 
 def test_truncated_record_and_bad_magic_are_recorded(tmp_path, mini_faces):
@@ -255,3 +270,98 @@ def test_bin_wrong_contents(obj, message):
         parse(pickle.dumps(obj, protocol=4), "x.bin")
     with pytest.raises(UserError, match="not a readable verification set"):
         parse(b"\x80\x04garbage", "x.bin")
+
+
+# ---- a .bin written as insightface writes it, from LFW's own pairs list ----
+
+
+def lfw_pairs(path: Path) -> tuple[str, list[tuple[str, str, bool]]]:
+    """LFW pairs.txt -> (header line, [(first, second image path under the faces folder, same)]) in file order."""
+    header, *lines = path.read_text().splitlines()
+    pairs = []
+    for fields in (ln.split() for ln in lines if ln.strip()):
+        a, i, b, j = fields if len(fields) == 4 else (fields[0], fields[1], fields[0], fields[2])
+        pairs.append((f"{a}/{a}_{int(i):04d}.jpg", f"{b}/{b}_{int(j):04d}.jpg", len(fields) == 3))
+    return header, pairs
+
+
+def write_bin(path: Path, faces: Path, pairs: list[tuple[str, str, bool]], fmt: str) -> Path:
+    """insightface's lfw2pack: pickle.dump((bins, issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)."""
+    encoded: dict[str, bytes] = {}
+    bins = [encoded.setdefault(rel, arcface(faces / rel, fmt)) for a, b, _ in pairs for rel in (a, b)]
+    with open(path, "wb") as f:
+        pickle.dump((bins, [same for _, _, same in pairs]), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def test_lfw_bin_pairs_are_lfw_pairs_txt(tmp_path):
+    """All 6,000 pairs of LFW view 2 come back from a .bin in pairs.txt order, with its flags and folds."""
+    pairs_file = shared("lfw-meta") / "pairs.txt"
+    faces = shared("lfw-112x96")
+    header, pairs = lfw_pairs(pairs_file)
+    binfile = write_bin(tmp_path / "lfw.bin", faces, pairs, "JPEG")
+    source = open_source(str(binfile))
+    got = bin_pairs(source)
+    expected = read_pairs(pairs_file)  # occgen's own reading of pairs.txt: folds of 600 under the '10 300' header
+    assert header.split() == ["10", "300"] and len(got) == 6000
+    assert [(p.same, p.fold) for p in got] == [(p.same, p.fold) for p in expected]
+    items = {it.rel: it for it in source.items}
+    for p in got[::397]:  # the faces behind a sample of pairs are the pairs.txt images, padded
+        for rel, name in ((p.first, pairs[p.index][0]), (p.second, pairs[p.index][1])):
+            face = crop_center(decode_array(read_input(source.root, items[rel])), (112, 96))
+            want = decode_array((faces / name).read_bytes())
+            assert np.abs(face.astype(int) - want).mean() < 3  # JPEG again: close, not exact
+
+
+def test_model_scores_a_bin_as_the_same_pixels_from_folders(tmp_path):
+    """eval --bin --crop 112x96 on a .bin of padded PNG faces = eval of the folder's faces through a pairs build."""
+    import test_eval  # the tiny network's saved run
+
+    mini = shared("lfw-mini")
+    _, pairs = lfw_pairs(mini / "pairs_mini.txt")  # 20 matched, then 20 mismatched
+    matched, mismatched = pairs[:20], pairs[20:]
+    tenths = [p for f in range(10) for p in matched[2 * f : 2 * f + 2] + mismatched[2 * f : 2 * f + 2]]
+    listing = tmp_path / "pairs10.txt"  # the same 40 pairs as ten folds of 2 + 2
+    listing.write_text("10\t2\n" + "".join(f"{pair_line(a, b)}\n" for a, b, _ in tenths))
+    binfile = write_bin(tmp_path / "mini.bin", mini / "aligned-112x96", tenths, "PNG")
+    model = test_eval.make_run(tmp_path / "run")
+    m = tmp_path / "manifests"
+    run(
+        "build",
+        "--src",
+        mini / "aligned-112x96",
+        "--pairs",
+        listing,
+        "--clean-ratio",
+        "1",
+        "--format",
+        "png",
+        "--out",
+        tmp_path / "shards",
+        "--manifests",
+        m,
+        "--name",
+        "nn",
+        "-q",
+        "-j",
+        "1",
+    )
+    fromnet = dict(cli=fromnet_main)
+    run("eval", "--pairs", m / "nn", "--model", model, "--out", tmp_path / "folder", "-q", **fromnet)
+    text = run(
+        "eval", "--bin", binfile, "--crop", "112x96", "--model", model, "--out", tmp_path / "bin", "-q", **fromnet
+    )
+    assert "mini" in text.output
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["verification"] for d in ("folder", "bin"))
+    assert len(a) == len(b) == 1 and a[0]["pairs"] == b[0]["pairs"] == 40 and b[0]["folds"] == 10
+    for k in ("accuracy", "fold_accuracies", "fold_thresholds", "auc"):
+        np.testing.assert_allclose(a[0][k], b[0][k], atol=1e-6)
+    # without the crop the 112x112 faces do not fit the 112x96 model: a clear error
+    out = run("eval", "--bin", binfile, "--model", model, "--out", tmp_path / "x", ok=False, **fromnet).output
+    assert "--crop 112x96" in out and "Traceback" not in out
+
+
+def pair_line(a: str, b: str) -> str:
+    """A pairs.txt line for two image paths 'Name/Name_0001.jpg'."""
+    (na, ia), (nb, ib) = ((p.split("/")[0], int(p.rsplit("_", 1)[1][:4])) for p in (a, b))
+    return f"{na}\t{ia}\t{ib}" if na == nb else f"{na}\t{ia}\t{nb}\t{ib}"

@@ -101,6 +101,12 @@ class ModelRunner:
         s = self.settings
         return embed_manifest(manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"], s["workers"])
 
+    def embed_encoded(self, images, names, crop=None):
+        from fromnet.embed import embed_encoded
+
+        s = self.settings
+        return embed_encoded(self.embedder, images, names, s["batch_size"], s["flip"], crop)
+
 
 @main.command("embed")
 @click.option("--model", required=True, help="A fromnet run folder or checkpoint, or onnx:PATH for any ONNX embedder.")
