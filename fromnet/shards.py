@@ -23,7 +23,7 @@ import webdataset as wds
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
-from occgen.writer import NeedsTarfile, read_tar
+from occgen.writer import NeedsTarfile, read_tar, shard_paths
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def read_manifest(path: str | Path) -> Manifest:
         raise UserError(f"{path}: no shards.json, so not a finished occgen manifest ({hint})")
     try:
         meta = json.loads(index.read_text())
-        shards = tuple(Shard(str((path / s["path"]).resolve()), s["shard"], int(s["samples"])) for s in meta["shards"])
+        paths = shard_paths(path, meta["shards"], meta.get("name", path.name))
+        shards = tuple(Shard(str(p.resolve()), s["shard"], int(s["samples"])) for s, p in zip(meta["shards"], paths))
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{index}: not a valid shard index ({exc}); rebuild with `occgen build`") from None
     missing = [s.url for s in shards if not Path(s.url).is_file()]
