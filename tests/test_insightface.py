@@ -166,6 +166,14 @@ def test_recordio_build_and_train_end_to_end(tmp_path, mini_faces):
     assert result["pairs"] == 6 and result["genuine"] == 3 and 0 <= result["accuracy"] <= 1
 
 
+def test_registered_name_card_names_the_path_and_format(tmp_path, mini_faces, monkeypatch):
+    folder = insightface_set(tmp_path / "faces_webface_112x112", [(lab, img) for lab, img, _ in mini_faces[:4]])
+    monkeypatch.setenv("OCCGEN_SRC_WEBFACE", str(folder))
+    run("build", "--src", "webface", "--out", tmp_path / "s", "--manifests", tmp_path / "m", "-q", "-j", "1")
+    card = (tmp_path / "m" / "occ-webface" / "README.md").read_text()
+    assert f"source: `webface` = `{folder}` (an insightface RecordIO set (train.rec + train.idx))" in card
+
+
 def test_truncated_record_and_bad_magic_are_recorded(tmp_path, mini_faces):
     faces = [(label, image) for label, image, _ in mini_faces]
     folder = insightface_set(tmp_path / "set", faces)

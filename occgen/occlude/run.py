@@ -274,6 +274,7 @@ def fingerprint(
         "inputs_sha256": sha256(listing.encode()),
         "occluders_sha256": library.digest,
         "options": opts_dict,
+        "src_kind": source.kind,
         "src_path": str(source.path) if source.path else None,  # where `occgen verify
         "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
         "occluders_path": str(library.root.absolute()),

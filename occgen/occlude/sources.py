@@ -47,8 +47,17 @@ class Source:
     identities: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
     path: Path | None = None  # the folder or list file --src resolved to, absolute (None for the demo)
-    kind: str = "images"  # how it was read: images (folder), list, recordio, bin, demo
+    kind: str = "images"  # how it was read: one of KINDS
 
+
+#: What each kind of source is, in words (dataset cards say it).
+KINDS = {
+    "images": "a folder of <identity>/<image> files",
+    "list": "a 'path label' list file",
+    "recordio": "an insightface RecordIO set (train.rec + train.idx)",
+    "bin": "an insightface verification set (.bin)",
+    "demo": "occgen's built-in synthetic faces",
+}
 
 #: Each worker's open container files and loaded verification sets, by path.
 _RECORD_FILES: dict[Path, BinaryIO] = {}
