@@ -322,7 +322,8 @@ def test_lfw_bin_pairs_are_lfw_pairs_txt(tmp_path):
 
 
 def test_model_scores_a_bin_as_the_same_pixels_from_folders(tmp_path):
-    """eval --bin --crop 112x96 on a .bin of padded PNG faces = eval of the folder's faces through a pairs build."""
+    """eval --bin --crop 112x96 on a .bin of padded PNG faces = eval of the folder's faces through a pairs build =
+    eval of a pairs build made from the .bin itself (--pairs-from-bin --crop 112x96)."""
     import test_eval  # the tiny network's saved run
 
     mini = shared("lfw-mini")
@@ -334,36 +335,20 @@ def test_model_scores_a_bin_as_the_same_pixels_from_folders(tmp_path):
     binfile = write_bin(tmp_path / "mini.bin", mini / "aligned-112x96", tenths, "PNG")
     model = test_eval.make_run(tmp_path / "run")
     m = tmp_path / "manifests"
-    run(
-        "build",
-        "--src",
-        mini / "aligned-112x96",
-        "--pairs",
-        listing,
-        "--clean-ratio",
-        "1",
-        "--format",
-        "png",
-        "--out",
-        tmp_path / "shards",
-        "--manifests",
-        m,
-        "--name",
-        "nn",
-        "-q",
-        "-j",
-        "1",
-    )
+    common = ["--clean-ratio", "1", "--format", "png", "--out", tmp_path / "shards", "--manifests", m, "-q", "-j", "1"]
+    run("build", "--src", mini / "aligned-112x96", "--pairs", listing, *common, "--name", "nn")
+    run("build", "--src", binfile, "--pairs-from-bin", "--crop", "112x96", *common, "--name", "nn-bin")
     fromnet = dict(cli=fromnet_main)
-    run("eval", "--pairs", m / "nn", "--model", model, "--out", tmp_path / "folder", "-q", **fromnet)
-    text = run(
-        "eval", "--bin", binfile, "--crop", "112x96", "--model", model, "--out", tmp_path / "bin", "-q", **fromnet
-    )
+    for name in ("nn", "nn-bin"):
+        run("eval", "--pairs", m / name, "--model", model, "--out", tmp_path / name, "-q", **fromnet)
+    text = run("eval", "--bin", binfile, "--crop", "112x96", "--model", model, "--out", tmp_path / "bin", **fromnet)
     assert "mini" in text.output
-    a, b = (json.loads((tmp_path / d / "results.json").read_text())["verification"] for d in ("folder", "bin"))
-    assert len(a) == len(b) == 1 and a[0]["pairs"] == b[0]["pairs"] == 40 and b[0]["folds"] == 10
+    a, b, c = (json.loads((tmp_path / d / "results.json").read_text())["verification"] for d in ("nn", "bin", "nn-bin"))
+    assert len(a) == len(b) == len(c) == 1 and a[0]["pairs"] == b[0]["pairs"] == c[0]["pairs"] == 40
+    assert b[0]["folds"] == c[0]["folds"] == 10
     for k in ("accuracy", "fold_accuracies", "fold_thresholds", "auc"):
         np.testing.assert_allclose(a[0][k], b[0][k], atol=1e-6)
+        np.testing.assert_allclose(c[0][k], b[0][k], atol=1e-6)
     # without the crop the 112x112 faces do not fit the 112x96 model: a clear error
     out = run("eval", "--bin", binfile, "--model", model, "--out", tmp_path / "x", ok=False, **fromnet).output
     assert "--crop 112x96" in out and "Traceback" not in out
