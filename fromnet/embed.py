@@ -22,7 +22,7 @@ import torch
 
 from fromnet.checkpoint import load_model
 from fromnet.eval.pairs import embeddings_table
-from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
+from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, open_shards, sample_meta, to_input
 from occgen.errors import UserError
 from occgen.images import crop_center, decode_array
 from occgen.runner import parallel_map
@@ -199,30 +199,27 @@ def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tup
     """Every face of one shard, in tar order (a worker process's task)."""
     rows, faces = [], []
     for sample in iter_ordered(replace(manifest, shards=(shard,))):
-        row, face = _face_row(sample, size, str(manifest.path))
+        row, face = _face_row(sample, size, str(manifest.path or shard.url))
         rows.append(row)
         faces.append(face)
     return rows, np.stack(faces) if faces else np.zeros((0, *size, 3), np.uint8)
 
 
 def batches(
-    manifest_path: Path, batch_size: int, size: tuple[int, int], workers: int = 0
+    manifest: Manifest, batch_size: int, size: tuple[int, int], workers: int = 0
 ) -> Iterator[tuple[list[dict], np.ndarray]]:
     """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error.
 
     With ``workers`` > 1, whole shards are decoded in that many processes (results still in shard order), so a
     GPU is not left waiting on one process's JPEG decoding; otherwise faces stream from this process.
     """
-    manifest = read_manifest(manifest_path)
+    where = str(manifest.path or manifest.name)
     if workers > 1:
         chunks = parallel_map(
             partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers, "decode", quiet=True
         )
     else:
-        chunks = (
-            ([row], face[None])
-            for row, face in (_face_row(s, size, str(manifest_path)) for s in iter_ordered(manifest))
-        )
+        chunks = (([row], face[None]) for row, face in (_face_row(s, size, where) for s in iter_ordered(manifest)))
     rows: list[dict] = []
     faces: list[np.ndarray] = []
     held = 0
@@ -246,18 +243,19 @@ def embed_manifest(
     quiet: bool = False,
     workers: int = 0,
 ) -> pa.Table:
-    """Embed every sample of a manifest, in build order, as an embeddings table."""
-    manifest_path = Path(manifest_path)
-    total = read_manifest(manifest_path).samples
+    """Embed every sample of a manifest (or of plain WebDataset shards: fromnet.shards.open_shards), in build
+    order, as an embeddings table."""
+    manifest = open_shards(manifest_path)
+    total = manifest.samples  # 0 for plain shards: no counting pass just for a progress bar
     rows: list[dict] = []
     vectors: list[np.ndarray] = []
-    show = not quiet and sys.stderr.isatty()
+    show = not quiet and sys.stderr.isatty() and total > 0
     bar = (
-        click.progressbar(length=total, label=f"embed {manifest_path.name}", file=sys.stderr, show_pos=True)
+        click.progressbar(length=total, label=f"embed {manifest.name}", file=sys.stderr, show_pos=True)
         if show
         else None
     )
-    for meta, faces in batches(manifest_path, batch_size, embedder.input_size, workers):
+    for meta, faces in batches(manifest, batch_size, embedder.input_size, workers):
         vectors.append(embed_faces(embedder, faces, flip))
         rows.extend(meta)
         if bar is not None:
@@ -268,6 +266,8 @@ def embed_manifest(
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
     if not np.isfinite(matrix).all():
         raise UserError(f"{embedder.name}: the model gave NaN/inf embeddings for {manifest_path}")
+    if not rows:
+        raise UserError(f"{manifest_path}: no samples to embed")
     area = np.array([np.nan if r["box_area_ratio"] is None else r["box_area_ratio"] for r in rows], np.float32)
     return embeddings_table(
         [r["key"] for r in rows],

@@ -2,6 +2,11 @@
 
 Shared by training (fromnet.train.data) and embedding (fromnet.embed).
 
+Shards not made by occgen are taken too, as a WebDataset spec: brace patterns (``faces-{000000..000099}.tar``),
+several specs joined by ``::``, local paths, ``pipe:COMMAND``, and any URL fsspec opens (``s3://``, ``gs://``,
+``https://``, ...) when it is installed. Their samples need an image (jpg, jpeg, png or webp) and a class: ``.cls``,
+or a field of ``.json`` named by the caller.
+
 A sample is a plain dict keyed by extension, as webdataset yields it (``__key__``, ``jpg``, ``cls``, ``json``).
 Faces are decoded by occgen's own decoder (libjpeg-turbo for JPEG) into H x W x 3 uint8 arrays, batched as uint8
 (a quarter of the bytes of float32 to move between processes), and turned into [-1, 1] floats on the device: a
@@ -11,10 +16,13 @@ Faces are decoded by occgen's own decoder (libjpeg-turbo for JPEG) into H x W x 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -28,19 +36,19 @@ from occgen.writer import NeedsTarfile, read_tar, shard_paths
 
 @dataclass(frozen=True)
 class Shard:
-    url: str  # absolute path of the tar
+    url: str  # absolute path of the tar, or (plain WebDataset shards) any URL open_url takes
     name: str  # e.g. occ-lfw-000003
-    samples: int
+    samples: int  # 0 where unknown (plain shards before a counting pass)
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """One occgen dataset: its shards (in build order) and how many identities its labels use."""
+    """One dataset: its shards (in build order) and how many identities its labels use."""
 
     name: str
-    path: Path  # manifests/NAME
+    path: Path | None  # manifests/NAME; None for plain WebDataset shards (no manifest)
     shards: tuple[Shard, ...]
-    num_identities: int
+    num_identities: int  # 0 where unknown (plain shards before a counting pass)
 
     @property
     def samples(self) -> int:
@@ -76,15 +84,123 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(str(meta.get("name", path.name)), path, shards, num_identities)
 
 
+#: Image members read from a sample, in order of preference: occgen's formats, then other tools' names.
+IMAGE_MEMBERS = (*FORMATS, "jpeg")
+
+
 def image_field(sample: dict[str, Any]) -> bytes:
     """The encoded face of a sample, whichever format the build stored."""
-    for ext in FORMATS:
+    for ext in IMAGE_MEMBERS:
         if ext in sample:
             return sample[ext]
     raise UserError(
         f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image "
-        f"({', '.join(FORMATS)}); members: {', '.join(k for k in sample if not k.startswith('__'))}"
+        f"({', '.join(IMAGE_MEMBERS)}); members: {', '.join(k for k in sample if not k.startswith('__'))}"
     )
+
+
+def sample_class(sample: dict[str, Any], class_field: str | None = None) -> int:
+    """A sample's identity: its ``.cls`` member, or the field ``class_field`` of its ``.json``."""
+    where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+    if class_field is None:
+        if "cls" not in sample:
+            raise UserError(
+                f"{where} has no .cls member; name the JSON field that holds the class with --class-field "
+                f"(members: {', '.join(k for k in sample if not k.startswith('__'))})"
+            )
+        value: Any = sample["cls"].decode(errors="replace").strip()
+    else:
+        value = sample_meta(sample).get(class_field)
+    try:
+        identity = int(value)
+    except (TypeError, ValueError):
+        what = ".cls" if class_field is None else f"JSON field {class_field!r}"
+        raise UserError(f"{where}: {what} is {value!r}, not a whole-number class") from None
+    if identity < 0:
+        raise UserError(f"{where}: class {identity} is negative")
+    return identity
+
+
+def local_path(url: str) -> Path | None:
+    """The file a shard URL names on this machine (a plain path or file://), else None."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(url) if not parsed.scheme or len(parsed.scheme) == 1 else None  # 'C:' is a drive, not a scheme
+
+
+def shard_urls(spec: str) -> list[str]:
+    """The shard URLs of a WebDataset spec (braces expanded, ``::`` lists split); local ones must exist."""
+    from webdataset.shardlists import expand_urls
+
+    urls = list(expand_urls(spec))
+    missing = [u for u in urls if (p := local_path(u)) is not None and not p.is_file()]
+    if missing:
+        raise UserError(
+            f"--shards {spec}: {len(missing)} of {len(urls)} shard file(s) do not exist, first {missing[0]}; "
+            "give a manifest folder (manifests/NAME) or WebDataset shards (faces-{000000..000099}.tar, pipe:, URLs)"
+        )
+    return urls
+
+
+def open_url(url: str) -> BinaryIO:
+    """A shard's bytes as a stream: a local file, the output of ``pipe:COMMAND``, or a URL through fsspec."""
+    path = local_path(url)
+    if path is not None:
+        return open(path, "rb")
+    if url.startswith("pipe:"):
+        return wds.gopen(url)
+    try:
+        import fsspec
+    except ImportError:
+        raise UserError(
+            f"{url}: opening URLs needs fsspec (pip install fsspec, plus s3fs or gcsfs for S3/GCS)"
+        ) from None
+    try:
+        return fsspec.open(url, "rb").open()
+    except (ImportError, ValueError) as exc:  # a protocol whose package is missing, or an unknown one
+        raise UserError(f"{url}: fsspec cannot open it ({exc})") from None
+
+
+def _grouped(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict[str, Any]]:
+    """WebDataset samples from tar members: consecutive members sharing a key (the name up to the first dot of
+    its basename) form one sample; extensions are lower-cased, as webdataset does."""
+    sample: dict[str, Any] = {}
+    for name, data in members:
+        slash = name.rfind("/") + 1
+        dot = name.find(".", slash)
+        if dot < 0:
+            continue
+        key, ext = name[:dot], name[dot + 1 :].lower()
+        if sample and sample["__key__"] != key:
+            yield sample
+            sample = {}
+        if not sample:
+            sample = {"__key__": key, "__url__": url}
+        sample[ext] = data
+    if sample:
+        yield sample
+
+
+def _streamed_members(url: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular member of a tar read as a stream (pipes and remote files)."""
+    try:
+        with open_url(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    yield member.name, tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{url}: not a readable tar shard ({exc})") from None
+
+
+def open_shards(spec: str | Path) -> Manifest:
+    """An occgen manifest folder, or plain WebDataset shards (sample and identity counts unknown: 0)."""
+    if Path(spec).is_dir():
+        return read_manifest(spec)
+    urls = shard_urls(str(spec))
+    stems = [Path(urlparse(u).path).stem for u in urls]
+    return Manifest(stems[0] if len(urls) == 1 else f"{stems[0]}..{stems[-1]}", None,
+                    tuple(Shard(u, s, 0) for u, s in zip(urls, stems)), 0)  # fmt: skip
 
 
 def decode_face(sample: dict[str, Any]) -> np.ndarray:
@@ -103,29 +219,20 @@ def to_input(
 def tar_samples(url: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard as webdataset dicts (``__key__``, ``__url__``, one entry per extension).
 
-    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other tar goes through
-    webdataset's tarfile-based reader. Members are grouped by key, the name up to the first dot of its basename.
+    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other local tar, a pipe or a
+    remote URL is read as a stream by tarfile. Members are grouped by key, the name up to the first dot of its
+    basename.
     """
-    try:
-        members = list(read_tar(Path(url)))
-    except NeedsTarfile:
-        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+    path = local_path(url)
+    if path is None:
+        yield from _grouped(_streamed_members(url), url)
         return
-    sample: dict[str, Any] = {}
-    for name, data in members:
-        slash = name.rfind("/") + 1
-        dot = name.find(".", slash)
-        if dot < 0:
-            continue
-        key, ext = name[:dot], name[dot + 1 :]
-        if sample and sample["__key__"] != key:
-            yield sample
-            sample = {}
-        if not sample:
-            sample = {"__key__": key, "__url__": url}
-        sample[ext] = data
-    if sample:
-        yield sample
+    try:
+        members = list(read_tar(path))
+    except NeedsTarfile:
+        yield from _grouped(_streamed_members(url), url)
+        return
+    yield from _grouped(members, url)
 
 
 def iter_ordered(manifest: Manifest) -> Iterator[dict[str, Any]]:

@@ -114,12 +114,12 @@ class ModelRunner:
     "--shards",
     "manifest",
     required=True,
-    type=click.Path(path_type=Path),
-    help="The manifest folder of the faces to embed (manifests/NAME).",
+    help="The faces to embed: a manifest folder (manifests/NAME), or WebDataset shards made by any tool "
+    "('faces-{000000..000099}.tar', several joined by '::', pipe:COMMAND, s3:// and other URLs with fsspec).",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Embeddings .parquet file.")
 @model_options
-def embed_cmd(model: str, manifest: Path, out: Path, model_settings: dict) -> None:
+def embed_cmd(model: str, manifest: str, out: Path, model_settings: dict) -> None:
     """Write one row per sample: key, src, embedding (list of float32), occluded, box_area_ratio.
 
     \b
