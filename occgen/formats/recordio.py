@@ -4,7 +4,8 @@ A record is ``magic (0xced7230a), lrecord, data, padding to 4 bytes`` (little-en
 the part length in its lower 29 bits and a continuation flag in its upper 3: 0 a whole record; 1, 2, 3 the first,
 a middle and the last part of a record that was split where the magic number occurred in its data (at a 4-byte
 aligned position), so the parts are joined with the magic between them. The ``.idx`` file lists ``key<TAB>byte
-offset`` per line, so any record is read with one seek: workers read only the records of their shards.
+offset`` per line, so any record is read where it lies (positional reads, safe for threads sharing the file):
+workers read only the records of their shards.
 
 An image record starts with MXNet's IRHeader ``flag (uint32), label (float32), id (uint64), id2 (uint64)``; a flag
 above zero means ``flag`` float32 labels follow the header (a vector label) before the encoded image.
@@ -15,6 +16,7 @@ that header record hold faces only.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,7 +59,13 @@ class Layout:
 
 
 def _read_exact(f: BinaryIO, n: int, where: str, offset: int) -> bytes:
-    data = f.read(n)
+    """``n`` bytes at ``offset``, by positional reads: threads sharing one open file do not disturb each other."""
+    data = os.pread(f.fileno(), n, offset)
+    while 0 < len(data) < n:  # a short read before the end of the file: read on
+        more = os.pread(f.fileno(), n - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
     if len(data) != n:
         raise UserError(
             f"{where}: truncated record at byte {offset} (wanted {n} bytes, the file has {len(data)} more); "
@@ -68,7 +76,6 @@ def _read_exact(f: BinaryIO, n: int, where: str, offset: int) -> bytes:
 
 def read_record(f: BinaryIO, offset: int, where: str) -> bytes:
     """The data of the record at ``offset``, its parts joined."""
-    f.seek(offset)
     parts: list[bytes] = []
     pos = offset
     while True:
@@ -81,11 +88,10 @@ def read_record(f: BinaryIO, offset: int, where: str) -> bytes:
         cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
         if cflag not in (0, 1, 2, 3) or (not parts and cflag in (2, 3)) or (parts and cflag in (0, 1)):
             raise UserError(f"{where}: record part at byte {pos} has continuation flag {cflag} out of sequence")
-        parts.append(_read_exact(f, length, where, pos))
+        parts.append(_read_exact(f, length, where, pos + 8))
         pos += 8 + length + (-length % 4)
         if cflag in (0, 3):
             return _MAGIC_BYTES.join(parts)
-        f.seek(pos)
 
 
 def unpack(data: bytes, where: str) -> Record:
@@ -155,7 +161,7 @@ def layout(rec: Path, idx: Path) -> Layout:
 def labels(rec: Path, faces: tuple[tuple[int, int], ...]) -> Iterator[tuple[int, int, int | str]]:
     """(key, offset, identity) of each face, reading only each record's header (and label vector); a record that
     cannot be read gives the reason instead of an identity."""
-    with open(rec, "rb", buffering=0) as f:  # unbuffered: 64 bytes a record, not a block
+    with open(rec, "rb") as f:
         for key, offset in faces:
             try:
                 yield key, offset, _head(f, offset, f"record {key}").identity
@@ -165,8 +171,7 @@ def labels(rec: Path, faces: tuple[tuple[int, int], ...]) -> Iterator[tuple[int,
 
 def _head(f: BinaryIO, offset: int, where: str) -> Record:
     """A record's IRHeader and labels without reading its image (the whole record when it was split)."""
-    f.seek(offset)
-    head = f.read(64)  # the header words, the IRHeader and up to 8 labels
+    head = os.pread(f.fileno(), 64, offset)  # the header words, the IRHeader and up to 8 labels
     if len(head) < 8 + IR_HEADER.size:
         return read_at(f, offset, where)  # raises the truncation error
     magic, lrecord = _WORDS.unpack_from(head)
