@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -191,6 +191,29 @@ def _streamed_members(url: str) -> Iterator[tuple[str, bytes]]:
                     yield member.name, tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"{url}: not a readable tar shard ({exc})") from None
+
+
+def _census(shard: Shard, class_field: str | None = None) -> tuple[int, int]:
+    """(samples, largest class) of one shard, read without decoding an image."""
+    count, top = 0, -1
+    for sample in tar_samples(shard.url):
+        count += 1
+        top = max(top, sample_class(sample, class_field))
+    return count, top
+
+
+def counted(manifest: Manifest, class_field: str | None = None, jobs: int = 1) -> Manifest:
+    """Plain shards with their sample counts and identity count filled in by one pass over them (``jobs``
+    processes); an occgen manifest already has them."""
+    if manifest.path is not None:
+        return manifest
+    from functools import partial
+
+    from occgen.runner import parallel_map
+
+    census = list(parallel_map(partial(_census, class_field=class_field), manifest.shards, jobs, "count", quiet=True))
+    shards = tuple(replace(s, samples=n) for s, (n, _) in zip(manifest.shards, census))
+    return replace(manifest, shards=shards, num_identities=max((top for _, top in census), default=-1) + 1)
 
 
 def open_shards(spec: str | Path) -> Manifest:

@@ -13,7 +13,7 @@ from conftest import shared
 
 from fromnet.cli import main as fromnet_main
 from fromnet.eval.pairs import read_embeddings
-from fromnet.shards import iter_ordered, open_shards, read_manifest, sample_class, shard_urls
+from fromnet.shards import counted, iter_ordered, open_shards, read_manifest, sample_class, shard_urls
 from occgen.cli import main as occgen_main
 from occgen.errors import UserError
 
@@ -56,6 +56,9 @@ def test_specs_expand_and_classes_come_from_cls_or_json(foreign):
         sample_class(got[0], "file")
     with pytest.raises(UserError, match="2 of 3 shard file"):
         shard_urls(f"{other}/faces-{{002..004}}.tar")
+    full = counted(open_shards(spec), "label", jobs=2)  # one pass, two processes
+    assert [s.samples for s in full.shards] == [16, 16, 16] and full.num_identities == 12
+    assert full.samples == len(want)
     piped = list(iter_ordered(open_shards(f"pipe:cat {other}/faces-001.tar")))  # streamed through tarfile
     assert [s["__key__"] for s in piped] == [s["__key__"] for s in want[16:32]]
 
