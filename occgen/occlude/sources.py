@@ -304,7 +304,7 @@ def _registered(name: str) -> tuple[Path, Path | None] | None:
 
 
 def open_source(spec: str, root: Path | None = None) -> Source:
-    """Resolve ``--src``: ``demo``, an existing folder (tree) or file (list), or a registered name."""
+    """Resolve ``--src``: ``demo``, an existing path (see ``open_path``), or a registered name."""
     if spec == "demo":
         return _labelled("demo", None, demo.items(), [], kind="demo")
     path = Path(spec).expanduser()
