@@ -6,6 +6,7 @@ insightface's face2rec layout and its pickled .bin), independently of the reader
 
 from __future__ import annotations
 
+import copyreg
 import importlib.util
 import io
 import json
@@ -263,6 +264,27 @@ def test_bin_with_code_is_refused_and_nothing_runs(tmp_path, protocol):
     sneaky = b"\x80\x02c_codecs\nencode\nq\x00X\x02\x00\x00\x00xyX\x05\x00\x00\x00utf-8\x86R."
     with pytest.raises(UserError):
         parse(sneaky, "sneaky")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "opcodes",
+    [
+        b"(S'touch {m}'\nios\nsystem\n.",  # INST
+        b"\x80\x02(cos\nsystem\nS'touch {m}'\no.",  # OBJ
+        b"\x80\x02(S'touch {m}'\n\x82\xf0\x85R.",  # EXT1: code 240, registered below as os.system
+        b"Ptouch {m}\n.",  # PERSID
+        b"\x80\x04\x95\x1c\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93S'touch {m}'\n\x85R.",
+    ],
+)
+def test_bin_code_opcodes_are_refused(tmp_path, opcodes):
+    marker = tmp_path / "ran"
+    copyreg.add_extension("os", "system", 240)
+    try:
+        with pytest.raises(UserError, match="refused"):
+            parse(opcodes.replace(b"{m}", str(marker).encode()), "evil.bin")
+    finally:
+        copyreg.remove_extension("os", "system", 240)
     assert not marker.exists()
 
 

@@ -37,7 +37,11 @@ def _latin1(text: object, encoding: object = "utf-8") -> bytes:
 
 
 class _NoGlobals(pickle.Unpickler):
-    """Resolves no class or function reference (GLOBAL, STACK_GLOBAL, EXT*), so no code can run."""
+    """Resolves no class or function reference (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) and no persistent id, so no
+    code can run."""
+
+    def persistent_load(self, pid: object):
+        raise _Refused(f"it holds a persistent reference ({pid!r:.40}), and a verification set holds only data")
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("_codecs", "encode"):
