@@ -54,6 +54,16 @@ class Manifest:
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
+    @property
+    def folder(self) -> Path:
+        """The manifest folder (samples.parquet, labels, identity names), which plain shards do not have."""
+        if self.path is None:
+            raise UserError(
+                f"{self.name}: plain WebDataset shards have no occgen manifest (samples.parquet, labels); "
+                "this needs shards built by `occgen build`"
+            )
+        return self.path
+
 
 def read_manifest(path: str | Path) -> Manifest:
     """Read ``manifests/NAME/shards.json`` (and the identity column) with errors that say what to run."""
@@ -151,7 +161,7 @@ def open_url(url: str) -> BinaryIO:
     if url.startswith("pipe:"):
         return wds.gopen(url)
     try:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped]
     except ImportError:
         raise UserError(
             f"{url}: opening URLs needs fsspec (pip install fsspec, plus s3fs or gcsfs for S3/GCS)"
@@ -187,8 +197,9 @@ def _streamed_members(url: str) -> Iterator[tuple[str, bytes]]:
     try:
         with open_url(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if member.isfile():
-                    yield member.name, tar.extractfile(member).read()
+                data = tar.extractfile(member) if member.isfile() else None
+                if data is not None:
+                    yield member.name, data.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"{url}: not a readable tar shard ({exc})") from None
 
@@ -274,7 +285,7 @@ def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
 
 def image_size(manifest: Manifest) -> tuple[int, int]:
     """The one (height, width) of a manifest's samples."""
-    table = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
+    table = ds.dataset(manifest.folder / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
     sizes = {(int(h), int(w)) for h, w in zip(table["height"].to_numpy(), table["width"].to_numpy())}
     if len(sizes) != 1:
         raise UserError(f"{manifest.path}: samples of several sizes ({sorted(sizes)}); train on one size at a time")

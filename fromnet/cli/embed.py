@@ -95,7 +95,7 @@ class ModelRunner:
         self.settings = settings
         self.embedder = open_embedder(model, settings["device"], settings["precision"], OnnxOptions(**settings["onnx"]))
 
-    def embed(self, manifest: Path):
+    def embed(self, manifest: str | Path):
         from fromnet.embed import embed_manifest
 
         s = self.settings

@@ -12,7 +12,7 @@ from occgen.cli import main
 from occgen.errors import UserError
 from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
 from occgen.label.patterns import K_MAX, K_MIN
-from occgen.occlude.render import COMPAT_MODES
+from occgen.occlude.render import COMPAT_MODES, Compat
 from occgen.report.card import refresh_card
 
 
@@ -41,7 +41,7 @@ from occgen.report.card import refresh_card
     help="Without MANIFEST: label every manifest in this folder that lacks the labels.",
 )
 @click.argument("manifest", type=click.Path(path_type=Path), required=False)
-def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | None) -> None:
+def label(ks: tuple[int, ...], compat: Compat, manifests: Path, manifest: Path | None) -> None:
     """Write MANIFEST/labels-kK.parquet (key, pattern, iou, reg_x0..reg_y1) for each K.
 
     MANIFEST is a folder made by `occgen build` (e.g. manifests/occ-lfw-2.0); its samples are not rewritten.
@@ -67,7 +67,7 @@ def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | No
         click.echo("nothing to do")
 
 
-def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
+def label_manifest(manifest: Path, ks: tuple[int, ...], compat: Compat) -> None:
     """Read the manifest's boxes once and write (and describe) the labels file of each K."""
     samples = read_samples(manifest)
     click.echo(

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class Layout:
     header: tuple[float, ...] | None  # record 0's label when the file has insightface's header record
 
 
-def _read_exact(f: BinaryIO, n: int, where: str, offset: int) -> bytes:
+def _read_exact(f: IO[bytes], n: int, where: str, offset: int) -> bytes:
     """``n`` bytes at ``offset``, by positional reads: threads sharing one open file do not disturb each other."""
     data = os.pread(f.fileno(), n, offset)
     while 0 < len(data) < n:  # a short read before the end of the file: read on
@@ -74,7 +74,7 @@ def _read_exact(f: BinaryIO, n: int, where: str, offset: int) -> bytes:
     return data
 
 
-def read_record(f: BinaryIO, offset: int, where: str) -> bytes:
+def read_record(f: IO[bytes], offset: int, where: str) -> bytes:
     """The data of the record at ``offset``, its parts joined."""
     parts: list[bytes] = []
     pos = offset
@@ -135,7 +135,7 @@ def read_index(path: Path) -> list[tuple[int, int]]:
     return entries
 
 
-def read_at(f: BinaryIO, offset: int, where: str) -> Record:
+def read_at(f: IO[bytes], offset: int, where: str) -> Record:
     return unpack(read_record(f, offset, where), where)
 
 
@@ -169,7 +169,7 @@ def labels(rec: Path, faces: tuple[tuple[int, int], ...]) -> Iterator[tuple[int,
                 yield key, offset, str(exc)
 
 
-def _head(f: BinaryIO, offset: int, where: str) -> Record:
+def _head(f: IO[bytes], offset: int, where: str) -> Record:
     """A record's IRHeader and labels without reading its image (the whole record when it was split)."""
     head = os.pread(f.fileno(), 64, offset)  # the header words, the IRHeader and up to 8 labels
     if len(head) < 8 + IR_HEADER.size:

@@ -210,7 +210,7 @@ def _render_samples(
         yield {"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta}
 
 
-def _complete(task: ShardTask) -> dict[str, Any] | None:
+def _complete(task: ShardPlace) -> dict[str, Any] | None:
     """The stats of a shard finished by an earlier run, or None if it must be (re)built."""
     try:
         stats = json.loads(task.stats_path.read_text())

@@ -15,7 +15,7 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from occgen.errors import UserError
 from occgen.formats import recordio
@@ -60,7 +60,7 @@ KINDS = {
 }
 
 #: Each worker's open container files and loaded verification sets, by path.
-_RECORD_FILES: dict[Path, BinaryIO] = {}
+_RECORD_FILES: dict[Path, IO[bytes]] = {}
 _BIN_SETS: dict[Path, BinSet] = {}
 
 
@@ -77,7 +77,7 @@ def read_bytes(root: Path | None, rel: str) -> bytes:
 
 def read_input(root: Path | None, item: Item) -> bytes:
     """The encoded image of an item: its own file, or its record in the container file ``root``."""
-    if item.offset is None:
+    if item.offset is None or root is None:
         return read_bytes(root, item.rel)
     if root.suffix == ".bin":
         return load_bin(root).images[item.offset]
@@ -154,7 +154,7 @@ def from_tree(root: Path, spec: str | None = None) -> Source:
             except OSError as exc:
                 skipped.append((rel, f"cannot read ({exc.strerror})"))
                 continue
-            if is_dir:
+            if st is not None:  # a folder
                 seen = ancestors.get((st.st_dev, st.st_ino))
                 if seen is not None:
                     skipped.append((rel + "/", f"symlink loop: leads back to {seen or '.'}/"))
@@ -233,7 +233,10 @@ def from_recordio(path: Path, spec: str | None = None) -> Source:
     """An insightface training set: one item per face record, named ``<label>/<record key>`` (stable across runs
     and unique), identity = the record's label (the first element of a vector label). Records that cannot be read
     are listed in ``skipped``."""
-    rec, idx = recordio_files(path)
+    found = recordio_files(path)
+    if found is None:
+        raise UserError(f"--src {path}: no train.rec (and train.idx) there")
+    rec, idx = found
     layout = recordio.layout(rec, idx)
     pairs: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []

@@ -25,7 +25,7 @@ from occgen.occlude.run import LOCK, BuildOptions, plan_shards, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, open_path, open_source
 from occgen.runner import parallel_map
-from occgen.writer import exclusive, shard_paths, writable_shard_folder
+from occgen.writer import exclusive, member_bytes, shard_paths, writable_shard_folder
 
 #: What can be wrong with a shard, worst first.
 PROBLEMS = ("missing", "truncated", "altered")
@@ -106,7 +106,7 @@ def _members_problem(data: bytes, rows: list[dict[str, Any]], fmt: str) -> str |
     """What is wrong with the tar's members compared with the manifest rows, or None."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+            members = [(m.name, member_bytes(tar, m)) for m in tar if m.isfile()]
     except (tarfile.TarError, EOFError, OSError) as exc:
         return f"not a readable tar ({exc})"
     expected = [(r, ext) for r in rows for ext in sorted(("cls", "json", fmt))]
@@ -136,14 +136,13 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
     """The build's source, from where build.json says it was."""
     if fingerprint["src"] == "demo":
         return open_source("demo")
-    path, root = fingerprint.get("src_path"), fingerprint.get("root")
-    if not path or not Path(path).exists():
+    src_path, root = fingerprint.get("src_path"), fingerprint.get("root")
+    if not src_path or not Path(src_path).exists():
         raise UserError(
-            f"cannot repair: the build's inputs ({path or fingerprint['src']}) are not there; "
+            f"cannot repair: the build's inputs ({src_path or fingerprint['src']}) are not there; "
             "rebuild with `occgen build ... --overwrite`"
         )
-    path = Path(path)
-    return open_path(path, Path(root) if root else None, fingerprint["src"])
+    return open_path(Path(src_path), Path(root) if root else None, fingerprint["src"])
 
 
 def repair(
@@ -164,7 +163,7 @@ def repair(
                 f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
                 "partial set: run the command that made it again with --overwrite"
             )
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
+        options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
         opts = BuildOptions(**options)
         library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)
         source = _reopen(fingerprint)

@@ -19,7 +19,7 @@ from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
 from occgen.report.stats import read_manifest
-from occgen.writer import shard_paths
+from occgen.writer import member_bytes, shard_paths
 
 LABEL_H = 12
 GAP = 4
@@ -55,7 +55,7 @@ def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]
             with tarfile.open(shards[shard]) as tar:
                 for member in tar:
                     if member.name in wanted:
-                        images[wanted[member.name]] = decode_array(tar.extractfile(member).read(), member.name)
+                        images[wanted[member.name]] = decode_array(member_bytes(tar, member), member.name)
         except (OSError, KeyError, tarfile.TarError) as exc:
             raise UserError(f"cannot read shard {shard} of {manifest_dir} ({exc}); run `occgen build` again") from None
     missing = set(rows["key"]) - set(images)

@@ -97,7 +97,7 @@ def read_pairs(path: Path) -> list[Pair]:
 def bin_pairs(source: Source) -> list[Pair]:
     """The pairs of an insightface verification set (a ``.bin`` source), folds as insightface's verification.py
     splits them (consecutive tenths)."""
-    if source.kind != "bin":
+    if source.kind != "bin" or source.root is None:
         raise UserError(f"--pairs-from-bin: --src {source.spec} is not an insightface verification set (.bin)")
     binset = load_bin(source.root)
     fold = folds(binset.pairs)
