@@ -228,10 +228,11 @@ def counted(manifest: Manifest, class_field: str | None = None, jobs: int = 1) -
 
 
 def open_shards(spec: str | Path) -> Manifest:
-    """An occgen manifest folder, or plain WebDataset shards (sample and identity counts unknown: 0)."""
+    """An occgen manifest folder, or plain WebDataset shards (sample and identity counts unknown: 0; local shards
+    as absolute paths, so they are read as occgen's own are)."""
     if Path(spec).is_dir():
         return read_manifest(spec)
-    urls = shard_urls(str(spec))
+    urls = [str(p.absolute()) if (p := local_path(u)) is not None else u for u in shard_urls(str(spec))]
     stems = [Path(urlparse(u).path).stem for u in urls]
     return Manifest(stems[0] if len(urls) == 1 else f"{stems[0]}..{stems[-1]}", None,
                     tuple(Shard(u, s, 0) for u, s in zip(urls, stems)), 0)  # fmt: skip
