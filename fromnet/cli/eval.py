@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from occgen.clicommon import parse_size
 from occgen.errors import UserError
 
 
-def _labelled(text: str) -> tuple[str | None, str]:
+def labelled(text: str) -> tuple[str | None, str]:
     """'LABEL=PATH' -> (LABEL, PATH); a plain PATH -> (None, PATH)."""
     label, sep, rest = text.partition("=")
     return (label, rest) if sep and label and "/" not in label and rest else (None, text)
@@ -61,22 +62,53 @@ class Sources:
         return emb
 
 
-def evaluate_bin(path: Path, label: str | None, runner, crop: str | None, folds, metric: str, fars) -> list:
+def evaluate_bin(path: Path, label: str | None, runner, crop: str | None, folds, metric: str, fars, boot) -> list:
     """Embed an insightface .bin verification set's faces and score its pairs."""
     from fromnet.eval.pairs import Embeddings, bin_pairs_table
     from fromnet.eval.verification import PairSet, evaluate_set, select_folds
     from occgen.formats.binset import read_bin
-    from occgen.occlude.sources import bin_rel
+    from occgen.occlude.sources import bin_rels
 
     binset = read_bin(path)
-    names = [bin_rel(path, i) for i in range(len(binset.images))]
+    names = bin_rels(path, binset.issame)
     vectors = runner.embed_encoded(binset.images, names, parse_size(crop) if crop else None)
     keys = np.array(names, dtype=object)
     emb = Embeddings(path.name, keys, keys, vectors)
     table = bin_pairs_table(names, binset.issame)
     if folds:
         table = select_folds(table, folds)
-    return evaluate_set(table, PairSet(label or path.stem, emb, emb), metric, fars)
+    return evaluate_set(table, PairSet(label or path.stem, emb, emb), metric, fars, boot)
+
+
+def scoring_options(fn):
+    """How pairs are scored and summarised, shared by `eval` and `compare`: --metric, --far (as ``fars``), and
+    --bootstrap / --bootstrap-seed passed on as one ``boot`` (fromnet.eval.bootstrap.Bootstrap)."""
+    from fromnet.eval.bootstrap import DEFAULT_RESAMPLES, Bootstrap
+
+    @click.option(
+        "--metric",
+        type=click.Choice(["cosine", "euclidean"]),
+        default="cosine",
+        show_default=True,
+        help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
+    )
+    @click.option(
+        "--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4)."
+    )
+    @click.option(
+        "--bootstrap",
+        "resamples",
+        default=DEFAULT_RESAMPLES,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Resamples of the people for the 95 % intervals (0: no intervals).",
+    )
+    @click.option("--bootstrap-seed", default=0, show_default=True, type=int, help="Seed of the resampling.")
+    @wraps(fn)
+    def wrapper(*args, resamples, bootstrap_seed, **kw):
+        return fn(*args, boot=Bootstrap(resamples, bootstrap_seed), **kw)
+
+    return wrapper
 
 
 def read_key_list(path: str) -> np.ndarray:
@@ -142,20 +174,12 @@ def read_key_list(path: str) -> np.ndarray:
 )
 @click.option("--model", help="Embed manifest folders on the way: a fromnet run/checkpoint or onnx:PATH.")
 @click.option(
-    "--metric",
-    type=click.Choice(["cosine", "euclidean"]),
-    default="cosine",
-    show_default=True,
-    help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
-)
-@click.option(
     "--fold",
     "folds",
     multiple=True,
     type=click.IntRange(min=0),
     help="Only the pairs of this fold (repeatable), e.g. --fold 9 for people a model was not trained on.",
 )
-@click.option("--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4).")
 @click.option("--gallery", help="Identification gallery: embeddings file or (with --model) manifest.")
 @click.option(
     "--probes",
@@ -172,6 +196,7 @@ def read_key_list(path: str) -> np.ndarray:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for results.json, results.md and the PNG plots.",
 )
+@scoring_options
 @model_options
 def eval_cmd(
     pairs_list,
@@ -190,9 +215,11 @@ def eval_cmd(
     gallery_keys,
     probe_keys,
     out,
+    boot,
     model_settings,
 ) -> None:
-    """Evaluate face embeddings on verification pairs and/or identification lists.
+    """Evaluate face embeddings on verification pairs and/or identification lists, with 95 % intervals that
+    resample people (--bootstrap).
 
     \b
     Examples:
@@ -227,7 +254,7 @@ def eval_cmd(
             table = select_folds(table, folds)
         pair_sets = []
         for text in sets:
-            label, spec = _labelled(text)
+            label, spec = labelled(text)
             if label is None:
                 raise UserError(f"--set {text!r}: write LABEL=A or LABEL=A,B (e.g. N-O=clean.parquet,occ.parquet)")
             parts = [s for s in spec.split(",") if s]
@@ -247,15 +274,15 @@ def eval_cmd(
                 "nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest"
             )
         for ps in pair_sets:
-            verification.extend(evaluate_set(table, ps, metric, fars))
+            verification.extend(evaluate_set(table, ps, metric, fars, boot))
     if crop and not bins:
         raise UserError("--crop applies to the faces of --bin sets; give --bin lfw.bin")
     for text in bins:
-        label, path = _labelled(text)
+        label, path = labelled(text)
         if factory is None:
             raise UserError(f"--bin {path}: give --model to embed its faces")
         src.runner = src.runner or factory()
-        verification.extend(evaluate_bin(Path(path), label, src.runner, crop, folds, metric, fars))
+        verification.extend(evaluate_bin(Path(path), label, src.runner, crop, folds, metric, fars, boot))
     if gallery:
         if not probes:
             raise UserError("--gallery needs --probes (the faces to identify)")
@@ -264,11 +291,11 @@ def eval_cmd(
             g = g.subset(g.find(read_key_list(gallery_keys), None, "gallery keys"))
         d = [src.get(p) for p in distractors]
         for text in probes:
-            label, path = _labelled(text)
+            label, path = labelled(text)
             p = src.get(path)
             if probe_keys:
                 p = p.subset(p.find(read_key_list(probe_keys), None, "probe keys"))
-            identification.append(identify(label or _stem(path), g, p, d, metric))
+            identification.append(identify(label or _stem(path), g, p, d, metric, boot))
     elif probes or distractors:
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:

@@ -48,6 +48,7 @@ class Source:
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
     path: Path | None = None  # the folder or list file --src resolved to, absolute (None for the demo)
     kind: str = "images"  # how it was read: one of KINDS
+    selected: bool = False  # only some people of it (occgen.sets.split.select_identities): a build records whom
 
 
 #: What each kind of source is, in words (dataset cards say it).
@@ -256,10 +257,17 @@ def from_recordio(path: Path, spec: str | None = None) -> Source:
     return _labelled(spec or str(path), rec.absolute(), pairs, skipped, path, "recordio", offsets)
 
 
-def bin_rel(path: Path, index: int) -> str:
-    """The name of image ``index`` of a verification set: ``<file stem>/<index>`` (dots made underscores: a key
-    is cut at its first dot)."""
-    return f"{path.stem.replace('.', '_')}/{index:06d}"
+def bin_rels(path: Path, issame: tuple[bool, ...]) -> list[str]:
+    """The names of a verification set's images, ``<person>/<image number>``. A .bin carries no identities, so the
+    person is made up: the two images of a matched pair are one person (``lfw-pair000012``), those of a
+    mismatched pair two (``lfw-pair000012a``, ``...b``); intervals that resample people then resample pairs.
+    (Dots in the file's stem become underscores: a sample key is cut at its first dot.)"""
+    stem = path.stem.replace(".", "_")
+    return [
+        f"{stem}-pair{k:06d}{'' if same else 'ab'[side]}/{2 * k + side:06d}"
+        for k, same in enumerate(issame)
+        for side in (0, 1)
+    ]
 
 
 def load_bin(path: Path) -> BinSet:
@@ -271,13 +279,10 @@ def load_bin(path: Path) -> BinSet:
 
 
 def from_bin(path: Path, spec: str | None = None) -> Source:
-    """The faces of an insightface verification set, in file order. A .bin carries no identities: both images of a
-    matched pair get the pair's name (``pair000012``), those of a mismatched pair one each (``pair000012a``/``b``)."""
+    """The faces of an insightface verification set, in file order, named and given made-up identities by
+    ``bin_rels``."""
     binset = load_bin(path)
-    pairs = []
-    for k, same in enumerate(binset.issame):
-        for side in (0, 1):
-            pairs.append((bin_rel(path, 2 * k + side), f"pair{k:06d}" + ("" if same else "ab"[side])))
+    pairs = [(rel, rel.split("/")[0]) for rel in bin_rels(path, binset.issame)]
     offsets = {rel: i for i, (rel, _) in enumerate(pairs)}
     return _labelled(spec or str(path), path.absolute(), pairs, [], path, "bin", offsets)
 

@@ -13,18 +13,19 @@ import hashlib
 import io
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from occgen.errors import UserError
-from occgen.occlude.occluders import load_library
-from occgen.occlude.run import LOCK, BuildOptions, plan_shards, render_shard
+from occgen.occlude.face import read_table
+from occgen.occlude.run import LOCK, BuildOptions, load_occluders, plan_shards, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, open_path, open_source
 from occgen.runner import parallel_map
+from occgen.sets.split import select_identities
 from occgen.writer import exclusive, member_bytes, shard_paths, writable_shard_folder
 
 #: What can be wrong with a shard, worst first.
@@ -142,7 +143,8 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
             f"cannot repair: the build's inputs ({src_path or fingerprint['src']}) are not there; "
             "rebuild with `occgen build ... --overwrite`"
         )
-    return open_path(Path(src_path), Path(root) if root else None, fingerprint["src"])
+    source = open_path(Path(src_path), Path(root) if root else None, fingerprint["src"])
+    return select_identities(source, fingerprint["identities"]) if fingerprint.get("identities") else source
 
 
 def repair(
@@ -165,13 +167,18 @@ def repair(
             )
         options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
         opts = BuildOptions(**options)
-        library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)
+        library = load_occluders(replace(opts, occluders=fingerprint.get("occluders_path") or opts.occluders))
+        landmarks = read_table(opts.landmarks) if opts.landmarks else None
         source = _reopen(fingerprint)
-        now = build_fingerprint(source, library, opts)
+        now = build_fingerprint(source, library, opts, landmarks=landmarks)
         changed = [
             what
-            for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"))
-            if now[key] != fingerprint[key]
+            for key, what in (
+                ("inputs_sha256", "input images"),
+                ("occluders_sha256", "occluder images"),
+                ("landmarks_sha256", "landmarks"),
+            )
+            if now[key] != fingerprint.get(key)
         ]
         if changed:
             raise UserError(
@@ -180,7 +187,9 @@ def repair(
             )
         by_name = {s["shard"]: (s, p) for s, p in zip(shards, paths)}
         tasks = [
-            t for t in plan_shards(source, name, out, manifest_dir, opts, library) if t.shard in {c.shard for c in bad}
+            t
+            for t in plan_shards(source, name, out, manifest_dir, opts, library, landmarks=landmarks)
+            if t.shard in {c.shard for c in bad}
         ]
         for task in tasks:
             task.stats_path.unlink(missing_ok=True)

@@ -54,13 +54,17 @@ def area_plot(samples: pd.DataFrame, stats: dict[str, Any], path: Path, title: s
     left.legend(fontsize=8, loc="upper left")
     occluded = samples[samples["occluded"].astype(bool)]
     bins = np.linspace(0, 100, 41)
-    for s, g in occluded.groupby("scale", sort=True):
+    groups = [(f"s={s:g}", g) for s, g in occluded.groupby("scale", sort=True)]
+    unscaled = occluded[occluded["scale"].isna()]  # placements sized by the face (masks, anchored, region groups)
+    if len(unscaled):
+        groups.append((str(unscaled["placement"].iloc[0]) if "placement" in unscaled else "occluded", unscaled))
+    for label, g in groups:
         right.hist(
             100 * g["box_area_ratio"].to_numpy(np.float64),
             bins=bins,
             histtype="step",
             linewidth=1.5,
-            label=f"s={s:g} (mean {100 * g['box_area_ratio'].mean():.1f}%)",
+            label=f"{label} (mean {100 * g['box_area_ratio'].mean():.1f}%)",
         )
     right.set(xlabel="occluded box area (% of the face)", ylabel="samples", title="Box area distribution")
     right.legend(fontsize=8)

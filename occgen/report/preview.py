@@ -19,7 +19,7 @@ from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
 from occgen.report.stats import read_manifest
-from occgen.writer import member_bytes, shard_paths
+from occgen.writer import atomic_write, member_bytes, shard_paths
 
 LABEL_H = 12
 GAP = 4
@@ -32,16 +32,30 @@ class Overlay:
     K: int | None = None  # draw the K x K grid and shade the sample's pattern
 
 
+def _group(row: pd.Series) -> str:
+    """A sample's sheet: its scale, its placement when the face decided its size (masks, anchored), or clean."""
+    if not bool(row["occluded"]):
+        return "clean"
+    if pd.notna(row["scale"]):
+        return f"s={row['scale']:g}"
+    return str(row.get("placement") or "occluded")
+
+
 def pick(samples: pd.DataFrame, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
-    """``per_group`` random samples (seeded, independent of file order) of each scale, 'clean' for the rest."""
-    groups = samples["scale"].map(lambda s: "clean" if pd.isna(s) else f"s={s:g}")
+    """``per_group`` random samples (seeded, independent of file order) of each scale (or placement), and of the
+    clean ones."""
+    groups = samples.apply(_group, axis=1)
     rng = np.random.default_rng(seed)
     out = {}
-    for name in sorted(groups.unique(), key=lambda g: (g == "clean", float(g[2:]) if g != "clean" else 0)):
+    for name in sorted(groups.unique(), key=lambda g: (g == "clean", not g.startswith("s="), _scale(g), g)):
         rows = samples[(groups == name).to_numpy()].sort_values("key")
         take = np.sort(rng.permutation(len(rows))[:per_group])
         out[name] = rows.iloc[take]
     return out
+
+
+def _scale(group: str) -> float:
+    return float(group[2:]) if group.startswith("s=") else 0.0
 
 
 def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -115,7 +129,9 @@ def sheet(tiles: list[Image.Image], captions: list[str], title: str, cols: int) 
 def caption(row: pd.Series, pattern: int | None) -> str:
     if not bool(row["occluded"]):
         return "clean"
-    text = f"{row['occluder_category']} {100 * row['box_area_ratio']:.0f}%"
+    view = row.get("mask_view")
+    name = row["occluder_category"] + (f" {view[0].upper()}" if isinstance(view, str) and view != "front" else "")
+    text = f"{name} {100 * row['pixel_area_ratio' if isinstance(view, str) else 'box_area_ratio']:.0f}%"
     return text + (f" p{pattern}" if pattern is not None else "")
 
 
@@ -141,7 +157,25 @@ def contact_sheets(
     return out
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, optimize: bool = True) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
+
+
+def write_preview(manifest_dir: Path, per_group: int = 24, seed: int = 0) -> Path:
+    """``preview.png`` beside the manifest: a contact sheet of the occluded samples (8 a row; crops zoomed 2x),
+    with a sheet of clean ones below when the set has them (the gallery side of pairs). Written with plain zlib:
+    optimising a large sheet costs more than building the set."""
+    first = read_manifest(manifest_dir).iloc[0]
+    zoom = 2 if max(first["height"], first["width"]) <= 128 else 1
+    sheets = contact_sheets(manifest_dir, per_group, seed, Overlay(), zoom=zoom)
+    parts = [sheets[g] for g in sorted(sheets, key=lambda g: g == "clean")]
+    out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
+    top = 0
+    for part in parts:
+        out.paste(part, (0, top))
+        top += part.height
+    path = Path(manifest_dir) / "preview.png"
+    atomic_write(path, png_bytes(out, optimize=False))
+    return path

@@ -18,8 +18,8 @@ import pyarrow as pa
 from occgen.errors import UserError
 from occgen.formats.binset import folds
 from occgen.occlude.plan import sample_key
-from occgen.occlude.sources import Item, Source, bin_rel, load_bin
-from occgen.writer import atomic_write, parquet_bytes
+from occgen.occlude.sources import Item, Source, bin_rels, load_bin
+from occgen.writer import atomic_write, table_bytes
 
 #: Copy numbers of the two versions of an input a pairs set may hold.
 CLEAN, OCCLUDED = 0, 1
@@ -27,7 +27,8 @@ CLEAN, OCCLUDED = 0, 1
 PROTOCOLS: dict[str, tuple[int, int]] = {"N-O": (CLEAN, OCCLUDED), "O-O": (OCCLUDED, OCCLUDED), "N-N": (CLEAN, CLEAN)}
 
 #: One row per evaluated pair, in pairs-list order (doubled protocols list a pair twice). ``part1, part2, factor,
-#: centered`` describe partial-face sets (occgen.sets.partial) and are null otherwise.
+#: centered`` describe partial-face sets (occgen.sets.partial) and are null otherwise; ``balanced`` marks the
+#: pairs accuracy is decided on in all-pairs sets (occgen.sets.allpairs) and is null otherwise.
 PAIRS_SCHEMA = pa.schema(
     [
         ("pair", pa.int32()),
@@ -42,6 +43,7 @@ PAIRS_SCHEMA = pa.schema(
         ("part2", pa.string()),
         ("factor", pa.float32()),
         ("centered", pa.bool_()),
+        ("balanced", pa.bool_()),
     ]
 )
 
@@ -101,10 +103,8 @@ def bin_pairs(source: Source) -> list[Pair]:
         raise UserError(f"--pairs-from-bin: --src {source.spec} is not an insightface verification set (.bin)")
     binset = load_bin(source.root)
     fold = folds(binset.pairs)
-    return [
-        Pair(k, int(fold[k]), same, bin_rel(source.root, 2 * k), bin_rel(source.root, 2 * k + 1))
-        for k, same in enumerate(binset.issame)
-    ]
+    names = bin_rels(source.root, binset.issame)
+    return [Pair(k, int(fold[k]), same, names[2 * k], names[2 * k + 1]) for k, same in enumerate(binset.issame)]
 
 
 def resolve(pairs: list[Pair], source: Source) -> dict[str, Item]:
@@ -161,8 +161,15 @@ def row(
 
 
 def write_pairs(manifest_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    return write_pairs_table(
+        manifest_dir,
+        pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in PAIRS_SCHEMA}, schema=PAIRS_SCHEMA),
+    )
+
+
+def write_pairs_table(manifest_dir: Path, table: pa.Table) -> Path:
     path = Path(manifest_dir) / "pairs.parquet"
-    atomic_write(path, parquet_bytes(rows, PAIRS_SCHEMA))
+    atomic_write(path, table_bytes(table))
     return path
 
 
