@@ -355,7 +355,13 @@ def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def image_size(manifest: Manifest) -> tuple[int, int]:
-    """The one (height, width) of a manifest's samples."""
+    """The one (height, width) of a manifest's samples (plain shards: their first face's; a face of another size
+    is refused when it is read)."""
+    if manifest.path is None:
+        first = next((s for shard in manifest.shards for s in tar_samples(shard.url)), None)
+        if first is None:
+            raise UserError(f"{manifest.name}: the shards hold no samples")
+        return decode_face(first).shape[:2]
     table = ds.dataset(manifest.folder / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
     sizes = {(int(h), int(w)) for h, w in zip(table["height"].to_numpy(), table["width"].to_numpy())}
     if len(sizes) != 1:

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,18 @@ from fromnet import checkpoint
 from fromnet.checkpoint import ModelSpec
 from fromnet.losses import Margin, MarginHead, make_criterion
 from fromnet.models import VARIANTS, build_model
-from fromnet.shards import decode_face, image_size, iter_ordered, read_manifest, sample_meta, to_input
+from fromnet.shards import (
+    Manifest,
+    counted,
+    decode_face,
+    image_size,
+    iter_ordered,
+    local_path,
+    open_shards,
+    read_manifest,
+    sample_meta,
+    to_input,
+)
 from fromnet.train import distributed
 from fromnet.train.data import (
     OnlineOcclusion,
@@ -45,7 +56,7 @@ from fromnet.train.progress import Progress
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes
 from occgen.occlude.plan import parse_scales
-from occgen.writer import atomic_write
+from occgen.writer import atomic_write, json_bytes
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -89,7 +100,9 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
     sources, offset = [], 0
     for text in cfg.shards:
         path, weight = parse_source(text)
-        manifest = read_manifest(path)
+        manifest = open_shards(path)
+        if manifest.path is None:
+            manifest = plain_shards(manifest, cfg, run / "cache")
         labels = None
         if needs_targets(cfg.variant) and not cfg.occlude_online:
             digest = hashlib.blake2b(str(manifest.folder.resolve()).encode(), digest_size=4).hexdigest()
@@ -105,6 +118,33 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
                 build_label_cache(source.manifest, cfg.K, Path(source.labels))
     distributed.barrier(world)
     return tuple(sources)
+
+
+def plain_shards(manifest: Manifest, cfg: TrainConfig, cache: Path) -> Manifest:
+    """Plain WebDataset shards ready to train on: local files (read by random access), with their sample and
+    identity counts from one pass over them, kept in the run's cache so that a resumed run does not pass again."""
+    remote = [s.url for s in manifest.shards if local_path(s.url) is None]
+    if remote:
+        raise UserError(
+            f"{remote[0]}: training reads samples by random access into local tar files; copy the shards to this "
+            "machine first (`fromnet embed` streams pipe: and remote URLs)"
+        )
+    if needs_targets(cfg.variant) and not cfg.occlude_online:
+        raise UserError(
+            f"{manifest.name}: plain WebDataset shards carry no occlusion-pattern labels, which --variant "
+            f"{cfg.variant} trains on: give --occlude-online SCALES (e.g. 1:0.5:5) to occlude and label them in the "
+            "loader, or train --variant baseline"
+        )
+    counts = index_cache_path(manifest, cache).with_suffix(".counts.json")
+    if counts.is_file():
+        saved = json.loads(counts.read_text())
+        shards = tuple(replace(s, samples=n) for s, n in zip(manifest.shards, saved["samples"]))
+        return replace(manifest, shards=shards, num_identities=saved["identities"])
+    manifest = counted(manifest, cfg.class_field or None, max(cfg.workers, 1))
+    atomic_write(
+        counts, json_bytes({"samples": [s.samples for s in manifest.shards], "identities": manifest.num_identities})
+    )
+    return manifest
 
 
 def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
@@ -124,6 +164,7 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
         needs_targets(cfg.variant),
         cfg.flip,
         online,
+        cfg.class_field or None,
     )
 
 
