@@ -167,8 +167,9 @@ def test_missing_labels_and_bad_manifests_say_what_to_run(demo, tmp_path):
         read_manifest(tmp_path / "nothing")
     with pytest.raises(UserError, match="multiple"):
         plan_for(demo, tmp_path, batch_size=33)
-    assert parse_source("manifests/a:2.5") == (Path("manifests/a"), 2.5)
-    assert parse_source("manifests/a") == (Path("manifests/a"), 1.0)
+    assert parse_source("manifests/a:2.5") == ("manifests/a", 2.5)
+    assert parse_source("manifests/a") == ("manifests/a", 1.0)
+    assert parse_source("file:///data/faces-{000..009}.tar") == ("file:///data/faces-{000..009}.tar", 1.0)
     with pytest.raises(UserError, match="positive"):
         parse_source("manifests/a:0")
 

@@ -21,8 +21,13 @@ def _options(f):
         click.option(
             "--shards",
             multiple=True,
-            help="Manifest folder built by `occgen build`, optionally "
-            "MANIFEST:WEIGHT (relative sampling rate); repeat to mix several.",
+            help="Manifest folder built by `occgen build`, or plain WebDataset shards made by any tool "
+            "('faces-{000000..000099}.tar', local files: samples are read by random access), optionally "
+            "SPEC:WEIGHT (relative sampling rate); repeat to mix several.",
+        ),
+        click.option(
+            "--class-field",
+            help="Plain shards without .cls members: the field of each sample's .json that holds its class.",
         ),
         click.option(
             "--config",

@@ -135,6 +135,26 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     return read_pairs_txt(path)
 
 
+def bin_pairs_table(names: list[str], issame: tuple[bool, ...]) -> pd.DataFrame:
+    """The pairs of an insightface verification set whose 2N images are called ``names``: pair k is images 2k and
+    2k+1, folds consecutive tenths (insightface's verification.py)."""
+    from occgen.formats.binset import folds
+
+    n = len(issame)
+    return pd.DataFrame(
+        {
+            "pair": np.arange(n, dtype=np.int32),
+            "fold": folds(n),
+            "same": np.array(issame, dtype=bool),
+            "key1": names[0::2],
+            "key2": names[1::2],
+            "src1": names[0::2],
+            "src2": names[1::2],
+            "protocol": pd.Series([None] * n, dtype=object),
+        }
+    )
+
+
 def is_manifest_pairs(pairs: pd.DataFrame) -> bool:
     """True when pairs name sample keys (a pairs manifest), not only LFW paths."""
     return bool(pairs["key1"].notna().all() and pairs["key2"].notna().all())

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from fromnet.shards import Manifest, decode_face, image_size, span_sample, tar_spans
+from fromnet.shards import Manifest, decode_face, image_size, sample_class, span_sample, tar_spans
 from fromnet.train.order import epoch_order, micro_batch
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes, regression_target
@@ -61,18 +61,19 @@ class Source:
     index: str | None = None
 
 
-def parse_source(text: str) -> tuple[Path, float]:
-    """``manifests/NAME`` or ``manifests/NAME:WEIGHT``."""
+def parse_source(text: str) -> tuple[str, float]:
+    """``manifests/NAME`` or ``manifests/NAME:WEIGHT`` (also plain shards: ``faces-{000..009}.tar:2``). The path
+    stays a string: a URL such as ``file:///data/x.tar`` must not be normalised as a path."""
     path, _, weight = text.rpartition(":") if ":" in text else (text, "", "")
     if not path:
-        return Path(text), 1.0
+        return text, 1.0
     try:
         value = float(weight)
     except ValueError:
-        return Path(text), 1.0  # a ':' that is part of the path
+        return text, 1.0  # a ':' that is part of the path
     if not value > 0:
         raise UserError(f"--shards {text}: the weight after ':' must be a positive number")
-    return Path(path), value
+    return path, value
 
 
 #: A labels row in shard order: the key's hash (checks alignment), the pattern, and the box in pixels.
@@ -91,7 +92,7 @@ def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
     """
     from occgen.label.labels import REG_COLUMNS, labels_path
 
-    path = labels_path(manifest.path, K)
+    path = labels_path(manifest.folder, K)
     if not path.is_file():
         raise UserError(
             f"{manifest.path} has no pattern labels for K={K} ({path.name}); "
@@ -126,7 +127,7 @@ def save_array(out: Path, array: np.ndarray) -> None:
 def shard_order(manifest: Manifest, columns: list[str]) -> pa.Table:
     """Columns of ``samples.parquet`` in shard order (shards as the manifest lists them, samples as each tar holds
     them): row i belongs to sample i of the manifest's sample index."""
-    samples = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["shard", *columns])
+    samples = ds.dataset(manifest.folder / "samples.parquet", format="parquet").to_table(columns=["shard", *columns])
     order = {s.name: i for i, s in enumerate(manifest.shards)}
     shard_index = np.array([order.get(s, -1) for s in samples["shard"].to_pylist()])
     if (shard_index < 0).any() or len(shard_index) != manifest.samples:
@@ -211,6 +212,7 @@ class StreamPlan:
     targets: bool = False  # produce pattern labels and boxes
     flip: bool = True
     online: OnlineOcclusion | None = None
+    class_field: str | None = None  # plain shards: the JSON field holding the class (None: the .cls member)
 
     def __post_init__(self) -> None:
         if self.batch_size % self.replicas:
@@ -347,7 +349,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                     f"{sample['__url__']}: {key} is {face.shape[0]}x{face.shape[1]}, the run trains on "
                     f"{H}x{W}; mix only manifests of one face size"
                 )
-            labels[i] = int(sample["cls"]) + source.identity_offset
+            labels[i] = sample_class(sample, plan.class_field) + source.identity_offset
             if plan.online is not None:
                 face, geometry = self._occlude(plan.online, face, key, epoch)
                 occluded[i] = geometry["occluded"]

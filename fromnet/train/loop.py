@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 
 from fromnet.checkpoint import ModelSpec
 from fromnet.models import VARIANTS
-from fromnet.shards import image_size, read_manifest
+from fromnet.shards import Manifest, counted, image_size, local_path, open_shards
 from fromnet.train import checkpoints, distributed, memory, runfolder
 from fromnet.train.data import (
     OnlineOcclusion,
@@ -40,7 +40,7 @@ from fromnet.train.stop import StopRequest
 from fromnet.train.validate import validate
 from occgen.errors import UserError
 from occgen.occlude.plan import parse_scales
-from occgen.writer import atomic_write
+from occgen.writer import atomic_write, json_bytes
 
 
 @dataclass
@@ -95,10 +95,12 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
     sources, offset = [], 0
     for text in cfg.shards:
         path, weight = parse_source(text)
-        manifest = read_manifest(path)
+        manifest = open_shards(path)
+        if manifest.path is None:
+            manifest = plain_shards(manifest, cfg, run / "cache")
         labels = None
         if needs_targets(cfg.variant) and not cfg.occlude_online:
-            digest = hashlib.blake2b(str(manifest.path.resolve()).encode(), digest_size=4).hexdigest()
+            digest = hashlib.blake2b(str(manifest.folder.resolve()).encode(), digest_size=4).hexdigest()
             labels = str(run / "cache" / f"{manifest.name}-{digest}-k{cfg.K}.npy")
         index = str(index_cache_path(manifest, run / "cache"))
         sources.append(Source(manifest, weight, offset, labels, index))
@@ -111,6 +113,32 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
                 build_label_cache(source.manifest, cfg.K, Path(source.labels))
     distributed.barrier(world)
     return tuple(sources)
+
+
+def plain_shards(manifest: Manifest, cfg: TrainConfig, cache: Path) -> Manifest:
+    """Plain WebDataset shards ready to train on: local files (read by random access), with their sample and
+    identity counts from one pass over them, kept in the run's cache so that a resumed run does not pass again."""
+    remote = [s.url for s in manifest.shards if local_path(s.url) is None]
+    if remote:
+        raise UserError(
+            f"{remote[0]}: training reads samples by random access into local tar files; copy the shards to this "
+            "machine first (`fromnet embed` streams pipe: and remote URLs)"
+        )
+    if needs_targets(cfg.variant) and not cfg.occlude_online:
+        raise UserError(
+            f"{manifest.name}: plain WebDataset shards carry no occlusion-pattern labels, which --variant "
+            f"{cfg.variant} trains on: give --occlude-online SCALES (e.g. 1:0.5:5) to occlude and label them in the "
+            "loader, or train --variant baseline"
+        )
+    counts = index_cache_path(manifest, cache).with_suffix(".counts.json")
+    if counts.is_file():
+        saved = json.loads(counts.read_text())
+        shards = tuple(replace(s, samples=n) for s, n in zip(manifest.shards, saved["samples"]))
+        return replace(manifest, shards=shards, num_identities=saved["identities"])
+    manifest = counted(manifest, cfg.class_field or None, max(cfg.workers, 1))
+    found = {"samples": [s.samples for s in manifest.shards], "identities": manifest.num_identities}
+    atomic_write(counts, json_bytes(found))
+    return manifest
 
 
 def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
@@ -130,6 +158,7 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
         needs_targets(cfg.variant),
         cfg.flip,
         online,
+        cfg.class_field or None,
     )
 
 

@@ -29,7 +29,8 @@ CLASSIFIERS = ("full", "sharded")
 class TrainConfig:
     """Every setting of a training run. Schedules are in epochs; `steps` only bounds how far this run goes."""
 
-    shards: list[str] = field(default_factory=list)  # manifest folders, each optionally MANIFEST:WEIGHT
+    shards: list[str] = field(default_factory=list)  # manifest folders or plain shards, each optionally SPEC:WEIGHT
+    class_field: str = ""  # plain WebDataset shards: the .json field that holds the class; "": their .cls member
     out: str = "runs/run"
     variant: str = "from"
     K: int = 5

@@ -71,7 +71,7 @@ def identity_names(sources: tuple[Source, ...]) -> dict[str, int]:
 
     names: dict[str, int] = {}
     for source in sources:
-        table = ds.dataset(source.manifest.path / "samples.parquet", format="parquet").to_table(
+        table = ds.dataset(source.manifest.folder / "samples.parquet", format="parquet").to_table(
             columns=["identity", "identity_name"]
         )
         for identity, name in zip(table["identity"].to_pylist(), table["identity_name"].to_pylist()):

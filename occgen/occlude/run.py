@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array, encode, resize
+from occgen.images import FORMATS, crop_center, decode_array, encode, resize
 from occgen.occlude.anchors import (
     GROUPS,
     LARGE_COVER,
@@ -44,7 +44,7 @@ from occgen.occlude.masks import MaskLibrary, load_masks, warp_mask
 from occgen.occlude.occluders import OccluderLibrary, load_library
 from occgen.occlude.plan import SampleRandom, draw, sample_key, sample_seed
 from occgen.occlude.render import ALPHA_COVER, Box, Compat, ScaledOccluder, occlude, place, scaled_size
-from occgen.occlude.sources import Item, Source, read_bytes
+from occgen.occlude.sources import Item, Source, read_input
 from occgen.runner import Backend, Summary, parallel_map
 from occgen.sets.regions import fit_region
 from occgen.writer import (
@@ -83,6 +83,7 @@ class BuildOptions:
     placement: str = "random"  # one of PLACEMENTS: Algorithm 1, anchored, an O_LFW-style group, or a face mask
     landmarks: str | None = None  # raw photos' landmark file or align record; None: aligned faces (template)
     colors: tuple[str, ...] = ()  # mask colours (#rrggbb or "original") drawn per sample; () keeps the templates'
+    crop: tuple[int, int] | None = None  # (height, width) window cut from the centre of each input first
 
 
 #: How an occluder goes on a face: Algorithm 1 (random), where its category sits (anchored), one of the O_LFW-style
@@ -365,7 +366,9 @@ def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | No
     """Decode one input and bring it to the build's face size: (face or None, what to record or None, the
     (x, y) factors it was resized by)."""
     try:
-        face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
+        face = decode_array(read_input(task.source_root, item), item.rel)
+        if task.options.crop:
+            face = crop_center(face, task.options.crop)
     except UserError as exc:
         return None, str(exc).removeprefix(f"{item.rel}: "), (1.0, 1.0)
     want, got = task.options.size, face.shape[:2]
@@ -506,6 +509,7 @@ def fingerprint(
         "occluders_sha256": library.digest,
         "landmarks_sha256": landmarks.sha256 if landmarks else None,
         "options": opts_dict,
+        "src_kind": source.kind,
         "src_path": str(source.path) if source.path else None,  # where `occgen verify
         "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
         "occluders_path": str(root.absolute()),
@@ -552,7 +556,7 @@ def first_size(source: Source) -> tuple[int, int] | None:
     """(height, width) of the first input, in build order, that decodes: the size every face is brought to."""
     for item in source.items:
         try:
-            return decode_array(read_bytes(source.root, item.rel), item.rel).shape[:2]
+            return decode_array(read_input(source.root, item), item.rel).shape[:2]
         except UserError:
             continue
     return None
@@ -586,7 +590,7 @@ def build(
     _LIBRARIES[library.digest] = library
     landmarks = read_table(opts.landmarks) if opts.landmarks else None
     if opts.size is None:
-        opts = replace(opts, size=first_size(source))
+        opts = replace(opts, size=opts.crop or first_size(source))
     if opts.placement != "random" and landmarks is None and opts.size is not None:
         template_points(*opts.size)  # aligned faces of a size no template knows: say so before any work
     manifest_dir = manifests / name

@@ -21,6 +21,7 @@ import pandas as pd
 from click.core import ParameterSource
 
 from occgen.occlude.occluders import DEFAULT_LIBRARY
+from occgen.occlude.sources import KINDS
 from occgen.report.stats import compute, read_labels, read_manifest, table
 from occgen.writer import atomic_write
 
@@ -135,7 +136,7 @@ def render(manifest_dir: Path, command: str) -> str:
         command,
         "```",
         "",
-        f"- source: `{build.get('src')}`, {build.get('inputs', '?'):,} input images "
+        f"- source: {_source(build)}, {build.get('inputs', '?'):,} input images "
         f"(listing sha256 `{build.get('inputs_sha256', '?')}`)",
         f"- seed: {options['seed'] if 'seed' in options else 'none (no random choices)'}; every option: `build.json`",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
@@ -200,21 +201,52 @@ def render(manifest_dir: Path, command: str) -> str:
         *pandas_snippet(where, sorted(labels), has_pairs),
         "```",
         "",
+        "As a Hugging Face dataset (`pip install 'occgen-fromnet[hf]'`; `push_to_hub` publishes it):",
+        "",
+        "```python",
+        *hf_snippet(where, fmt),
+        "```",
+        "",
     ]
     return "\n".join(lines)
 
 
-def webdataset_snippet(where: str, fmt: str) -> list[str]:
+def _source(build: dict[str, Any]) -> str:
+    """What --src was, where it resolved to and in which format: a registered name alone says little."""
+    src, path, kind = build.get("src"), build.get("src_path"), build.get("src_kind")
+    text = f"`{src}`"
+    if path and path != src:
+        text += f" = `{path}`"
+    return text + (f" ({KINDS[kind]})" if kind in KINDS else "")
+
+
+def _shard_list(where: str) -> list[str]:
     return [
         "import json",
         "from pathlib import Path",
-        "import webdataset as wds",
         "",
         f"manifest = Path({where!r})",
         'shards = [str(manifest / s["path"]) for s in json.loads((manifest / "shards.json").read_text())["shards"]]',
+    ]
+
+
+def webdataset_snippet(where: str, fmt: str) -> list[str]:
+    return [
+        "import webdataset as wds",
+        *_shard_list(where),
         f'dataset = wds.WebDataset(shards, shardshuffle=False).decode("rgb8").to_tuple({fmt!r}, "cls", "json")',
         "image, identity, meta = next(iter(dataset))  # HxWx3 uint8, int, the sample's manifest row",
         'print(image.shape, identity, meta["key"], meta["src"])',
+    ]
+
+
+def hf_snippet(where: str, fmt: str) -> list[str]:
+    return [
+        "from datasets import load_dataset",
+        *_shard_list(where),
+        'faces = load_dataset("webdataset", data_files={"train": shards}, split="train")',
+        f"row = faces[0]  # {fmt!r}: PIL image, 'cls': identity, 'json': the sample's manifest row, '__key__'",
+        f'print(len(faces), row[{fmt!r}].size, row["cls"], row["json"]["key"])',
     ]
 
 

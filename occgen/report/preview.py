@@ -19,7 +19,7 @@ from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
 from occgen.report.stats import read_manifest
-from occgen.writer import atomic_write, member_bytes
+from occgen.writer import atomic_write, member_bytes, shard_paths
 
 LABEL_H = 12
 GAP = 4
@@ -60,10 +60,8 @@ def _scale(group: str) -> float:
 
 def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """Decode the chosen samples from their shards (paths from shards.json)."""
-    shards = {
-        s["shard"]: Path(manifest_dir) / s["path"]
-        for s in json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]
-    }
+    entries = json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]
+    shards = {s["shard"]: p for s, p in zip(entries, shard_paths(Path(manifest_dir), entries))}
     images: dict[str, np.ndarray] = {}
     for shard, group in rows.groupby("shard"):
         wanted = {f"{k}.{f}": k for k, f in zip(group["key"], group["format"])}
