@@ -7,18 +7,21 @@ import io
 import json
 import math
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
 from occgen.errors import UserError
 from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
-from occgen.report.stats import read_manifest
+from occgen.manifest import batches, in_key_order, open_parts, open_samples
 
 LABEL_H = 12
 GAP = 4
@@ -31,16 +34,30 @@ class Overlay:
     K: int | None = None  # draw the K x K grid and shade the sample's pattern
 
 
-def pick(samples: pd.DataFrame, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
-    """``per_group`` random samples (seeded, independent of file order) of each scale, 'clean' for the rest."""
-    groups = samples["scale"].map(lambda s: "clean" if pd.isna(s) else f"s={s:g}")
+def _groups(scale: pd.Series) -> pd.Series:
+    return scale.map(lambda s: "clean" if pd.isna(s) else f"s={s:g}")
+
+
+def pick(manifest_dir: Path, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
+    """``per_group`` random samples (seeded, independent of file order) of each scale, 'clean' for the rest: the
+    group sizes from one pass over the parts, then the chosen ranks (in key order) from a second, in key order."""
+    dataset = open_samples(manifest_dir)
+    sizes: Counter = Counter()
+    for batch in batches(dataset, ["scale"]):
+        sizes.update(_groups(batch.column(0).to_pandas()).value_counts().to_dict())
     rng = np.random.default_rng(seed)
-    out = {}
-    for name in sorted(groups.unique(), key=lambda g: (g == "clean", float(g[2:]) if g != "clean" else 0)):
-        rows = samples[(groups == name).to_numpy()].sort_values("key")
-        take = np.sort(rng.permutation(len(rows))[:per_group])
-        out[name] = rows.iloc[take]
-    return out
+    names = sorted(sizes, key=lambda g: (g == "clean", float(g[2:]) if g != "clean" else 0))
+    take = {name: np.sort(rng.permutation(sizes[name])[:per_group]) for name in names}
+    seen: Counter = Counter()
+    chosen: dict[str, list[pa.Table]] = {name: [] for name in names}
+    for run in in_key_order(dataset, dataset.schema.names):
+        groups = _groups(run["scale"].to_pandas()).to_numpy()
+        for name in np.unique(groups):
+            rows = np.flatnonzero(groups == name)
+            ranks = seen[name] + np.arange(len(rows))
+            chosen[name].append(run.take(rows[np.isin(ranks, take[name])]))
+            seen[name] += len(rows)
+    return {name: pa.concat_tables(chosen[name]).to_pandas() for name in names}
 
 
 def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -72,7 +89,9 @@ def patterns_for(manifest_dir: Path, rows: pd.DataFrame, K: int) -> np.ndarray:
     """The rows' pattern index for K: from labels-kK.parquet when it exists, else labelled now (same function)."""
     path = labels_path(manifest_dir, K)
     if path.is_file():
-        labels = pd.read_parquet(path, columns=["key", "pattern"]).set_index("key")["pattern"]
+        wanted = pc.field("key").isin(pa.array(rows["key"].tolist(), pa.string()))
+        labels = open_parts(path).to_table(columns=["key", "pattern"], filter=wanted).to_pandas()
+        labels = labels.set_index("key")["pattern"]
         return labels.reindex(rows["key"]).fillna(0).to_numpy(np.int64)
     boxes = rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(np.float64)
     H, W = int(rows["height"].iloc[0]), int(rows["width"].iloc[0])
@@ -124,8 +143,7 @@ def contact_sheets(
     manifest_dir: Path, per_group: int, seed: int, overlay: Overlay, zoom: int = 1, cols: int = 8
 ) -> dict[str, Image.Image]:
     """One sheet per scale (and one of clean samples), by group name."""
-    samples = read_manifest(manifest_dir)
-    chosen = pick(samples, per_group, seed)
+    chosen = pick(manifest_dir, per_group, seed)
     images = read_images(manifest_dir, pd.concat(chosen.values()))
     out = {}
     for group, rows in chosen.items():
