@@ -69,10 +69,92 @@ class BuildOptions:
 @dataclass(frozen=True)
 class ShardTask(ShardPlace):
     source_root: Path | None
-    samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
+    picks: tuple[tuple[Item, range], ...]  # its inputs, in order, each with the copies of it the shard holds
     options: BuildOptions
     library_digest: str  # which occluder library the workers must use (OccluderLibrary.digest)
     library_root: Path  # its folder, absolute: workers of a cluster may run in another working directory
+
+    @property
+    def size(self) -> int:
+        return sum(len(copies) for _, copies in self.picks)
+
+    def samples(self) -> Iterator[tuple[str, int, Item, int]]:
+        """(key, seed, input, copy) of each sample, made where the shard is rendered."""
+        for item, copies in self.picks:
+            for copy in copies:
+                key = sample_key(item.rel, copy)
+                yield key, sample_seed(self.options.seed, key), item, copy
+
+
+class Plan(Sequence[ShardTask]):
+    """The shard tasks of a build, each made with its inputs only when it is asked for (and dropped after), so the
+    process that drives a build never lists it sample by sample: samples are the inputs in order times ``copies``
+    (copies inner), or the given (input, copy) picks, cut into shards of ``shard_size``."""
+
+    def __init__(
+        self,
+        source: Source,
+        name: str,
+        out: Path,
+        manifest_dir: Path,
+        opts: BuildOptions,
+        library: OccluderLibrary,
+        picks: Sequence[tuple[Item, int]] | None = None,
+        shards: Sequence[int] | None = None,
+    ):
+        self.source, self.name, self.opts, self.library, self.picks = source, name, opts, library, picks
+        self.out, self.manifest_dir = out.absolute(), manifest_dir.absolute()
+        self.total = len(picks) if picks is not None else len(source.items) * opts.copies
+        self.shards = shards if shards is not None else range(-(-self.total // opts.shard_size))
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def place(self, index: int) -> ShardPlace:
+        """Where shard ``index`` goes."""
+        return ShardPlace(index, self.name, self.out / f"{self.name}-{index:06d}.tar", self.manifest_dir)
+
+    def __getitem__(self, i: int) -> ShardTask:  # type: ignore[override]
+        place = self.place(self.shards[i])
+        first = place.index * self.opts.shard_size
+        return ShardTask(
+            place.index,
+            place.name,
+            place.tar_path,
+            place.manifest_dir,
+            self.source.root and self.source.root.absolute(),
+            self._runs(first, min(first + self.opts.shard_size, self.total)),
+            self.opts,
+            self.library.digest,
+            self.library.root.absolute(),
+        )
+
+    def sizes(self) -> list[int]:
+        """Samples per shard, without making the tasks."""
+        n = self.opts.shard_size
+        return [min(n, self.total - i * n) for i in self.shards]
+
+    def only(self, shards: Sequence[int]) -> Plan:
+        """The plan of these shard indices alone, in this order."""
+        return Plan(self.source, self.name, self.out, self.manifest_dir, self.opts, self.library, self.picks, shards)
+
+    def _runs(self, start: int, stop: int) -> tuple[tuple[Item, range], ...]:
+        """Samples start..stop-1 as (input, copies) runs."""
+        runs: list[tuple[Item, range]] = []
+        if self.picks is None:
+            copies, j = self.opts.copies, start
+            while j < stop:
+                first = j % copies
+                last = min(copies, first + stop - j)
+                runs.append((self.source.items[j // copies], range(first, last)))
+                j += last - first
+            return tuple(runs)
+        for item, copy in self.picks[start:stop]:
+            if runs and runs[-1][0] is item and runs[-1][1].stop == copy:
+                runs[-1] = (item, range(runs[-1][1].start, copy + 1))
+            else:
+                runs.append((item, range(copy, copy + 1)))
+        return tuple(runs)
 
 
 @dataclass
@@ -193,7 +275,7 @@ def _render_samples(
     """The shard's WebDataset samples, appending each manifest row and each unusable or fixed input as it goes."""
     library = _library(task)
     face, face_rel = None, None
-    for key, seed, item, copy in task.samples:
+    for key, seed, item, copy in task.samples():
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
             face_rel = item.rel
             face, note = _load_face(task, item)
@@ -207,7 +289,7 @@ def _render_samples(
         yield {"__key__": key, task.options.fmt: data, "cls": str(item.identity).encode(), "json": meta}
 
 
-def _complete(task: ShardTask) -> dict[str, Any] | None:
+def _complete(task: ShardPlace) -> dict[str, Any] | None:
     """The stats of a shard finished by an earlier run, or None if it must be (re)built."""
     try:
         stats = json.loads(task.stats_path.read_text())
@@ -220,40 +302,6 @@ def _complete(task: ShardTask) -> dict[str, Any] | None:
         and all(p.is_file() for p in parts)
     )
     return stats if ok else None
-
-
-def plan_shards(
-    source: Source,
-    name: str,
-    out: Path,
-    manifest_dir: Path,
-    opts: BuildOptions,
-    library: OccluderLibrary,
-    picks: Sequence[tuple[Item, int]] | None = None,
-) -> list[ShardTask]:
-    """Cut the ordered samples (inputs sorted, copies inner; or the given (item, copy) picks) into shard tasks,
-    with absolute paths."""
-    picks = picks if picks is not None else [(item, copy) for item in source.items for copy in range(opts.copies)]
-    samples = []
-    for item, copy in picks:
-        key = sample_key(item.rel, copy)
-        samples.append((key, sample_seed(opts.seed, key), item, copy))
-    n = opts.shard_size
-    out, manifest_dir, root = out.absolute(), manifest_dir.absolute(), source.root and source.root.absolute()
-    return [
-        ShardTask(
-            i // n,
-            name,
-            out / f"{name}-{i // n:06d}.tar",
-            manifest_dir,
-            root,
-            tuple(samples[i : i + n]),
-            opts,
-            library.digest,
-            library.root.absolute(),
-        )
-        for i in range(0, len(samples), n)
-    ]
 
 
 def fingerprint(
@@ -377,18 +425,18 @@ def _run(
     )
     result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
-    tasks = plan_shards(source, name, out, manifest_dir, opts, library, picks)
-    done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
-    todo = [t for t in tasks if t.index not in done]
+    plan = Plan(source, name, out, manifest_dir, opts, library, picks)
+    done = {i: stats for i in plan.shards if (stats := _complete(plan.place(i))) is not None}
+    todo = plan.only([i for i in plan.shards if i not in done])
     result.summary.skipped = sum(stats["samples"] for stats in done.values())
-    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet, backend)
+    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", todo.sizes(), quiet, backend)
     with contextlib.closing(fresh):  # stops the workers however the loop ends
-        for task, stats in zip(todo, fresh):
-            done[task.index] = stats
+        for index, stats in zip(todo.shards, fresh):
+            done[index] = stats
             result.summary.done += stats["samples"]
             result.summary.errors += stats["errors"]
             result.summary.warnings += stats.get("warnings", 0)
-    result.shards = [done[t.index] for t in tasks]
+    result.shards = [done[i] for i in plan.shards]
     result.errors = len(source.skipped) + sum(s["errors"] for s in result.shards)
     result.warnings = sum(s.get("warnings", 0) for s in result.shards)
     atomic_write(manifest_dir / "shards.json", json_bytes({"name": name, "shards": result.shards}))

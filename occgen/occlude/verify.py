@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from occgen.errors import UserError
 from occgen.occlude.occluders import load_library
-from occgen.occlude.run import LOCK, BuildOptions, plan_shards, render_shard
+from occgen.occlude.run import LOCK, BuildOptions, Plan, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.runner import parallel_map
@@ -176,15 +176,16 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
             )
         by_name = {s["shard"]: s for s in shards}
         out = Path(os.path.normpath(manifest_dir / shards[0]["path"])).parent
-        tasks = [
-            t for t in plan_shards(source, name, out, manifest_dir, opts, library) if t.shard in {c.shard for c in bad}
-        ]
-        for task in tasks:
-            task.stats_path.unlink(missing_ok=True)
+        plan = Plan(source, name, out, manifest_dir, opts, library)
+        wanted = {c.shard for c in bad}
+        plan = plan.only([i for i in plan.shards if plan.place(i).shard in wanted])
+        places = [plan.place(i) for i in plan.shards]
+        for place in places:
+            place.stats_path.unlink(missing_ok=True)
         with contextlib.closing(
-            parallel_map(render_shard, tasks, jobs, f"repair {name}", [len(t.samples) for t in tasks], quiet)
+            parallel_map(render_shard, plan, jobs, f"repair {name}", plan.sizes(), quiet)
         ) as rebuilt:
             for _ in rebuilt:
                 pass
         fmt = opts.fmt
-        return [check_shard(_Task(manifest_dir, by_name[t.shard], fmt)) for t in tasks]
+        return [check_shard(_Task(manifest_dir, by_name[p.shard], fmt)) for p in places]
