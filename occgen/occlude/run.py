@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator, Sequence
@@ -308,15 +309,17 @@ def fingerprint(
     source: Source, library: OccluderLibrary, opts: BuildOptions, picks: Sequence[tuple[Item, int]] | None = None
 ) -> dict[str, Any]:
     """What a resumed build must share with the first run: inputs (and picked samples), occluders, options."""
-    listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
+    listing = hashlib.sha256()  # of the lines "rel<TAB>identity", joined by newlines, input by input
+    for n, it in enumerate(source.items):
+        listing.update(f"{chr(10) if n else ''}{it.rel}\t{it.identity_name}".encode())
     if picks is not None:
-        listing += "\npicks:\n" + "\n".join(f"{it.rel}\t{copy}" for it, copy in picks)
+        listing.update(("\npicks:\n" + "\n".join(f"{it.rel}\t{copy}" for it, copy in picks)).encode())
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     return {
         "occgen": __version__,
         "src": source.spec,
         "inputs": len(source.items),
-        "inputs_sha256": sha256(listing.encode()),
+        "inputs_sha256": listing.hexdigest(),
         "occluders_sha256": library.digest,
         "options": opts_dict,
         "src_path": str(source.path) if source.path else None,  # where `occgen verify

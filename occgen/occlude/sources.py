@@ -11,8 +11,14 @@ from __future__ import annotations
 import configparser
 import os
 import posixpath
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from occgen.errors import UserError
 from occgen.images import IMAGE_EXTENSIONS
@@ -31,16 +37,76 @@ class Item:
     identity_name: str
 
 
-@dataclass(frozen=True)
+class Items(Sequence[Item]):
+    """A source's inputs in order, held as two arrays (the paths, the identity numbers) rather than one Python
+    object each, so that tens of millions of inputs take tens of bytes each; an Item is made when asked for."""
+
+    def __init__(self, rels: pa.Array, identity: np.ndarray, names: tuple[str, ...]):
+        self.rels, self.identity, self.names = rels, identity, names
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, i: int) -> Item:  # type: ignore[override]
+        identity = int(self.identity[i])
+        return Item(self.rels[i].as_py(), identity, self.names[identity])
+
+    def __iter__(self) -> Iterator[Item]:
+        for start in range(0, len(self), _CHUNK):
+            rels = self.rels[start : start + _CHUNK].to_pylist()
+            for rel, identity in zip(rels, self.identity[start : start + _CHUNK].tolist()):
+                yield Item(rel, identity, self.names[identity])
+
+
+#: Inputs handled at once while listing and iterating.
+_CHUNK = 65_536
+
+
+@dataclass(frozen=True, eq=False)
 class Source:
     """An ordered, identity-labelled list of input images."""
 
     spec: str  # what the user passed to --src
     root: Path | None  # None for the demo source
-    items: tuple[Item, ...]
+    items: Items
     identities: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
     path: Path | None = None  # the folder or list file --src resolved to, absolute (None for the demo)
+
+
+class _Listing:
+    """(path, identity name) pairs gathered in chunks of arrays, not one Python tuple per input."""
+
+    def __init__(self) -> None:
+        self.rels: list[str] = []
+        self.names: list[str] = []
+        self.chunks: list[tuple[pa.Array, pa.Array]] = []
+
+    def add(self, rel: str, name: str) -> None:
+        self.rels.append(rel)
+        self.names.append(name)
+        if len(self.rels) == _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rels:
+            self.chunks.append((pa.array(self.rels, pa.string()), pa.array(self.names, pa.string())))
+            self.rels, self.names = [], []
+
+    def __len__(self) -> int:
+        return sum(len(r) for r, _ in self.chunks) + len(self.rels)
+
+    def arrays(self, by_path: bool = False) -> tuple[pa.Array, pa.Array]:
+        """(paths, identity names), in the order added or sorted by path."""
+        self._flush()
+        if not self.chunks:
+            return pa.array([], pa.string()), pa.array([], pa.string())
+        rels, names = (pa.concat_arrays(list(a)) for a in zip(*self.chunks))
+        self.chunks = []
+        if by_path:
+            order = pc.sort_indices(rels)
+            rels, names = rels.take(order), names.take(order)
+        return rels, names
 
 
 def read_bytes(root: Path | None, rel: str) -> bytes:
@@ -54,25 +120,52 @@ def read_bytes(root: Path | None, rel: str) -> bytes:
         raise UserError(f"{rel}: cannot read ({exc.strerror})") from None
 
 
+def _repeats(values: pa.Array) -> list[tuple[int, int]]:
+    """(position, position of its first occurrence) of every value seen before, in position order."""
+    if len(values) < 2:
+        return []
+    order = pc.sort_indices(
+        pa.table({"v": values, "at": np.arange(len(values))}), [("v", "ascending"), ("at", "ascending")]
+    )
+    ordered = values.take(order)
+    at = order.to_numpy()
+    firsts: dict[int, int] = {}
+    found = []
+    for i in (np.flatnonzero(pc.equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)) + 1).tolist():
+        firsts[i] = firsts.get(i - 1, i - 1)  # sorted position i repeats the one before: its run's first is kept
+        found.append((int(at[i]), int(at[firsts[i]])))
+    return sorted(found)
+
+
+def _without(arrays: tuple[pa.Array, ...], positions: list[int]) -> tuple[pa.Array, ...]:
+    if not positions:
+        return arrays
+    keep = np.ones(len(arrays[0]), bool)
+    keep[positions] = False
+    return tuple(a.filter(pa.array(keep)) for a in arrays)
+
+
 def _labelled(
-    spec: str, root: Path | None, pairs: list[tuple[str, str]], skipped: list[tuple[str, str]], path: Path | None = None
+    spec: str,
+    root: Path | None,
+    rels: pa.Array,
+    names: pa.Array,
+    skipped: list[tuple[str, str]],
+    path: Path | None = None,
 ) -> Source:
     """Number identity names contiguously in sorted order (numerically when all are integers). Of inputs whose
     sample keys would coincide, the first is kept and the others are recorded."""
-    first: dict[str, str] = {}
-    unique = []
-    for rel, name in pairs:
-        other = first.setdefault(sample_key(rel, 0), rel)
-        if other == rel:
-            unique.append((rel, name))
-        else:
-            skipped.append((rel, f"maps to the same sample key as {other}; rename one of them"))
-    names = {name for _, name in unique}
-    key = (lambda n: (int(n), n)) if all(n.lstrip("-").isdigit() for n in names) else (lambda n: (0, n))
-    ordered = tuple(sorted(names, key=key))
-    index = {n: i for i, n in enumerate(ordered)}
-    items = tuple(Item(rel, index[name], name) for rel, name in unique)
-    return Source(spec, root, items, ordered, tuple(skipped), path.absolute() if path else None)
+    keys = [pa.array([sample_key(r, 0) for r in rels[i : i + _CHUNK].to_pylist()]) for i in range(0, len(rels), _CHUNK)]
+    repeats = _repeats(pa.concat_arrays(keys)) if keys else []
+    for n, first in repeats:
+        skipped.append((rels[n].as_py(), f"maps to the same sample key as {rels[first].as_py()}; rename one of them"))
+    rels, names = _without((rels, names), [n for n, _ in repeats])
+    distinct = pc.unique(names).to_pylist()
+    key = (lambda n: (int(n), n)) if all(n.lstrip("-").isdigit() for n in distinct) else (lambda n: (0, n))
+    identities = tuple(sorted(distinct, key=key))
+    identity = pc.index_in(names, value_set=pa.array(identities, pa.string())).to_numpy().astype(np.int32)
+    items = Items(rels, identity, identities)
+    return Source(spec, root, items, identities, tuple(skipped), path.absolute() if path else None)
 
 
 def _printable(rel: str) -> str:
@@ -87,7 +180,7 @@ def from_tree(root: Path, spec: str | None = None) -> Source:
     Symlinked folders and files are followed, as torchvision's ImageFolder does; a folder that leads back to one
     of its own ancestors (a symlink loop) is recorded and not entered.
     """
-    pairs: list[tuple[str, str]] = []
+    listing = _Listing()
     skipped: list[tuple[str, str]] = []
 
     def walk(folder: Path, rel_dir: str, ancestors: dict[tuple[int, int], str]) -> None:
@@ -127,17 +220,16 @@ def from_tree(root: Path, spec: str | None = None) -> Source:
             elif not rel_dir:
                 skipped.append((rel, "file is not inside an <identity>/ folder"))
             else:
-                pairs.append((rel, rel.split("/", 1)[0]))
+                listing.add(rel, rel.split("/", 1)[0])
 
     st = root.stat()
     walk(root, "", {(st.st_dev, st.st_ino): ""})
-    pairs.sort()
-    if not pairs:
+    if not len(listing):
         raise UserError(
             f"--src {root}: no images found; expected <identity>/<image> files "
             f"({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})"
         )
-    return _labelled(spec or str(root), root, pairs, skipped, root)
+    return _labelled(spec or str(root), root, *listing.arrays(by_path=True), skipped, root)
 
 
 def from_list(path: Path, root: Path | None, spec: str | None = None) -> Source:
@@ -147,29 +239,41 @@ def from_list(path: Path, root: Path | None, spec: str | None = None) -> Source:
     root = root or path.parent
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder; it must hold the paths listed in {path}")
-    pairs: list[tuple[str, str]] = []
-    skipped: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.strip().rsplit(None, 1)
-        if len(fields) != 2:
-            raise UserError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
-        rel, label = posixpath.normpath(fields[0]), fields[1]
-        if rel in seen:
-            skipped.append((rel, f"listed again on line {n} (first on line {seen[rel]})"))
-            continue
-        seen[rel] = n
-        file = root / rel
-        if not file.is_file():
-            why = "not a regular file" if file.exists() else f"missing under {root}"
-            skipped.append((rel, f"listed on line {n} but {why}"))
-            continue
-        pairs.append((rel, label))
-    if not pairs:
+    listing = _Listing()
+    numbers = array("q")  # the line of each listed path
+    missing: dict[int, str] = {}  # line number -> why its file cannot be used
+    try:
+        with open(path, errors="replace") as lines:
+            for n, line in enumerate(lines, 1):
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                fields = line.strip().rsplit(None, 1)
+                if len(fields) != 2:
+                    raise UserError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
+                rel = posixpath.normpath(fields[0])
+                file = root / rel
+                if not file.is_file():
+                    missing[n] = "not a regular file" if file.exists() else f"missing under {root}"
+                listing.add(rel, fields[1])
+                numbers.append(n)
+    except OSError as exc:
+        raise UserError(f"--src {path}: cannot read ({exc.strerror})") from None
+    rels, names = listing.arrays()
+    skipped: dict[int, tuple[str, str]] = {}  # by line number
+    repeats = _repeats(rels)
+    for at, first in repeats:
+        rel, n = rels[at].as_py(), numbers[at]
+        skipped[n] = (rel, f"listed again on line {n} (first on line {numbers[first]})")
+        missing.pop(n, None)  # a repeated line is reported as such, whether its file exists or not
+    gone = {at for at, _ in repeats}
+    for at, n in enumerate(numbers if missing else ()):
+        if n in missing and at not in gone:
+            skipped[n] = (rels[at].as_py(), f"listed on line {n} but {missing[n]}")
+            gone.add(at)
+    rels, names = _without((rels, names), sorted(gone))
+    if not len(rels):
         raise UserError(f"--src {path}: the list names no existing images under {root}")
-    return _labelled(spec or str(path), root, pairs, skipped, path)
+    return _labelled(spec or str(path), root, rels, names, [skipped[n] for n in sorted(skipped)], path)
 
 
 def env_name(name: str) -> str:
@@ -199,7 +303,8 @@ def _registered(name: str) -> tuple[Path, Path | None] | None:
 def open_source(spec: str, root: Path | None = None) -> Source:
     """Resolve ``--src``: ``demo``, an existing folder (tree) or file (list), or a registered name."""
     if spec == "demo":
-        return _labelled("demo", None, demo.items(), [])
+        rels, names = zip(*demo.items())
+        return _labelled("demo", None, pa.array(rels, pa.string()), pa.array(names, pa.string()), [])
     path = Path(spec).expanduser()
     if not path.exists():
         found = _registered(spec) if "/" not in spec else None
