@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 import webdataset as wds
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
+from occgen.manifest import BATCH_ROWS
 from occgen.writer import NeedsTarfile, read_tar
 
 
@@ -68,8 +70,9 @@ def read_manifest(path: str | Path) -> Manifest:
             "run `occgen build` again with the same options to rebuild them"
         )
     try:
-        identity = ds.dataset(path / "samples.parquet", format="parquet").to_table(columns=["identity"])["identity"]
-        num_identities = int(max(identity.to_numpy(zero_copy_only=False), default=-1)) + 1
+        dataset = ds.dataset(path / "samples.parquet", format="parquet")
+        top = [pc.max(b.column(0)).as_py() for b in dataset.to_batches(columns=["identity"], batch_size=BATCH_ROWS)]
+        num_identities = max((t for t in top if t is not None), default=-1) + 1
     except Exception as exc:  # pyarrow raises several types for a missing or damaged folder
         raise UserError(f"{path}/samples.parquet: cannot read identities ({exc})") from None
     return Manifest(str(meta.get("name", path.name)), path, shards, num_identities)
@@ -143,8 +146,11 @@ def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
 
 def image_size(manifest: Manifest) -> tuple[int, int]:
     """The one (height, width) of a manifest's samples."""
-    table = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
-    sizes = {(int(h), int(w)) for h, w in zip(table["height"].to_numpy(), table["width"].to_numpy())}
+    sizes: set[tuple[int, int]] = set()
+    dataset = ds.dataset(manifest.path / "samples.parquet", format="parquet")
+    for batch in dataset.to_batches(columns=["height", "width"], batch_size=BATCH_ROWS):
+        hw = np.stack([batch.column(0).to_numpy(), batch.column(1).to_numpy()], axis=1)
+        sizes.update(map(tuple, np.unique(hw, axis=0).tolist()))
     if len(sizes) != 1:
         raise UserError(f"{manifest.path}: samples of several sizes ({sorted(sizes)}); train on one size at a time")
     return sizes.pop()

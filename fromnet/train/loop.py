@@ -476,15 +476,19 @@ class Trainer:
 
     def _identity_names(self) -> dict[str, int]:
         """Training label of each identity name, over every manifest of the mix."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
         names: dict[str, int] = {}
         for source in self.sources:
-            table = ds.dataset(source.manifest.path / "samples.parquet", format="parquet").to_table(
-                columns=["identity", "identity_name"]
-            )
-            for identity, name in zip(table["identity"].to_pylist(), table["identity_name"].to_pylist()):
-                names.setdefault(name, identity + source.identity_offset)
+            dataset = ds.dataset(source.manifest.path / "samples.parquet", format="parquet")
+            for batch in dataset.to_batches(columns=["identity", "identity_name"], use_threads=False):
+                codes = pc.dictionary_encode(batch.column(1))  # names in order of first appearance
+                _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+                identities = batch.column(0).take(pa.array(first)).to_pylist()
+                for name, identity in zip(codes.dictionary.to_pylist(), identities):
+                    names.setdefault(name, identity + source.identity_offset)
         return names
 
 
