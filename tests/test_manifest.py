@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import shared
 from test_label_cli import sample_frame, write_manifest
+from test_report import built  # noqa: F401  (lfw-mini, 2,880 samples in 3 shards, labelled for K=5)
 
 from occgen import manifest as parts
 from occgen.cli import main
@@ -75,21 +75,6 @@ def test_labels_in_runs_are_the_whole_table_written_at_once(tmp_path, monkeypatc
     assert written.path.read_bytes() == buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """lfw-mini at s = 1, 2, 3 with 30 copies (1,440 samples in 15 shards), labelled, with a partial-face set."""
-    root = tmp_path_factory.mktemp("parts")
-    faces = shared("lfw-mini/aligned-112x96")
-    cwd = Path.cwd()
-    try:
-        os.chdir(root)
-        run("build", "--src", str(faces), "--scales", "1,2,3", "--copies", "30", "--clean-ratio", "0.1",
-            "--name", "mini", "-j", "1", "--shard-size", "97", "--K", "5", "-q")  # fmt: skip
-    finally:
-        os.chdir(cwd)
-    return root / "manifests" / "mini"
-
-
 def outputs(manifest: Path, out: Path) -> dict[str, bytes]:
     run("label", "--K", "3", str(manifest))
     run("stats", str(manifest), "--out", str(out / "stats"))
@@ -100,7 +85,8 @@ def outputs(manifest: Path, out: Path) -> dict[str, bytes]:
     return files
 
 
-def test_stats_card_labels_and_preview_do_not_depend_on_the_rows_held(built, tmp_path, monkeypatch):
+def test_stats_card_labels_and_preview_do_not_depend_on_the_rows_held(built, tmp_path, monkeypatch):  # noqa: F811
+    built = built / "manifests" / "mini"
     whole = outputs(built, tmp_path / "whole")  # one run: every key at once
     monkeypatch.setattr(parts, "RUN_ROWS", 100)
     monkeypatch.setattr(parts, "BATCH_ROWS", 64)
@@ -109,8 +95,9 @@ def test_stats_card_labels_and_preview_do_not_depend_on_the_rows_held(built, tmp
     assert [name for name in whole if small[name] != whole[name]] == []
 
 
-def test_stats_equal_those_of_the_whole_table(built, tmp_path):
+def test_stats_equal_those_of_the_whole_table(built, tmp_path):  # noqa: F811
     """The figures of stats.json against pandas over the whole manifest (what `occgen stats` computed before)."""
+    built = built / "manifests" / "mini"
     run("stats", str(built), "--out", str(tmp_path))
     stats = json.loads((tmp_path / "stats.json").read_text())
     samples = pd.read_parquet(built / "samples.parquet").sort_values("key", ignore_index=True)

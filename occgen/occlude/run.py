@@ -104,7 +104,7 @@ class Plan(Sequence[ShardTask]):
         shards: Sequence[int] | None = None,
     ):
         self.source, self.name, self.opts, self.library, self.picks = source, name, opts, library, picks
-        self.out, self.manifest_dir = out.absolute(), manifest_dir.absolute()
+        self.out, self.manifest_dir = out, manifest_dir
         self.total = len(picks) if picks is not None else len(source.items) * opts.copies
         self.shards = shards if shards is not None else range(-(-self.total // opts.shard_size))
 
@@ -112,8 +112,9 @@ class Plan(Sequence[ShardTask]):
         return len(self.shards)
 
     def place(self, index: int) -> ShardPlace:
-        """Where shard ``index`` goes."""
-        return ShardPlace(index, self.name, self.out / f"{self.name}-{index:06d}.tar", self.manifest_dir)
+        """Where shard ``index`` goes, in absolute paths: workers of a cluster may run in another working directory."""
+        tar = self.out.absolute() / f"{self.name}-{index:06d}.tar"
+        return ShardPlace(index, self.name, tar, self.manifest_dir.absolute())
 
     def __getitem__(self, i: int) -> ShardTask:  # type: ignore[override]
         place = self.place(self.shards[i])
@@ -400,7 +401,7 @@ def build(
         _remove_temporaries(manifest_dir, out, name)  # left by a run that was killed
         _prepare(manifest_dir, out, name, fingerprint(source, library, opts, picks), overwrite)
         try:
-            return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, picks, backend)
+            return _run(Plan(source, name, out, manifest_dir, opts, library, picks), jobs, quiet, backend)
         finally:
             _remove_temporaries(manifest_dir, out, name)  # left by workers stopped mid-write (Ctrl-C, an error)
 
@@ -410,25 +411,14 @@ def _remove_temporaries(manifest_dir: Path, out: Path, name: str) -> None:
     remove_temporaries(out, f".{shard_files(name)}.tmp-*")
 
 
-def _run(
-    source: Source,
-    name: str,
-    out: Path,
-    manifest_dir: Path,
-    opts: BuildOptions,
-    library: OccluderLibrary,
-    jobs: int,
-    quiet: bool,
-    picks: Sequence[tuple[Item, int]] | None,
-    backend: Backend,
-) -> BuildResult:
+def _run(plan: Plan, jobs: int, quiet: bool, backend: Backend) -> BuildResult:
+    source, name, manifest_dir = plan.source, plan.name, plan.manifest_dir
     atomic_write(
         manifest_dir / "errors.parquet" / "listing.parquet",
         parquet_bytes([{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA),
     )
     result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
-    plan = Plan(source, name, out, manifest_dir, opts, library, picks)
     done = {i: stats for i in plan.shards if (stats := _complete(plan.place(i))) is not None}
     todo = plan.only([i for i in plan.shards if i not in done])
     result.summary.skipped = sum(stats["samples"] for stats in done.values())
