@@ -25,7 +25,7 @@ from occgen.errors import UserError
 from occgen.writer import atomic_path
 
 #: Rows read at once in key order; about 100 bytes each for the columns the stages need.
-RUN_ROWS = 250_000
+RUN_ROWS = 100_000
 #: Rows per batch of a scan in file order.
 BATCH_ROWS = 65_536
 #: The row group size ``pyarrow.parquet.write_table`` uses (its default): SortedWriter cuts the same ones.
