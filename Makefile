@@ -1,16 +1,17 @@
 # The two commands: `make demo` (set up, build the embedded synthetic demo dataset, train a small FROM on it) and
-# `make test` (set up, then run the test suite). Both work on a fresh machine with no data.
+# `make test` (set up, then run the test suite). Both work on a fresh machine with no data. `make lint` checks
+# style, formatting and types (ruff, mypy; settings in pyproject.toml).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 $(BIN)/occgen: setup.cfg setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,align,onnx,dask]'
+	$(BIN)/pip install -q -e '.[test,lint,align,onnx,dask]'
 	touch $@
 
 setup: $(BIN)/occgen
@@ -27,6 +28,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) out manifests/occ-demo* manifests/demo-clean runs/demo

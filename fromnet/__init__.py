@@ -5,4 +5,6 @@ export.py, occlusion.py, eval/ (scoring pairs and galleries). The training progr
 lives in train/ and is not imported by the library.
 """
 
-__version__ = "0.1.0"
+from occgen import __version__  # one version for the distribution, kept in occgen/__init__.py
+
+__all__ = ["__version__"]

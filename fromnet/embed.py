@@ -62,7 +62,7 @@ class TorchEmbedder:
     name: str
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
-        x = to_input(torch.from_numpy(np.require(faces, requirements="CW")), self.device)
+        x = to_input(torch.from_numpy(np.require(faces, requirements=["C", "W"])), self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.model(x)
         return out.embedding.float().cpu().numpy()
@@ -114,7 +114,7 @@ class OnnxEmbedder:
             raise UserError(f"{path}: input {inp.name} has shape {shape}; a face embedder takes 4-D image batches")
         hw = shape[2:4] if self.nchw else shape[1:3]
         if options.input_size is not None:
-            self.input_size = tuple(options.input_size)
+            self.input_size = options.input_size
         elif all(isinstance(v, int) for v in hw):
             self.input_size = (int(hw[0]), int(hw[1]))
         else:
@@ -162,7 +162,7 @@ def open_embedder(
         raise UserError("--precision bf16: this GPU has no bf16; use fp32")
     loaded = load_model(model, dev)
     bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(dev))
-    return TorchEmbedder(loaded.model, tuple(loaded.spec.input_size), dev, bf16, str(loaded.path))
+    return TorchEmbedder(loaded.model, loaded.spec.input_size, dev, bf16, str(loaded.path))
 
 
 def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np.ndarray:

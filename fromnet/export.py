@@ -58,7 +58,7 @@ def to_onnx_bytes(model: nn.Module, input_size: tuple[int, int], opset: int = OP
         torch.onnx.export(
             wrapper,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter (dynamo=False) writes to file objects too
             dynamo=False,
             opset_version=opset,
             input_names=["input"],
@@ -86,7 +86,7 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = OPSET, tolerance:
     import_onnxruntime()  # fail before the slow export when the extra is missing
     loaded = load_model(run, "cpu")
     model = loaded.model.float()
-    size = tuple(loaded.spec.input_size)
+    size = loaded.spec.input_size
     data = to_onnx_bytes(model, size, opset)
     diff = check_onnx(data, model, size)
     if not diff <= tolerance:

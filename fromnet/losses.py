@@ -254,7 +254,7 @@ class AttentionLoss(nn.Module):
         boxes: torch.Tensor | None = None,
     ) -> LossParts:
         """`patterns` and `boxes` are accepted for the common call and ignored: this variant predicts neither."""
-        if not isinstance(out, AttentionOutput) or out.parts is None:
+        if not isinstance(out, AttentionOutput) or out.parts is None or out.attention is None or out.importance is None:
             raise ValueError(
                 "AttentionLoss needs the output of an attention model (parts, attention, importance); "
                 "use FromLoss for the FROM variants"

@@ -47,7 +47,7 @@ def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: lis
     """Pattern and KxK mask of each face in (N, H, W, 3) uint8 RGB."""
     height, width = faces.shape[1:3]
     with torch.inference_mode():
-        out = model(to_input(torch.from_numpy(np.require(faces, requirements="CW"))))
+        out = model(to_input(torch.from_numpy(np.require(faces, requirements=["C", "W"]))))
     if out.mask is None:
         raise UserError("this model has no mask decoder (a baseline variant): it predicts no occlusion")
     catalog = pattern_catalog(K, height, width)
@@ -57,13 +57,16 @@ def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: lis
     means = out.mask.float().mean(1).numpy() if spatial else None
     result = []
     for n, name in enumerate(names):
-        pattern = prob = rect = blocks = None
+        pattern: int | None = None
+        prob: float | None = None
+        rect: tuple[int, int, int, int] | None = None
+        blocks: tuple[int, int, int, int] | None = None
         if probs is not None:
             pattern = int(probs[n].argmax())
             prob = float(probs[n, pattern])
             if pattern > 0:
-                rect = tuple(int(v) for v in catalog[pattern])
-                x0, y0, x1, y1 = rect
+                x0, y0, x1, y1 = (int(v) for v in catalog[pattern])
+                rect = (x0, y0, x1, y1)
                 blocks = (
                     int(np.searchsorted(xe, x0)),
                     int(np.searchsorted(ye, y0)),
@@ -73,7 +76,7 @@ def read_occlusion(model: torch.nn.Module, K: int, faces: np.ndarray, names: lis
         elif out.box is not None:  # the regression ablation predicts the box itself
             x0, y0, x1, y1 = (out.box[n].float().numpy() * [width, height, width, height]).round().astype(int)
             rect = (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
-        grid = block_means(means[n], K, height, width) if spatial else None
+        grid = block_means(means[n], K, height, width) if means is not None else None
         result.append(OcclusionReadout(name, pattern, prob, rect, blocks, grid))
     return result
 
@@ -90,7 +93,7 @@ class AttentionReadout:
 def read_attention(model: torch.nn.Module, faces: np.ndarray, names: list[str]) -> list[AttentionReadout]:
     """Attention maps and importances of each face in (N, H, W, 3) uint8 RGB."""
     with torch.inference_mode():
-        out = model(to_input(torch.from_numpy(np.require(faces, requirements="CW"))))
+        out = model(to_input(torch.from_numpy(np.require(faces, requirements=["C", "W"]))))
     return [
         AttentionReadout(name, out.attention[n].float().numpy(), out.importance[n].float().numpy())
         for n, name in enumerate(names)
@@ -123,7 +126,7 @@ def describe(r: OcclusionReadout) -> str:
     if r.pattern is not None:
         where = (
             "clean (no occlusion)"
-            if r.rect is None
+            if r.rect is None or r.blocks is None
             else (
                 f"block cols {_span(r.blocks[0], r.blocks[2])}, rows {_span(r.blocks[1], r.blocks[3])} = pixels "
                 f"x {r.rect[0]}-{r.rect[2]}, y {r.rect[1]}-{r.rect[3]}"
@@ -149,7 +152,7 @@ def draw(faces: np.ndarray, readouts: list[OcclusionReadout], K: int, zoom: int 
     sheet = Image.new("RGB", (n * width * zoom, height * zoom), "black")
     ye, xe = block_edges(K, height) * zoom, block_edges(K, width) * zoom
     for i, (face, r) in enumerate(zip(faces, readouts)):
-        img = Image.fromarray(face).resize((width * zoom, height * zoom), Image.NEAREST).convert("RGBA")
+        img = Image.fromarray(face).resize((width * zoom, height * zoom), Image.Resampling.NEAREST).convert("RGBA")
         layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
         pen = ImageDraw.Draw(layer)
         if r.grid is not None:

@@ -42,7 +42,7 @@ def attention_overlay(face_uint8_hwc: np.ndarray, attention_maps, importance, al
     for k, (amap, s_k) in enumerate(zip(maps, weights)):
         peak = float(amap.max())
         scaled = np.clip(amap / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(amap)
-        t = np.asarray(Image.fromarray(scaled).resize((w, h), Image.BILINEAR))[..., None]
+        t = np.asarray(Image.fromarray(scaled).resize((w, h), Image.Resampling.BILINEAR))[..., None]
         blended = base * (1.0 - alpha * t) + heat_colors(t[..., 0]) * alpha * t
         panel = Image.fromarray(np.round(blended * 255.0).astype(np.uint8))
         ImageDraw.Draw(panel).text((2, 1), f"{k}: s={s_k:.2f}", fill=(255, 255, 255))

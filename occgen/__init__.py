@@ -8,4 +8,4 @@ Shared below them: images.py (decode/encode), writer.py (atomic files, tars, Par
 errors.py; the command line sits above them in cli/.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: setup.cfg and fromnet read it from here

@@ -16,9 +16,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import click
 from joblib import Parallel, delayed, parallel_config
@@ -175,7 +175,7 @@ def parallel_map(
     weights: Sequence[int] | None = None,
     quiet: bool = False,
     backend: Backend = Backend(),
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Yield ``fn(task)`` for each task, in task order, from ``jobs`` workers of ``backend`` (loky with 1 job:
     this process). The workers are stopped when the generator finishes or is closed.
 
@@ -197,12 +197,18 @@ def parallel_map(
                     n_jobs=jobs, return_as="generator" if stream else "list", batch_size=1, pre_dispatch="2*n_jobs"
                 )(delayed(fn)(t) for t in tasks)
             )
-        bar = stack.enter_context(
-            click.progressbar(length=sum(weights), label=label, file=sys.stderr, show_pos=True) if show else _NoBar()
-        )
+        bar: _Progress = _NoBar()
+        if show:
+            bar = stack.enter_context(
+                click.progressbar(length=sum(weights), label=label, file=sys.stderr, show_pos=True)
+            )
         for w, result in zip(weights, results):
             bar.update(w)
             yield result
+
+
+class _Progress(Protocol):
+    def update(self, n: int) -> None: ...
 
 
 class _NoBar:
@@ -237,9 +243,9 @@ class ErrorLimit:
         return limit
 
     def exceeded(self, errors: int, inputs: int) -> bool:
-        if self.count is not None:
-            return errors > self.count
-        return errors * 100 > self.percent * inputs
+        if self.percent is not None:
+            return errors * 100 > self.percent * inputs
+        return errors > (self.count or 0)
 
     def __str__(self) -> str:
         return f"{self.percent:g}%" if self.percent is not None else str(self.count)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,3 +277,11 @@ def read_tar(path: Path) -> Iterable[tuple[str, bytes]]:
         offset = start + (size + 511) // 512 * 512
     if offset < end:
         raise UserError(f"{path}: truncated at byte {offset}; rebuild the shard (rerun `occgen build`)")
+
+
+def member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The payload of a regular member (``tarfile`` gives no file object for folders and devices)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise tarfile.TarError(f"{member.name} is not a regular file")
+    return f.read()

@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO
 from test_build import files, run
 
+from occgen import __version__
+
 
 def _sources(dest: Path) -> Path:
     """The repo's tracked and untracked-but-not-ignored files, copied: the build writes no files in the repo."""
@@ -51,7 +53,7 @@ def test_wheel_installs_and_runs_occgen_and_fromnet(tmp_path: Path, monkeypatch)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     log = build.stdout + build.stderr
     assert "Deprecat" not in log and "BuildBackendWarning" not in log and "is absent from the" not in log, log[-3000:]
-    wheel = next((tmp_path / "dist").glob("occgen_fromnet-*.whl"))
+    wheel = next((tmp_path / "dist").glob(f"occgen_fromnet-{__version__}-*.whl"))  # setup.cfg reads occgen's version
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -27,9 +28,9 @@ def _stem(path: str) -> str:
 class Sources:
     """Embeddings by path: files are read, manifest folders embedded with --model (once, saved under OUT)."""
 
-    def __init__(self, runner_factory, out: Path) -> None:
+    def __init__(self, runner_factory: Callable[[], ModelRunner] | None, out: Path) -> None:
         self._factory = runner_factory
-        self._runner = None
+        self._runner: ModelRunner | None = None
         self._cache: dict[str, object] = {}
         self.out = out
 

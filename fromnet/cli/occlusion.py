@@ -53,11 +53,11 @@ def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K:
     batch = np.stack(faces)
     names = [str(p) for p in images]
     if loaded.spec.variant == "attention":
-        readouts = read_attention(loaded.model, batch, names)
-        for r in readouts:
-            click.echo(describe_attention(r))
+        maps = read_attention(loaded.model, batch, names)
+        for m in maps:
+            click.echo(describe_attention(m))
         if draw_to is not None:
-            _write_png(draw_attention(batch, readouts), draw_to)
+            _write_png(draw_attention(batch, maps), draw_to)
         return
     if K is not None and K != loaded.spec.K and loaded.model.predictor is not None:
         raise UserError(f"--K {K}: this model's pattern predictor was trained at K={loaded.spec.K}")

@@ -8,6 +8,7 @@ the gallery and match no probe. Probes with no mate left in the gallery are coun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def similarity(probes: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarr
 
 
 def identify(
-    label: str, gallery: Embeddings, probes: Embeddings, distractors: list[Embeddings] = (), metric: str = "cosine"
+    label: str, gallery: Embeddings, probes: Embeddings, distractors: Sequence[Embeddings] = (), metric: str = "cosine"
 ) -> IdentificationResult:
     """Rank-1 and rank-5 identification rates of ``probes`` against ``gallery`` plus ``distractors``."""
     dims = {e.vectors.shape[1] for e in [gallery, probes, *distractors] if len(e)}

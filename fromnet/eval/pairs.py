@@ -71,11 +71,14 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
     src1, src2, same = [], [], []
     for n, f in enumerate(body, start=2):
         if len(f) == 3:
-            src1.append(lfw_src(f[0], f[1])), src2.append(lfw_src(f[0], f[2])), same.append(True)
+            first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[0], f[2]), True
         elif len(f) == 4:
-            src1.append(lfw_src(f[0], f[1])), src2.append(lfw_src(f[2], f[3])), same.append(False)
+            first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[2], f[3]), False
         else:
             raise UserError(f"{path}:{n}: a pair line has 3 fields (name i j) or 4 (name1 i name2 j); got {len(f)}")
+        src1.append(first)
+        src2.append(second)
+        same.append(matched)
     count = len(body)
     return pd.DataFrame(
         {

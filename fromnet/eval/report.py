@@ -161,6 +161,8 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     low = 1.0
     for r in results:
+        if r.roc is None:
+            continue
         fpr, tpr = r.roc
         keep = fpr > 0
         ax.step(fpr[keep], tpr[keep], where="post", label=f"{r.name} (acc {_pct(r.accuracy)}%)")

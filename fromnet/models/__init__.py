@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from torch import nn
 
 from fromnet.models.attention import AttentionConfig, AttentionNet, AttentionOutput
 from fromnet.models.net import FromNet, FromOutput, MaskKind, NetConfig, PredictorKind
@@ -77,37 +76,34 @@ def build_model(
     backbone: str | None = None,
     width_mult: float = 1.0,
     channels_last: bool = False,
-    compile: bool = False,
     **overrides,
-) -> nn.Module:
+) -> FromNet | AttentionNet:
     """A freshly initialised variant; `backbone` ("r18", "r34", "r50", "r100") and `width_mult` pick a size,
     and `overrides` are NetConfig fields (widths, depths, ...), or AttentionConfig fields for "attention", on top.
 
     K is the occlusion-pattern grid (blocks per side) for the FROM family and the number of attention maps for
     "attention".
 
-    `channels_last` converts the weights (feed channels_last inputs too); `compile` wraps it in torch.compile.
+    `channels_last` converts the weights (feed channels_last inputs too). Callers that want torch.compile wrap the
+    result (or its DDP wrapper) themselves, so the model's own type and attributes stay visible here.
     On CPU, keep >= 16 channels into the strided 1x1 shortcuts with channels_last (oneDNN#6035 corrupts memory below).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     spec = VARIANTS[variant]
     sized = backbone_overrides(backbone or "r50", width_mult) if backbone is not None or width_mult != 1.0 else {}
-    model: nn.Module
+    model: FromNet | AttentionNet
     if spec.family == "attention":
         known = {f.name for f in fields(AttentionConfig)}  # the preset's pyramid/decoder widths do not apply
         sized = {k: v for k, v in sized.items() if k in known}
-        model = AttentionNet(AttentionConfig(K=K, input_size=tuple(input_size), **{**sized, **overrides}))
+        model = AttentionNet(AttentionConfig(K=K, input_size=input_size, **{**sized, **overrides}))
     else:
         model = FromNet(
-            NetConfig(
-                mask=spec.mask, predictor=spec.predictor, K=K, input_size=tuple(input_size), **{**sized, **overrides}
-            )
+            NetConfig(mask=spec.mask, predictor=spec.predictor, K=K, input_size=input_size, **{**sized, **overrides})
         )
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model)
+        # Module.to takes memory_format (it converts the 4-D weights); torch's overloads for it leave it out
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 

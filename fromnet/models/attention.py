@@ -137,7 +137,7 @@ class AttentionNet(nn.Module):
         *early, last = self.backbone.stages
         for stage in early:
             x = stage(x)
-        for i, block in enumerate(last):
+        for i, block in enumerate(last.children()):
             if i == self.split:
                 trunk = x  # where the attention branch leaves stage 3
             x = block(x)

@@ -124,7 +124,7 @@ class FromNet(nn.Module):
             raise ValueError(f"this model takes {self.config.input_size} (H, W) inputs, got {tuple(x.shape[-2:])}")
         feats = self.backbone(x)
         x1 = feats[-1]
-        if self.decoder is None:
+        if self.decoder is None or self.pyramid is None:
             return FromOutput(embedding=self.head(x1))
         mask = self.decoder(self.pyramid(feats[-3:]))
         if self.config.mask == "fc":

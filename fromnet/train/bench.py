@@ -20,6 +20,7 @@ from fromnet.losses import FromLoss, Margin, MarginHead
 from fromnet.models import build_model, num_patterns
 from fromnet.shards import Manifest, image_size
 from fromnet.train.data import Source, StreamPlan, TrainStream, build_label_cache
+from occgen.writer import member_bytes
 
 
 @dataclass
@@ -109,7 +110,7 @@ def plain_pil_loop(manifest: Manifest, images: int, batch: int) -> float:
             for member in tar:
                 if not member.name.endswith((".jpg", ".png", ".webp")):
                     continue
-                face = np.array(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+                face = np.array(Image.open(io.BytesIO(member_bytes(tar, member))).convert("RGB"))
                 pending.append(torch.from_numpy(face).permute(2, 0, 1).float().sub(127.5).div(127.5))
                 if len(pending) == batch:
                     torch.stack(pending)

@@ -9,7 +9,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,10 @@ from occgen.errors import UserError
 from occgen.label.patterns import label_boxes, regression_target
 from occgen.occlude.plan import SampleRandom, sample_seed
 from occgen.writer import atomic_write
+
+if TYPE_CHECKING:  # imported where used: only runs with online occlusion need them
+    from occgen.occlude.occluders import OccluderLibrary
+    from occgen.occlude.run import BuildOptions
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training streams
@@ -230,7 +234,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.plan, self.replicas, self.start, self.end = plan, list(replicas), start, end
         self.log_keys = log_keys
         self._labels: dict[int, LabelRows] = {}
-        self._library = None
+        self._occluding: tuple[OccluderLibrary, BuildOptions] | None = None  # loaded on first use, in the worker
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -303,7 +307,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 )
             labels[i] = int(sample["cls"]) + source.identity_offset
             if plan.online is not None:
-                face, geometry = self._occlude(face, key, epoch)
+                face, geometry = self._occlude(plan.online, face, key, epoch)
                 occluded[i] = geometry["occluded"]
                 if occluded[i]:
                     boxes[i] = [geometry[c] for c in ("box_x0", "box_y0", "box_x1", "box_y1")]
@@ -331,12 +335,16 @@ class TrainStream(torch.utils.data.IterableDataset):
             batch["keys"] = keys
         return batch
 
-    def _occlude(self, face: np.ndarray, key: str, epoch: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def _occlude(
+        self, online: OnlineOcclusion, face: np.ndarray, key: str, epoch: int
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         from occgen.occlude.occluders import load_library
         from occgen.occlude.run import BuildOptions, occlude_sample
 
-        online = self.plan.online
-        if self._library is None:
-            self._library = load_library(online.occluders)
-            self._options = BuildOptions(scales=online.scales, clean_ratio=online.clean_ratio)
-        return occlude_sample(face, sample_seed(self.plan.seed, f"{key}@{epoch}/occlude"), self._options, self._library)
+        if self._occluding is None:
+            self._occluding = (
+                load_library(online.occluders),
+                BuildOptions(scales=online.scales, clean_ratio=online.clean_ratio),
+            )
+        library, options = self._occluding
+        return occlude_sample(face, sample_seed(self.plan.seed, f"{key}@{epoch}/occlude"), options, library)

@@ -121,7 +121,7 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
 ATTENTION_UNUSED = ("backbone.stages.3.", "head.")
 
 
-def load_init(model: nn.Module, head: nn.Module, path: str, variant: str) -> str:
+def load_init(model: nn.Module, head: MarginHead | ShardedMarginHead, path: str, variant: str) -> str:
     """Start from another run's weights (stage 2 from stage 1): every tensor must fit, or nothing is loaded."""
     state = checkpoint.load(path)
     theirs, ours = state["model"], model.state_dict()
@@ -181,7 +181,9 @@ class Trainer:
         margin = Margin.preset(cfg.margin, cfg.margin_scale or None)
         dim = self.model.config.embedding_dim
         if cfg.classifier == "sharded":
-            self.head: nn.Module = ShardedMarginHead(dim, self.plan.num_identities, margin, world, cfg.seed)
+            self.head: MarginHead | ShardedMarginHead = ShardedMarginHead(
+                dim, self.plan.num_identities, margin, world, cfg.seed
+            )
         else:
             self.head = MarginHead(dim, self.plan.num_identities, margin)
         self.head.to(device)
@@ -195,7 +197,7 @@ class Trainer:
             else self.model
         )
         self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
-        opt = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt: dict[str, Any] = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.optimizer = torch.optim.SGD(self.model.parameters(), **opt)
         self.head_optimizer = torch.optim.SGD(self.head.parameters(), **opt)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -374,7 +376,7 @@ class Trainer:
 
     def _train_step(
         self, micro: list[dict[str, Any]], per_process: int, autocast: torch.dtype | None
-    ) -> dict[str, float]:
+    ) -> dict[str, float | None]:
         cfg, world = self.cfg, self.world
         device = world.device
         self.optimizer.zero_grad(set_to_none=True)
@@ -387,7 +389,7 @@ class Trainer:
             patterns = mb["pattern"].to(device, non_blocking=True) if "pattern" in mb else None
             boxes = mb["box"].to(device, non_blocking=True) if "box" in mb else None
             last = i == len(micro) - 1
-            sync = nullcontext() if last or not world.distributed else self.ddp.no_sync()
+            sync = self.ddp.no_sync() if isinstance(self.ddp, DistributedDataParallel) and not last else nullcontext()
             with sync:
                 with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                     out = self.forward(x)
@@ -397,11 +399,12 @@ class Trainer:
             totals[1] += parts.margin.item()
             if parts.pred is not None:
                 totals[2] += parts.pred.item()
-            if out.pattern_logits is not None:
+            if out.pattern_logits is not None and patterns is not None:
                 totals[3] += (out.pattern_logits.argmax(1) == patterns).sum().item()
                 totals[4] += len(patterns)
         if world.distributed and not self.head.sharded:
             for p in self.head.parameters():
+                assert p.grad is not None  # every head parameter takes part in the loss
                 distributed.all_reduce_sum(p.grad, world).div_(world.size)
         distributed.all_reduce_sum(totals, world)
         n = self.plan.replicas
@@ -420,7 +423,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.step(self.head_optimizer)
         self.scaler.update()
-        stats = {"loss": loss, "loss_id": totals[1].item() / n, "loss_pattern": None, "pattern_acc": None, "lr": lr}
+        stats: dict[str, float | None] = {
+            "loss": loss,
+            "loss_id": totals[1].item() / n,
+            "loss_pattern": None,
+            "pattern_acc": None,
+            "lr": lr,
+        }
         if needs_targets(cfg.variant):
             stats["loss_pattern"] = totals[2].item() / n
         if totals[4] > 0:
@@ -434,7 +443,8 @@ class Trainer:
         names = self._identity_names()
         self.model.eval()
         hits = torch.zeros(4, dtype=torch.float64)  # identity hits, identity count, pattern hits, pattern count
-        rows, images = [], []
+        rows: list[dict[str, Any]] = []
+        images: list[np.ndarray] = []
         centres = torch.nn.functional.normalize(self.head.full_weight().float(), dim=1)
 
         def flush() -> None:
@@ -443,7 +453,7 @@ class Trainer:
             emb = torch.nn.functional.normalize(out.embedding.float(), dim=1)
             predicted = (emb @ centres.T).argmax(1).cpu()
             for j, row in enumerate(rows):
-                label = names.get(row.get("identity_name"))
+                label = names.get(row.get("identity_name", ""))
                 if label is not None:
                     hits[0] += int(predicted[j] == label)
                     hits[1] += 1

@@ -29,7 +29,7 @@ class Progress:
                 self.tb = SummaryWriter(str(run / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
+        if self.metrics is None:  # not enabled
             return
         self.metrics.write(json.dumps(record, sort_keys=True) + "\n")
         self.metrics.flush()
@@ -70,7 +70,7 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
-        if not self.enabled:
+        if self.metrics is None:  # not enabled
             return
         if self.tty:
             self.stream.write("\n")

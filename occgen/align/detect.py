@@ -159,7 +159,7 @@ def detect_faces(image: Image.Image) -> list[Face]:
     pick = net._MTCNN__nms(calibrated.copy(), 0.7, "Min")
     return [
         Face(
-            box=tuple(float(v) for v in calibrated[k, :4]),
+            box=(float(calibrated[k, 0]), float(calibrated[k, 1]), float(calibrated[k, 2]), float(calibrated[k, 3])),
             score=float(calibrated[k, 4]),
             points=_landmarks(net, rgb, boxes[keep[k]]),
         )

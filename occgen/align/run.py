@@ -190,7 +190,7 @@ def _align_one(src: Path, out: Path, settings: AlignSettings, rel: str, entry: L
         row["fit"] = fit.matrix.ravel().tolist()
     if entry is not None and entry.status not in ("", "ok"):
         row.update(problem="marked", reason=f"the landmark file marks it {entry.status!r}")
-    elif fit.problem is not None:
+    elif fit.problem is not None or fit.matrix is None:
         row.update(problem="implausible", reason=fit.problem)
     else:
         out_rel = output_name(rel, settings.fmt)
@@ -314,7 +314,7 @@ def _plan_landmarks(
 ) -> tuple[dict[str, LandmarkRow], int]:
     """The landmark file's rows (empty for the detector, which is loaded here to fail early) and how many rows
     name images that are not under ``src``."""
-    if settings.method == "mtcnn":
+    if settings.landmarks is None:  # method "mtcnn"
         from occgen.align.detect import require_detector
 
         require_detector()

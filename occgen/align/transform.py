@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from occgen.errors import UserError
@@ -77,7 +78,7 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+def apply(m: np.ndarray, points: npt.ArrayLike) -> np.ndarray:
     """Map (n, 2) points through a 2x3 transform."""
     return np.asarray(points, dtype=np.float64) @ m[:, :2].T + m[:, 2]
 

@@ -10,7 +10,7 @@ from occgen.cli import main
 from occgen.errors import UserError
 from occgen.label.labels import labels_path, open_manifest, write_labels
 from occgen.label.patterns import K_MAX, K_MIN
-from occgen.occlude.render import COMPAT_MODES
+from occgen.occlude.render import COMPAT_MODES, Compat
 from occgen.report.card import refresh_card
 
 
@@ -39,7 +39,7 @@ from occgen.report.card import refresh_card
     help="Without MANIFEST: label every manifest in this folder that lacks the labels.",
 )
 @click.argument("manifest", type=click.Path(path_type=Path), required=False)
-def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | None) -> None:
+def label(ks: tuple[int, ...], compat: Compat, manifests: Path, manifest: Path | None) -> None:
     """Write MANIFEST/labels-kK.parquet (key, pattern, iou, reg_x0..reg_y1) for each K.
 
     MANIFEST is a folder made by `occgen build` (e.g. manifests/occ-lfw-2.0); its samples are not rewritten.
@@ -65,7 +65,7 @@ def label(ks: tuple[int, ...], compat: str, manifests: Path, manifest: Path | No
         click.echo("nothing to do")
 
 
-def label_manifest(manifest: Path, ks: tuple[int, ...], compat: str) -> None:
+def label_manifest(manifest: Path, ks: tuple[int, ...], compat: Compat) -> None:
     """Check the manifest once and write (and describe) the labels file of each K, a run of keys at a time."""
     checked = open_manifest(manifest)
     click.echo(

@@ -12,7 +12,7 @@ from occgen.errors import UserError
 from occgen.occlude.calibrate import TARGETS
 from occgen.occlude.occluders import load_library
 from occgen.occlude.plan import parse_scales
-from occgen.occlude.render import COMPAT_MODES
+from occgen.occlude.render import COMPAT_MODES, Compat
 from occgen.report.library import describe, fit_paper, write_fit
 
 
@@ -40,7 +40,7 @@ from occgen.report.library import describe, fit_paper, write_fit
     default=None,
     help="With --fit-paper: write the catalog here instead of into FOLDER.",
 )
-def occluders_cmd(folder: Path, size: str, scales: str, compat: str, fit: bool, out: Path | None) -> None:
+def occluders_cmd(folder: Path, size: str, scales: str, compat: Compat, fit: bool, out: Path | None) -> None:
     """List each occluder's size and expected occluded area per scale on a face, warn when the library saturates,
     and (--fit-paper) calibrate it to the FROM paper.
 

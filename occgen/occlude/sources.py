@@ -204,7 +204,7 @@ def from_tree(root: Path, spec: str | None = None) -> Source:
             except OSError as exc:
                 skipped.append((rel, f"cannot read ({exc.strerror})"))
                 continue
-            if is_dir:
+            if st is not None:  # a folder
                 seen = ancestors.get((st.st_dev, st.st_ino))
                 if seen is not None:
                     skipped.append((rel + "/", f"symlink loop: leads back to {seen or '.'}/"))

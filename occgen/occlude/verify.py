@@ -26,7 +26,7 @@ from occgen.occlude.run import LOCK, BuildOptions, Plan, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.runner import parallel_map
-from occgen.writer import exclusive
+from occgen.writer import exclusive, member_bytes
 
 #: What can be wrong with a shard, worst first.
 PROBLEMS = ("missing", "truncated", "altered")
@@ -106,7 +106,7 @@ def _members_problem(data: bytes, rows: list[dict[str, Any]], fmt: str) -> str |
     """What is wrong with the tar's members compared with the manifest rows, or None."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+            members = [(m.name, member_bytes(tar, m)) for m in tar if m.isfile()]
     except (tarfile.TarError, EOFError, OSError) as exc:
         return f"not a readable tar ({exc})"
     expected = [(r, ext) for r in rows for ext in sorted(("cls", "json", fmt))]
@@ -136,14 +136,18 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
     """The build's source, from where build.json says it was."""
     if fingerprint["src"] == "demo":
         return open_source("demo")
-    path, root = fingerprint.get("src_path"), fingerprint.get("root")
-    if not path or not Path(path).exists():
+    src_path, root = fingerprint.get("src_path"), fingerprint.get("root")
+    if not src_path or not Path(src_path).exists():
         raise UserError(
-            f"cannot repair: the build's inputs ({path or fingerprint['src']}) are not there; "
+            f"cannot repair: the build's inputs ({src_path or fingerprint['src']}) are not there; "
             "rebuild with `occgen build ... --overwrite`"
         )
-    path = Path(path)
-    return from_tree(path, fingerprint["src"]) if path.is_dir() else from_list(path, Path(root), fingerprint["src"])
+    path = Path(src_path)
+    return (
+        from_tree(path, fingerprint["src"])
+        if path.is_dir()
+        else from_list(path, Path(root) if root else None, fingerprint["src"])
+    )
 
 
 def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:
@@ -159,7 +163,7 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
                 f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
                 "partial set: run the command that made it again with --overwrite"
             )
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
+        options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
         opts = BuildOptions(**options)
         library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)
         source = _reopen(fingerprint)

@@ -22,6 +22,7 @@ from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
 from occgen.manifest import batches, in_key_order, open_parts, open_samples
+from occgen.writer import member_bytes
 
 LABEL_H = 12
 GAP = 4
@@ -73,7 +74,7 @@ def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]
             with tarfile.open(shards[shard]) as tar:
                 for member in tar:
                     if member.name in wanted:
-                        images[wanted[member.name]] = decode_array(tar.extractfile(member).read(), member.name)
+                        images[wanted[member.name]] = decode_array(member_bytes(tar, member), member.name)
         except (OSError, KeyError, tarfile.TarError) as exc:
             raise UserError(f"cannot read shard {shard} of {manifest_dir} ({exc}); run `occgen build` again") from None
     missing = set(rows["key"]) - set(images)

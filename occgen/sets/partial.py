@@ -134,7 +134,7 @@ def protocol_rows(pairs: list[Pair], items: dict[str, Item], centered: bool) -> 
         for p in pairs
     ]
     for f, factor in enumerate(FACTORS):
-        extra = {"factor": factor, "centered": centered}
+        extra: dict[str, Any] = {"factor": factor, "centered": centered}
         for part in HOLISTIC_PARTS:
             for p in pairs:
                 for a, b in ((p.first, p.second), (p.second, p.first)):
@@ -214,9 +214,10 @@ def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[st
             continue
         H, W = face.shape[:2]
         part, factor = version(copy)
-        if part == "whole":
+        if factor is None:  # the whole face
             image, box = face, (0, 0, W, H)
         else:
+            assert template is not None  # set with face
             image, box = partial_face(face, part, factor, opts.centered, template)
         data = encode(image, opts.fmt, opts.quality)
         row_ = {
