@@ -73,7 +73,7 @@ def open_manifest(manifest_dir: Path) -> Manifest:
             "(rebuild the manifest with a current `occgen build`)"
         )
     samples = occluded = bad = 0
-    first_bad: tuple[float, float] | None = None
+    first_bad = ""  # the first unknown size, in words
     sizes: set[tuple[int, int]] = set()
     for batch in batches(dataset, ["key", "occluded", "height", "width"]):
         if batch.column(0).null_count:
@@ -82,20 +82,20 @@ def open_manifest(manifest_dir: Path) -> Manifest:
             raise UserError(f"{path}: the 'occluded' column has nulls; every sample must say whether it is occluded")
         samples += batch.num_rows
         occluded += int(pc.sum(batch.column(1)).as_py() or 0)
-        height, width = _floats(batch.column(2)), _floats(batch.column(3))
-        hw = np.stack([height, width], axis=1)
+        hw = np.stack([_floats(batch.column(2)), _floats(batch.column(3))], axis=1)
         wrong = ~np.isfinite(hw).all(axis=1) | (hw != np.round(hw)).any(axis=1) | (hw <= 0).any(axis=1)
         if wrong.any():
             bad += int(wrong.sum())
-            first_bad = first_bad or tuple(hw[np.flatnonzero(wrong)[0]].tolist())
+            h, w = hw[np.flatnonzero(wrong)[0]].tolist()
+            first_bad = first_bad or f"height={h}, width={w}"
         elif len(hw):
             sizes.update(map(tuple, np.unique(hw.astype(np.int64), axis=0).tolist()))
     if samples == 0:
         raise UserError(f"{path} has no samples: nothing to label")
     if bad:
         raise UserError(
-            f"{path}: {bad} sample(s) have an unknown image size (first: height={first_bad[0]}, "
-            f"width={first_bad[1]}); every sample needs a positive whole width and height"
+            f"{path}: {bad} sample(s) have an unknown image size (first: {first_bad}); "
+            "every sample needs a positive whole width and height"
         )
     if len(sizes) > 1:
         shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:5])
