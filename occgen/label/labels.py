@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from occgen.errors import UserError
 from occgen.label.patterns import block_edges, check_compat, check_k, label_boxes, num_patterns, regression_target
-from occgen.manifest import batches, in_key_order, open_samples, samples_path, sorted_writer
+from occgen.manifest import Parts, batches, in_key_order, open_samples, sorted_writer
 from occgen.occlude.render import Compat
 
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
@@ -49,7 +48,7 @@ class Manifest:
     """A manifest checked for labelling (columns, keys, flags, one image size) in one pass over its parts."""
 
     path: Path  # its samples.parquet
-    dataset: ds.Dataset
+    parts: Parts
     samples: int
     occluded: int
     height: int
@@ -64,9 +63,9 @@ def labels_path(manifest_dir: Path, K: int, compat: Compat = "paper") -> Path:
 def open_manifest(manifest_dir: Path) -> Manifest:
     """Check ``manifest_dir/samples.parquet`` part by part: the columns, keys present, flags present, and one
     positive whole image size; count its samples."""
-    dataset = open_samples(manifest_dir)
-    path = samples_path(manifest_dir)
-    missing = [c for c in NEEDED_COLUMNS if c not in dataset.schema.names]
+    parts = open_samples(manifest_dir)
+    path = parts.path
+    missing = [c for c in NEEDED_COLUMNS if c not in parts.schema.names]
     if missing:
         raise UserError(
             f"{path} lacks the column(s) {', '.join(missing)}; labelling needs {', '.join(NEEDED_COLUMNS)} "
@@ -75,7 +74,7 @@ def open_manifest(manifest_dir: Path) -> Manifest:
     samples = occluded = bad = 0
     first_bad = ""  # the first unknown size, in words
     sizes: set[tuple[int, int]] = set()
-    for batch in batches(dataset, ["key", "occluded", "height", "width"]):
+    for batch in batches(parts, ["key", "occluded", "height", "width"]):
         if batch.column(0).null_count:
             raise UserError(f"{path}: sample keys must be present and unique")
         if batch.column(1).null_count:
@@ -104,13 +103,13 @@ def open_manifest(manifest_dir: Path) -> Manifest:
             "size as its own manifest"
         )
     ((height, width),) = sizes
-    return Manifest(path, dataset, samples, occluded, height, width)
+    return Manifest(path, parts, samples, occluded, height, width)
 
 
 def runs(manifest: Manifest) -> Iterator[Samples]:
     """The manifest's samples in key order, a run of keys at a time (occgen.manifest.in_key_order)."""
     seen = 0
-    for table in in_key_order(manifest.dataset, NEEDED_COLUMNS):
+    for table in in_key_order(manifest.parts, NEEDED_COLUMNS):
         keys = pc.cast(table["key"], pa.string()).combine_chunks()
         if len(keys) > 1 and pc.any(pc.equal(keys[1:], keys[:-1])).as_py():
             raise UserError(f"{manifest.path}: sample keys must be present and unique")

@@ -42,16 +42,16 @@ def _groups(scale: pd.Series) -> pd.Series:
 def pick(manifest_dir: Path, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
     """``per_group`` random samples (seeded, independent of file order) of each scale, 'clean' for the rest: the
     group sizes from one pass over the parts, then the chosen ranks (in key order) from a second, in key order."""
-    dataset = open_samples(manifest_dir)
+    parts = open_samples(manifest_dir)
     sizes: Counter = Counter()
-    for batch in batches(dataset, ["scale"]):
+    for batch in batches(parts, ["scale"]):
         sizes.update(_groups(batch.column(0).to_pandas()).value_counts().to_dict())
     rng = np.random.default_rng(seed)
     names = sorted(sizes, key=lambda g: (g == "clean", float(g[2:]) if g != "clean" else 0))
     take = {name: np.sort(rng.permutation(sizes[name])[:per_group]) for name in names}
     seen: Counter = Counter()
     chosen: dict[str, list[pa.Table]] = {name: [] for name in names}
-    for run in in_key_order(dataset, dataset.schema.names):
+    for run in in_key_order(parts, parts.schema.names):
         groups = _groups(run["scale"].to_pandas()).to_numpy()
         for name in np.unique(groups):
             rows = np.flatnonzero(groups == name)
@@ -90,9 +90,9 @@ def patterns_for(manifest_dir: Path, rows: pd.DataFrame, K: int) -> np.ndarray:
     """The rows' pattern index for K: from labels-kK.parquet when it exists, else labelled now (same function)."""
     path = labels_path(manifest_dir, K)
     if path.is_file():
-        wanted = pc.field("key").isin(pa.array(rows["key"].tolist(), pa.string()))
-        labels = open_parts(path).to_table(columns=["key", "pattern"], filter=wanted).to_pandas()
-        labels = labels.set_index("key")["pattern"]
+        wanted = pa.array(rows["key"].tolist(), pa.string())
+        found = [b.filter(pc.is_in(b["key"], value_set=wanted)) for b in batches(open_parts(path), ["key", "pattern"])]
+        labels = pa.concat_tables(found).to_pandas().set_index("key")["pattern"]
         return labels.reindex(rows["key"]).fillna(0).to_numpy(np.int64)
     boxes = rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(np.float64)
     H, W = int(rows["height"].iloc[0]), int(rows["width"].iloc[0])

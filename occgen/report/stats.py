@@ -108,10 +108,10 @@ def _counts(column: pa.ChunkedArray) -> dict[str, int]:
 
 def tally(manifest_dir: Path) -> Tally:
     """Read the manifest's samples in key order, a run at a time, into a Tally."""
-    dataset = open_samples(manifest_dir)
-    partial = [c for c in PARTIAL_COLUMNS if c in dataset.schema.names]
+    parts = open_samples(manifest_dir)
+    partial = [c for c in PARTIAL_COLUMNS if c in parts.schema.names]
     out = Tally()
-    for run in in_key_order(dataset, [*COLUMNS, "height", "width", *partial]):
+    for run in in_key_order(parts, [*COLUMNS, "height", "width", *partial]):
         out.add(run)
     if out.samples == 0:
         raise UserError(f"{Path(manifest_dir) / 'samples.parquet'} has no samples")
