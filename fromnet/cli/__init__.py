@@ -16,7 +16,7 @@ def main() -> None:
 
 def _register() -> None:
     # each module adds its command to `main`
-    from fromnet.cli import bench, embed, eval, export, occlusion, summary, train  # noqa: F401
+    from fromnet.cli import bench, compare, embed, eval, export, occlusion, summary, train  # noqa: F401
 
 
 _register()

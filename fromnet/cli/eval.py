@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 
 import click
@@ -14,7 +15,7 @@ from fromnet.cli.embed import ModelRunner, model_options
 from occgen.errors import UserError
 
 
-def _labelled(text: str) -> tuple[str | None, str]:
+def labelled(text: str) -> tuple[str | None, str]:
     """'LABEL=PATH' -> (LABEL, PATH); a plain PATH -> (None, PATH)."""
     label, sep, rest = text.partition("=")
     return (label, rest) if sep and label and "/" not in label and rest else (None, text)
@@ -58,6 +59,37 @@ class Sources:
             raise UserError(f"{path}: neither an embeddings .parquet file nor a finished manifest folder")
         self._cache[key] = emb
         return emb
+
+
+def scoring_options(fn):
+    """How pairs are scored and summarised, shared by `eval` and `compare`: --metric, --far (as ``fars``), and
+    --bootstrap / --bootstrap-seed passed on as one ``boot`` (fromnet.eval.bootstrap.Bootstrap)."""
+    from fromnet.eval.bootstrap import DEFAULT_RESAMPLES, Bootstrap
+
+    @click.option(
+        "--metric",
+        type=click.Choice(["cosine", "euclidean"]),
+        default="cosine",
+        show_default=True,
+        help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
+    )
+    @click.option(
+        "--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4)."
+    )
+    @click.option(
+        "--bootstrap",
+        "resamples",
+        default=DEFAULT_RESAMPLES,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Resamples of the people for the 95 % intervals (0: no intervals).",
+    )
+    @click.option("--bootstrap-seed", default=0, show_default=True, type=int, help="Seed of the resampling.")
+    @wraps(fn)
+    def wrapper(*args, resamples, bootstrap_seed, **kw):
+        return fn(*args, boot=Bootstrap(resamples, bootstrap_seed), **kw)
+
+    return wrapper
 
 
 def read_key_list(path: str) -> np.ndarray:
@@ -109,20 +141,12 @@ def read_key_list(path: str) -> np.ndarray:
 )
 @click.option("--model", help="Embed manifest folders on the way: a fromnet run/checkpoint or onnx:PATH.")
 @click.option(
-    "--metric",
-    type=click.Choice(["cosine", "euclidean"]),
-    default="cosine",
-    show_default=True,
-    help="Pair score: cosine similarity, or Euclidean distance of the raw embeddings.",
-)
-@click.option(
     "--fold",
     "folds",
     multiple=True,
     type=click.IntRange(min=0),
     help="Only the pairs of this fold (repeatable), e.g. --fold 9 for people a model was not trained on.",
 )
-@click.option("--far", "fars", multiple=True, type=float, help="FAR for TAR@FAR (repeatable; default 1e-3 and 1e-4).")
 @click.option("--gallery", help="Identification gallery: embeddings file or (with --model) manifest.")
 @click.option(
     "--probes",
@@ -139,6 +163,7 @@ def read_key_list(path: str) -> np.ndarray:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for results.json, results.md and the PNG plots.",
 )
+@scoring_options
 @model_options
 def eval_cmd(
     pairs_list,
@@ -155,9 +180,11 @@ def eval_cmd(
     gallery_keys,
     probe_keys,
     out,
+    boot,
     model_settings,
 ) -> None:
-    """Evaluate face embeddings on verification pairs and/or identification lists.
+    """Evaluate face embeddings on verification pairs and/or identification lists, with 95 % intervals that
+    resample people (--bootstrap).
 
     \b
     Examples:
@@ -191,7 +218,7 @@ def eval_cmd(
             table = select_folds(table, folds)
         pair_sets = []
         for text in sets:
-            label, spec = _labelled(text)
+            label, spec = labelled(text)
             if label is None:
                 raise UserError(f"--set {text!r}: write LABEL=A or LABEL=A,B (e.g. N-O=clean.parquet,occ.parquet)")
             parts = [s for s in spec.split(",") if s]
@@ -211,7 +238,7 @@ def eval_cmd(
                 "nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest"
             )
         for ps in pair_sets:
-            verification.extend(evaluate_set(table, ps, metric, fars))
+            verification.extend(evaluate_set(table, ps, metric, fars, boot))
     if gallery:
         if not probes:
             raise UserError("--gallery needs --probes (the faces to identify)")
@@ -220,11 +247,11 @@ def eval_cmd(
             g = g.subset(g.find(read_key_list(gallery_keys), None, "gallery keys"))
         d = [src.get(p) for p in distractors]
         for text in probes:
-            label, path = _labelled(text)
+            label, path = labelled(text)
             p = src.get(path)
             if probe_keys:
                 p = p.subset(p.find(read_key_list(probe_keys), None, "probe keys"))
-            identification.append(identify(label or _stem(path), g, p, d, metric))
+            identification.append(identify(label or _stem(path), g, p, d, metric, boot))
     elif probes or distractors:
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:

@@ -9,13 +9,13 @@ the gallery and match no probe. Probes with no mate left in the gallery are coun
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fromnet.eval import bootstrap as bs
 from fromnet.eval.pairs import Embeddings, src_stem
 from occgen.errors import UserError
 
@@ -33,13 +33,15 @@ class IdentificationResult:
     rank1: float
     rank5: float
     mean_area: float | None  # mean occluded area of the probes evaluated
+    rank1_low: float | None = None  # bootstrap interval of rank-1 (None: not drawn)
+    rank1_high: float | None = None
+    bootstrap: dict[str, Any] | None = None  # how it was drawn (unit, people, resamples, seed, level)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # per-resample rank-1; not in JSON
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def identity_of(src: str) -> str:
-    return Path(str(src)).parent.as_posix()
+        d = asdict(self)
+        d.pop("samples")
+        return d
 
 
 def _normalised(v: np.ndarray) -> np.ndarray:
@@ -60,16 +62,22 @@ def similarity(probes: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarr
 
 
 def identify(
-    label: str, gallery: Embeddings, probes: Embeddings, distractors: Sequence[Embeddings] = (), metric: str = "cosine"
+    label: str,
+    gallery: Embeddings,
+    probes: Embeddings,
+    distractors: Sequence[Embeddings] = (),
+    metric: str = "cosine",
+    boot: bs.Bootstrap = bs.DEFAULT,
 ) -> IdentificationResult:
-    """Rank-1 and rank-5 identification rates of ``probes`` against ``gallery`` plus ``distractors``."""
+    """Rank-1 and rank-5 identification rates of ``probes`` against ``gallery`` plus ``distractors``, and a
+    rank-1 interval that resamples the probes' people (each probe's rank held fixed; fromnet.eval.bootstrap)."""
     dims = {e.vectors.shape[1] for e in [gallery, probes, *distractors] if len(e)}
     if len(dims) > 1:
         raise UserError(f"identification set {label}: embeddings of different lengths {sorted(dims)}")
     if not len(gallery) or not len(probes):
         raise UserError(f"identification set {label}: empty gallery or probe list")
-    g_id = np.array([identity_of(s) for s in gallery.srcs], dtype=object)
-    p_id = np.array([identity_of(s) for s in probes.srcs], dtype=object)
+    g_id = np.array([bs.identity_of(s) for s in gallery.srcs], dtype=object)
+    p_id = np.array([bs.identity_of(s) for s in probes.srcs], dtype=object)
     codes, _ = pd.factorize(np.concatenate([g_id, p_id]))
     g_code, p_code = codes[: len(g_id)], codes[len(g_id) :]
     g_stem = pd.Index([src_stem(s) for s in gallery.srcs])
@@ -97,7 +105,7 @@ def identify(
         rank[start:stop] = np.where(has, higher, -1)
     ok = rank >= 0
     areas = probes.column("box_area_ratio")
-    return IdentificationResult(
+    result = IdentificationResult(
         label=label,
         probes=int(ok.sum()),
         no_mate=int((~ok).sum()),
@@ -109,3 +117,9 @@ def identify(
         if areas is None or not ok.any()
         else float(np.nan_to_num(np.asarray(areas, np.float64))[ok].mean()),
     )
+    if boot.resamples and ok.any():
+        people = bs.People.of_probes(probes.srcs[ok])
+        result.samples["rank-1"] = bs.share(bs.counts(people.n, boot), people, rank[ok] == 0)
+        result.rank1_low, result.rank1_high = bs.interval(result.samples["rank-1"], boot.level) or (None, None)
+        result.bootstrap = boot.to_json(people.n)
+    return result

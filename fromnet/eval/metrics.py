@@ -129,6 +129,8 @@ class TarAtFar:
     far_actual: float | None  # impostors strictly above the threshold / impostors (<= far; ties can lower it)
     impostors: int
     refused: str | None = None  # why no value
+    low: float | None = None  # bootstrap interval (fromnet.eval.bootstrap), when drawn
+    high: float | None = None
 
 
 def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> TarAtFar:

@@ -24,14 +24,36 @@ REGIONS = ("left_eye", "right_eye", "eyes", "nose", "mouth", "lower_face", "uppe
 
 
 LEGEND = (
-    "accuracy: mean ± std (population) over the folds, each fold decided at the threshold that maximises "
-    "accuracy on the others; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); occluded area: "
+    "accuracy: mean over the folds, each fold decided at the threshold that maximises accuracy on the others "
+    "(all-pairs sets: the share of their balanced pairs decided right, folds of disjoint people); fold std: "
+    "population std over the folds; TAR@FAR over all impostor pairs (a FAR below 1/impostors is n/a); "
+    "[low, high]: 95 % bootstrap interval that resamples people (see the intervals line above; none where a "
+    "resample cannot be scored: too few impostors for the FAR, or a fold drawn without any other); occluded area: "
     "mean box area of the pair's more occluded face."
 )
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """'81.23 [79.80, 82.61]' in percent, or the value alone when no interval was drawn."""
+    if low is None or high is None:
+        return _pct(value)
+    return f"{_pct(value)} [{_pct(low)}, {_pct(high)}]"
+
+
+def bootstrap_line(results) -> str | None:
+    """How the intervals of these results were drawn, in words (None: no intervals)."""
+    spec = next((r.bootstrap for r in results if r.bootstrap), None)
+    if spec is None:
+        return None
+    return (
+        f"{100 * spec['level']:g} % percentile bootstrap over people: {spec['resamples']:,} resamples of the "
+        f"people of each set with replacement (seed {spec['seed']}), a pair weighted by how often its people "
+        "were drawn"
+    )
 
 
 def verification_table(results: Sequence[VerificationResult]) -> str:
@@ -43,27 +65,29 @@ def verification_table(results: Sequence[VerificationResult]) -> str:
         "impostors",
         "folds",
         "accuracy %",
+        "fold std",
         *(f"TAR@FAR={f:g} %" for f in fars),
         "AUC",
         "occluded area %",
     ]
     rows = []
     for r in results:
-        tars = [_pct(t.tar) if t.tar is not None else "n/a" for t in r.tar]
+        tars = [with_interval(t.tar, t.low, t.high) if t.tar is not None else "n/a" for t in r.tar]
         rows.append(
             [
                 r.name,
                 f"{r.pairs:,}",
                 f"{r.impostors:,}",
                 str(r.folds),
-                f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+                with_interval(r.accuracy, r.accuracy_low, r.accuracy_high),
+                _pct(r.accuracy_std),
                 *tars,
                 f"{r.auc:.4f}",
                 _pct(r.mean_area),
             ]
         )
     notes = sorted({t.refused for r in results for t in r.tar if t.refused})
-    return _markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
+    return markdown(head, rows) + ("\n\n" + "\n".join(f"- n/a: {n}" for n in notes) if notes else "")
 
 
 #: Rows of the PartialLFW table (Hörmann et al., ICIP 2021): (protocol, centered), holistic first.
@@ -113,7 +137,7 @@ def partiallfw_table(summary: Sequence[dict[str, Any]]) -> str:
         ]
         for r in summary
     ]
-    return _markdown(head, rows)
+    return markdown(head, rows)
 
 
 def identification_table(results: Sequence[IdentificationResult]) -> str:
@@ -125,16 +149,16 @@ def identification_table(results: Sequence[IdentificationResult]) -> str:
             f"{r.no_mate:,}",
             f"{r.gallery:,}",
             f"{r.distractors:,}",
-            _pct(r.rank1),
+            with_interval(r.rank1, r.rank1_low, r.rank1_high),
             _pct(r.rank5),
             _pct(r.mean_area),
         ]
         for r in results
     ]
-    return _markdown(head, rows)
+    return markdown(head, rows)
 
 
-def _markdown(head: list[str], rows: list[list[str]]) -> str:
+def markdown(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
@@ -146,7 +170,7 @@ def region_of(label: str) -> str | None:
     return next((r for r in sorted(REGIONS, key=len, reverse=True) if norm == r or norm.endswith("_" + r)), None)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +181,7 @@ def _pyplot():
 
 def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     """TAR against FAR (log scale from 1/impostors), one curve per set and group."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     low = 1.0
     for r in results:
@@ -175,7 +199,7 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     ax.set_title("Verification ROC")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
@@ -189,16 +213,16 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
             series.setdefault(group, {}).setdefault(region, r)
     if not series:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n in REGIONS if any(n in s for s in series.values())]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     width = 0.8 / len(series)
     low = 100.0
     for i, (group, by_region) in enumerate(series.items()):
         xs = [k + (i - (len(series) - 1) / 2) * width for k, n in enumerate(names) if n in by_region]
-        acc = [100 * by_region[n].accuracy for n in names if n in by_region]
-        err = [100 * by_region[n].accuracy_std for n in names if n in by_region]
-        bars = ax.bar(xs, acc, width=width, yerr=err, capsize=3, label=group)
+        shown = [by_region[n] for n in names if n in by_region]
+        acc = [100 * r.accuracy for r in shown]
+        bars = ax.bar(xs, acc, width=width, yerr=_error_bars(shown), capsize=3, label=group)
         ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, padding=2)
         low = min(low, *acc)
     for r in results:
@@ -206,13 +230,23 @@ def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
             ax.axhline(100 * r.accuracy, linestyle="--", linewidth=1, color="grey", label=f"{r.name} (no occlusion)")
             low = min(low, 100 * r.accuracy)
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
-    ax.set_ylabel("verification accuracy % (k-fold)")
+    ax.set_ylabel("verification accuracy % (k-fold; bars: 95 % interval, else fold std)")
     ax.set_ylim(max(0, low - 10), 100)
     ax.set_title("Accuracy per occluded region")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
     return True
+
+
+def _error_bars(results: Sequence[VerificationResult]) -> list[list[float]]:
+    """(2, n) error bars in points: the bootstrap interval where drawn, else ± the fold std."""
+    below, above = [], []
+    for r in results:
+        low, high = r.accuracy_low, r.accuracy_high
+        below.append(100 * (r.accuracy - low if low is not None else r.accuracy_std))
+        above.append(100 * (high - r.accuracy if high is not None else r.accuracy_std))
+    return [below, above]
 
 
 def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int = MIN_BIN_PAIRS) -> bool:
@@ -221,7 +255,7 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     curves = [r for r in results if r.area_curve and any(b["lo"] > 0 for b in r.area_curve)]
     if not curves:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     for r in results:
         if r.mean_area == 0:
@@ -240,17 +274,17 @@ def plot_area(results: Sequence[VerificationResult], path: Path, min_pairs: int 
     ax.set_title(f"Accuracy against occluded area ({counts}bins < {min_pairs} pairs not drawn)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def save(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     # bbox_inches="tight" fits any number of legend rows (tight_layout gives up on tall legends, with a warning)
     fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write(path, buf.getvalue())
 
 
@@ -281,6 +315,9 @@ def write_report(
             plots.append("area.png")
     if identification:
         parts.append("## Identification\n\n" + identification_table(identification))
+    line = bootstrap_line([*verification, *identification])
+    if line:
+        parts.insert(1, f"Intervals: {line}.")
     if plots:
         parts.append("\n".join(f"![{p}]({p})" for p in plots))
     text = "\n\n".join(parts) + "\n"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fromnet.eval import bootstrap as bs
 from fromnet.eval import metrics
 from fromnet.eval.pairs import Embeddings, group_columns
 from occgen.errors import UserError
@@ -48,7 +49,12 @@ class VerificationResult:
     auc: float
     mean_area: float | None  # mean occluded box area of the pair's images (None: the files do not say)
     area_curve: list[dict[str, float]] = field(default_factory=list)  # per area bin: lo, hi, pairs, accuracy
+    balanced_pairs: int | None = None  # all-pairs sets: the pairs accuracy is decided on (None: all of them)
+    accuracy_low: float | None = None  # bootstrap interval of the accuracy (None: not drawn)
+    accuracy_high: float | None = None
+    bootstrap: dict[str, Any] | None = None  # how the intervals were drawn (unit, people, resamples, seed, level)
     roc: tuple[np.ndarray, np.ndarray] | None = None  # (fpr, tpr), for plotting; not written to JSON
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # per-resample values by metric; not in JSON
 
     @property
     def name(self) -> str:
@@ -58,6 +64,7 @@ class VerificationResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("roc")
+        d.pop("samples")
         d["name"] = self.name
         return d
 
@@ -91,6 +98,11 @@ def area_curve(areas: np.ndarray, correct: np.ndarray, edges: np.ndarray = AREA_
     return out
 
 
+def tar_key(far: float) -> str:
+    """The name of a TAR@FAR figure in ``samples`` and comparisons: 'TAR@FAR=0.001'."""
+    return f"TAR@FAR={far:g}"
+
+
 def verify(
     label: str,
     group: dict[str, Any],
@@ -99,15 +111,28 @@ def verify(
     folds: np.ndarray,
     fars=DEFAULT_FARS,
     areas: np.ndarray | None = None,
+    people: bs.People | None = None,
+    boot: bs.Bootstrap = bs.DEFAULT,
+    balanced: np.ndarray | None = None,
 ) -> VerificationResult:
-    """All verification figures of one group of pairs, from their scores."""
+    """All verification figures of one group of pairs, from their scores.
+
+    ``balanced`` (all-pairs sets) marks the pairs accuracy is decided on; TAR@FAR and the ROC use every pair.
+    With ``people`` (each pair's persons) and ``boot.resamples`` > 0, intervals are drawn by resampling people
+    (fromnet.eval.bootstrap), and the per-resample values kept in ``samples`` for paired comparisons."""
+    decided = np.flatnonzero(balanced) if balanced is not None else np.arange(len(scores))
+    d_scores, d_same, d_folds = scores[decided], same[decided], folds[decided]
     note = "pairs file"
-    if len(np.unique(folds)) < 2:
-        folds = metrics.round_robin_folds(same)
+    if balanced is not None:
+        note = f"identity folds of the all-pairs set; accuracy on its balanced subset of {len(decided):,} pairs"
+    if len(np.unique(d_folds)) < 2:
+        d_folds = metrics.round_robin_folds(d_same)
         note = "dealt round-robin into 10 (the pairs list has one fold)"
-    kf = metrics.kfold_accuracy(scores, same, folds)
+    kf = metrics.kfold_accuracy(d_scores, d_same, d_folds)
     fpr, tpr, _ = metrics.roc_curve(scores, same)
-    return VerificationResult(
+    tar = [metrics.tar_at_far(scores, same, far) for far in fars]
+    d_areas = None if areas is None else areas[decided]
+    result = VerificationResult(
         label=label,
         group=group,
         pairs=len(scores),
@@ -115,49 +140,109 @@ def verify(
         impostors=int((~same).sum()),
         folds=len(kf.folds),
         folds_note=note,
-        accuracy=kf.mean,
+        # folds of an all-pairs set differ in size: the share of its pairs decided right, not the fold mean
+        accuracy=float(kf.correct.mean()) if balanced is not None else kf.mean,
         accuracy_std=kf.std,
         fold_accuracies=kf.accuracies.tolist(),
         fold_thresholds=kf.thresholds.tolist(),
-        tar=[metrics.tar_at_far(scores, same, far) for far in fars],
+        tar=tar,
         auc=metrics.auc(fpr, tpr),
-        mean_area=None if areas is None else float(areas.mean()),
-        area_curve=[] if areas is None else area_curve(areas, kf.correct),
+        mean_area=None if d_areas is None else float(d_areas.mean()),
+        area_curve=[] if d_areas is None else area_curve(d_areas, kf.correct),
+        balanced_pairs=None if balanced is None else len(decided),
         roc=(fpr, tpr),
     )
+    if people is not None and boot.resamples:
+        c = bs.counts(people.n, boot)
+        result.samples["accuracy"] = bs.kfold_accuracy(c, people.subset(decided), d_scores, d_same, d_folds)
+        result.accuracy_low, result.accuracy_high = bs.interval(result.samples["accuracy"], boot.level) or (None, None)
+        for t, values in zip(tar, bs.tar_at_far(c, people, scores, same, fars).T):
+            result.samples[tar_key(t.far)] = values
+            t.low, t.high = bs.interval(values, boot.level) or (None, None)
+        result.bootstrap = boot.to_json(people.n)
+    return result
+
+
+def pair_scores(
+    first: Embeddings, rows1: np.ndarray, second: Embeddings, rows2: np.ndarray, metric: str, chunk: int = 1 << 16
+) -> np.ndarray:
+    """Scores of the pairs (rows1[k], rows2[k]). An all-pairs set pairs few faces many times: cosine scores then
+    come from one matrix of the faces' similarities; otherwise embeddings are gathered a chunk at a time (all
+    at once would not fit in memory)."""
+    u1, inv1 = np.unique(rows1, return_inverse=True)
+    u2, inv2 = np.unique(rows2, return_inverse=True)
+    if metric == "cosine" and len(u1) * len(u2) <= max(4 * len(rows1), 1 << 20):
+        return (unit_rows(first.vectors[u1]) @ unit_rows(second.vectors[u2]).T)[inv1, inv2]
+    out = np.empty(len(rows1))
+    for s in range(0, len(rows1), chunk):
+        out[s : s + chunk] = metrics.METRICS[metric](
+            first.vectors[rows1[s : s + chunk]], second.vectors[rows2[s : s + chunk]]
+        )
+    return out
+
+
+def unit_rows(v: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in float64 (a zero row stays zero, scoring 0 as metrics.cosine_scores does)."""
+    v = np.asarray(v, dtype=np.float64)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norm > 0, norm, 1.0)
 
 
 def evaluate_set(
-    pairs: pd.DataFrame, pair_set: PairSet, metric: str = "cosine", fars=DEFAULT_FARS
+    pairs: pd.DataFrame,
+    pair_set: PairSet,
+    metric: str = "cosine",
+    fars=DEFAULT_FARS,
+    boot: bs.Bootstrap = bs.DEFAULT,
 ) -> list[VerificationResult]:
-    """Score every pair of a set and evaluate each protocol group separately."""
+    """Score every pair of a set and evaluate each protocol group separately (intervals per ``boot``)."""
     if metric not in metrics.METRICS:
         raise UserError(f"metric must be one of {', '.join(metrics.METRICS)}; got {metric!r}")
     rows1 = pair_set.first.find(pairs["key1"].to_numpy(), pairs["src1"].to_numpy(), "first images of the pairs")
     rows2 = pair_set.second.find(pairs["key2"].to_numpy(), pairs["src2"].to_numpy(), "second images of the pairs")
-    e1, e2 = pair_set.first.vectors[rows1], pair_set.second.vectors[rows2]
-    if e1.shape[1] != e2.shape[1]:
+    d1, d2 = pair_set.first.vectors.shape[1], pair_set.second.vectors.shape[1]
+    if d1 != d2:
         raise UserError(
-            f"set {pair_set.label}: {pair_set.first.name} has {e1.shape[1]}-d embeddings, "
-            f"{pair_set.second.name} {e2.shape[1]}-d; both sides must come from the same model"
+            f"set {pair_set.label}: {pair_set.first.name} has {d1}-d embeddings, "
+            f"{pair_set.second.name} {d2}-d; both sides must come from the same model"
         )
-    scores = metrics.METRICS[metric](e1, e2)
+    scores = pair_scores(pair_set.first, rows1, pair_set.second, rows2, metric)
     same = pairs["same"].to_numpy(dtype=bool)
     folds = pairs["fold"].to_numpy()
     areas = pair_areas(pair_set.first, rows1, pair_set.second, rows2)
+    balanced = balanced_mask(pairs)
+    people = bs.People.of_pairs(pairs["src1"].to_numpy(), pairs["src2"].to_numpy()) if boot.resamples else None
+
+    def one(group: dict[str, Any], idx) -> VerificationResult:
+        return verify(
+            pair_set.label,
+            group,
+            scores[idx],
+            same[idx],
+            folds[idx],
+            fars,
+            None if areas is None else areas[idx],
+            None if people is None else people.subset(idx).compact(),
+            boot,
+            None if balanced is None else balanced[idx],
+        )
+
     cols = group_columns(pairs)
     if not cols:
-        return [verify(pair_set.label, {}, scores, same, folds, fars, areas)]
+        return [one({}, np.arange(len(pairs)))]
     results = []
     for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items():
         values = values if isinstance(values, tuple) else (values,)
         group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
-        results.append(
-            verify(
-                pair_set.label, group, scores[idx], same[idx], folds[idx], fars, None if areas is None else areas[idx]
-            )
-        )
+        results.append(one(group, idx))
     return results
+
+
+def balanced_mask(pairs: pd.DataFrame) -> np.ndarray | None:
+    """The balanced subset of an all-pairs set (``occgen build --pairs all``), or None for other pairs."""
+    if "balanced" not in pairs.columns or not pairs["balanced"].notna().any():
+        return None
+    return pairs["balanced"].fillna(False).to_numpy(dtype=bool)
 
 
 def _plain(value: Any, dtype) -> Any:
@@ -177,7 +262,12 @@ def select_folds(pairs: pd.DataFrame, folds) -> pd.DataFrame:
 
 
 def evaluate_files(
-    pairs_path, sets: dict[str, tuple], metric: str = "cosine", fars=DEFAULT_FARS, folds=None
+    pairs_path,
+    sets: dict[str, tuple],
+    metric: str = "cosine",
+    fars=DEFAULT_FARS,
+    folds=None,
+    boot: bs.Bootstrap = bs.DEFAULT,
 ) -> list[VerificationResult]:
     """Verification of embeddings files: ``sets`` maps a label to (first file, second file).
 
@@ -199,5 +289,5 @@ def evaluate_files(
 
     results = []
     for label, (first, second) in sets.items():
-        results.extend(evaluate_set(pairs, PairSet(label, load(first), load(second)), metric, fars))
+        results.extend(evaluate_set(pairs, PairSet(label, load(first), load(second)), metric, fars, boot))
     return results

@@ -15,7 +15,19 @@ def main() -> None:
 
 
 def _register() -> None:
-    from occgen.cli import align, build, label, occluders, partial, patterns, preview, stats, verify  # noqa: F401  (each module adds its command to `main`)
+    from occgen.cli import (  # noqa: F401  (each module adds its command to `main`)
+        align,
+        build,
+        label,
+        mask,
+        occluders,
+        partial,
+        patterns,
+        preview,
+        split,
+        stats,
+        verify,
+    )
 
 
 _register()

@@ -13,25 +13,64 @@ from occgen.cli.label import label_manifest
 from occgen.clicommon import parse_size, shard_output_options
 from occgen.errors import UserError
 from occgen.label.patterns import K_MAX, K_MIN
+from occgen.occlude.anchors import GROUPS
 from occgen.occlude.plan import parse_scales
 from occgen.occlude.render import COMPAT_MODES
 from occgen.occlude.run import BuildOptions, build
-from occgen.occlude.sources import open_source
+from occgen.occlude.sources import Source, open_source
 from occgen.report.card import command_line, write_card
+from occgen.report.preview import write_preview
 from occgen.runner import BACKENDS, Backend, ErrorLimit, sigterm_interrupts
+from occgen.sets.allpairs import AllPairsOptions
+from occgen.sets.allpairs import all_pairs as all_pairs_set
 from occgen.sets.pairs import (
-    describe as describe_pairs,
-)
-from occgen.sets.pairs import (
+    Pair,
     pair_rows,
     read_pairs,
     resolve,
     write_pairs,
+    write_pairs_table,
+)
+from occgen.sets.pairs import (
+    describe as describe_pairs,
 )
 from occgen.sets.pairs import (
     picks as pair_picks,
 )
 from occgen.sets.regions import REGIONS, group_categories
+from occgen.sets.split import read_identity_list, select_identities
+
+
+def set_options(f):
+    """The options `occgen build` and `occgen mask` share: landmarks, labels, resuming and error limits."""
+    options = [
+        click.option(
+            "--landmarks",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Raw photos' five landmarks (a landmark file, or the align.parquet `occgen align` wrote) for "
+            "placements from the face (masks, anchored, region groups); without it the faces are taken as aligned "
+            "crops (112x96, 112x112), whose landmarks are the crop template's.",
+        ),
+        click.option(
+            "--K",
+            "ks",
+            type=click.IntRange(K_MIN, K_MAX),
+            multiple=True,
+            help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace an existing set NAME made with other options."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        click.option(
+            "--max-errors",
+            default="1%",
+            show_default=True,
+            help="Exit with status 1 when more inputs than this (a count N, or P% of the inputs) cannot be used "
+            "(unreadable, unusable landmarks); the set is finished and kept either way.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -85,12 +124,45 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option(
     "--pairs",
     "pairs_file",
-    type=click.Path(dir_okay=False, path_type=Path),
     help="LFW-style pairs list: "
     "build a verification set of the images it names, first image clean and second occluded (N-O), and "
-    "write pairs.parquet beside the manifest.",
+    "write pairs.parquet beside the manifest. 'all': every genuine and impostor pair among the source's faces "
+    "(use --identities to take a split's test people).",
 )
 @click.option("--both", is_flag=True, help="With --pairs: occlude both images of every pair (O-O).")
+@click.option(
+    "--identities",
+    "identities_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Only these people of --src: a file of identity names, one a line (train.txt or test.txt of "
+    "`occgen split`). Samples keep the keys and images they have in a build of the whole source.",
+)
+@click.option(
+    "--max-per-identity",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --pairs all: at most this many images of a person (a seeded choice).",
+)
+@click.option(
+    "--impostors",
+    type=click.IntRange(min=1),
+    help="With --pairs all: a seeded sample of this many impostor pairs (default: all of them).",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(["random", "anchored"]),
+    default="random",
+    show_default=True,
+    help="'random': Algorithm 1 (the paper's); 'anchored': each category where it sits on a real face (sunglasses "
+    "on the eyes, scarves on the lower face...), from the landmarks and the library's anchors.csv, with seeded jitter.",
+)
+@click.option(
+    "--region-group",
+    type=click.Choice([*GROUPS, "all"]),
+    help="O_LFW-style sets from the landmarks: occluders above the nose line (upper), below it (lower), anywhere "
+    "on the face (random), or covering at least half of it (large); 'all' builds the four as NAME-<group>.",
+)
 @click.option("--exclude-categories", help="Leave these occluder categories out (comma separated).")
 @click.option(
     "--compat",
@@ -103,16 +175,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "--seed", default=0, show_default=True, type=int, help="Run seed; each sample's generator is seeded by (seed, key)."
 )
 @shard_output_options
+@set_options
 @click.option("--name", help="Dataset name (default: occ-<source folder name>).")
-@click.option(
-    "--K",
-    "ks",
-    type=click.IntRange(K_MIN, K_MAX),
-    multiple=True,
-    help="Also write occlusion-pattern labels for K x K blocks (repeatable), as `occgen label` does.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing build of NAME made with other options.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
@@ -139,13 +203,6 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "(default: the first readable input's); inputs of another size are resized, with a warning.",
 )
 @click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
-@click.option(
-    "--max-errors",
-    default="1%",
-    show_default=True,
-    help="Exit with status 1 when more inputs than this "
-    "(a count N, or P% of the inputs) cannot be used; the build is finished and kept either way.",
-)
 def build_cmd(
     src,
     root,
@@ -159,6 +216,12 @@ def build_cmd(
     regions,
     pairs_file,
     both,
+    identities_file,
+    max_per_identity,
+    impostors,
+    placement,
+    region_group,
+    landmarks,
     exclude_categories,
     compat,
     seed,
@@ -192,6 +255,11 @@ def build_cmd(
     if occluders is not None and not occluders.is_dir():
         raise UserError(f"--occluders {occluders}: no such folder")
     source = open_source(src, root)
+    if identities_file is not None:
+        source = select_identities(source, read_identity_list(identities_file))
+    all_pairs = pairs_file == "all"
+    if not all_pairs and (impostors is not None or max_per_identity != 10):
+        raise UserError("--impostors and --max-per-identity shape all-pairs sets: they go with --pairs all")
     name = name or f"occ-{Path(src.rstrip('/')).name if src != 'demo' else 'demo'}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as occ-lfw (no '/')")
@@ -205,17 +273,29 @@ def build_cmd(
         )
     if pairs_file and copies != 1:
         raise UserError("--pairs renders one clean and one occluded copy of each image it needs; drop --copies")
-    scale_set = parse_scales(scales or ("1" if regions else "1:0.5:5"))
+    if region_group and (per_scale or scales or regions or placement != "random"):
+        raise UserError(
+            "--region-group places and sizes each occluder from the face's landmarks: drop --scales, --per-scale, "
+            "--regions and --placement"
+        )
+    if placement != "random" and (per_scale or scales or regions):
+        raise UserError(f"--placement {placement} sizes occluders from the face: drop --scales, --per-scale, --regions")
+    if landmarks and placement == "random" and not region_group:
+        raise UserError("--landmarks places occluders on raw photos: give --placement anchored or --region-group too")
+    scale_set = parse_scales(scales or ("1" if regions or region_group or placement != "random" else "1:0.5:5"))
+    groups = GROUPS if region_group == "all" else (region_group,) if region_group else ()
     runs = (
-        [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,), None) for s in scale_set]
+        [(f"{name}-{s:.1f}" if round(s, 1) == s else f"{name}-{s:g}", (s,), None, "random") for s in scale_set]
         if per_scale
-        else [(f"{name}-{r}", scale_set, r) for r in REGIONS]
+        else [(f"{name}-{r}", scale_set, r, "random") for r in REGIONS]
         if regions
-        else [(name, scale_set, None)]
+        else [(f"{name}-{g}" if len(groups) > 1 else name, scale_set, None, f"group-{g}") for g in groups]
+        if groups
+        else [(name, scale_set, None, placement)]
     )
-    pairs = read_pairs(pairs_file) if pairs_file else None
+    pairs = read_pairs(Path(pairs_file)) if pairs_file and not all_pairs else None
     failed: list[str] = []
-    for run_name, run_scales, region in runs:
+    for run_name, run_scales, region, run_placement in runs:
         opts = BuildOptions(
             scales=run_scales,
             copies=copies,
@@ -228,37 +308,78 @@ def build_cmd(
             occluders=str(occluders) if occluders else None,
             categories=group_categories(group) if group else _names(categories),
             exclude=_names(exclude_categories) or (),
-            clean_copies=1 if pairs else 0,
+            clean_copies=1 if pairs_file else 0,
             region=region,
             size=parse_size(face_size) if face_size else None,
             strict_size=strict_size,
+            placement=run_placement,
+            landmarks=str(landmarks.absolute()) if landmarks else None,
         )
-        rows, sample_picks = None, None
-        if pairs:
-            items = resolve(pairs, source)
-            rows = pair_rows(pairs, items, "N-N" if clean_ratio >= 1 else "O-O" if both else "N-O")
-            sample_picks = pair_picks(rows, items)
-        try:
-            with sigterm_interrupts():
-                result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
-        except KeyboardInterrupt:
-            click.echo(
-                f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
-                "run the same command again to resume.",
-                err=True,
-            )
-            sys.exit(130)
-        click.echo(result.summary.line("samples") + f" -> {out}/{run_name}-*.tar, {result.manifest_dir}")
-        _report_inputs(result.manifest_dir, result.errors, result.warnings)
-        if rows is not None:
-            path = write_pairs(result.manifest_dir, rows)
-            click.echo(f"  pairs: {describe_pairs(rows)} -> {path}")
-        if ks:
-            label_manifest(result.manifest_dir, ks, compat)
-        card = write_card(result.manifest_dir, command_line())
-        click.echo(f"  dataset card -> {card}")
-        if limit.exceeded(result.errors, result.inputs):
-            failed.append(f"{run_name}: {result.errors} of {result.inputs} inputs could not be used")
+        wanted = AllPairsOptions(max_per_identity, impostors, seed) if all_pairs else pairs
+        args = (source, run_name, opts, wanted, both, out, manifests, jobs, overwrite, quiet, workers, ks, limit)
+        if failure := make_set(*args):
+            failed.append(failure)
+    exit_on_failures(failed, limit)
+
+
+def make_set(
+    source: Source,
+    run_name: str,
+    opts: BuildOptions,
+    pairs: list[Pair] | AllPairsOptions | None,
+    both: bool,
+    out: Path,
+    manifests: Path,
+    jobs: int,
+    overwrite: bool,
+    quiet: bool,
+    workers: Backend,
+    ks: tuple[int, ...],
+    limit: ErrorLimit,
+) -> str | None:
+    """Build one set (its pairs, labels, card and, for placements on landmarks, a preview sheet) and say what was
+    made; returns why it counts as failed (too many unusable inputs), or None. `occgen build` and `occgen mask`
+    share it."""
+    protocol = "N-N" if opts.clean_ratio >= 1 else "O-O" if both else "N-O"
+    rows, sample_picks, every = None, None, None
+    if isinstance(pairs, AllPairsOptions):
+        every = all_pairs_set(source, protocol, pairs)
+        sample_picks = every.picks
+    elif pairs:
+        items = resolve(pairs, source)
+        rows = pair_rows(pairs, items, protocol)
+        sample_picks = pair_picks(rows, items)
+    try:
+        with sigterm_interrupts():
+            result = build(source, run_name, out, manifests, opts, jobs, overwrite, quiet, sample_picks, workers)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nInterrupted: the workers are stopped and every finished shard of {run_name} is kept; "
+            "run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(130)
+    click.echo(result.summary.line("samples") + f" -> {out}/{run_name}-*.tar, {result.manifest_dir}")
+    _report_inputs(result.manifest_dir, result.errors, result.warnings)
+    if rows is not None:
+        path = write_pairs(result.manifest_dir, rows)
+        click.echo(f"  pairs: {describe_pairs(rows)} -> {path}")
+    if every is not None:
+        path = write_pairs_table(result.manifest_dir, every.table)
+        click.echo(f"  pairs: {every.describe()} -> {path}")
+    if ks:
+        label_manifest(result.manifest_dir, ks, opts.compat)
+    if opts.placement != "random" and result.shards and any(s["samples"] for s in result.shards):
+        sheet = write_preview(result.manifest_dir)
+        click.echo(f"  preview -> {sheet}")
+    card = write_card(result.manifest_dir, command_line())
+    click.echo(f"  dataset card -> {card}")
+    if limit.exceeded(result.errors, result.inputs):
+        return f"{run_name}: {result.errors} of {result.inputs} inputs could not be used"
+    return None
+
+
+def exit_on_failures(failed: list[str], limit: ErrorLimit) -> None:
     if failed:
         click.echo(
             f"Error: more inputs failed than --max-errors {limit} allows ({'; '.join(failed)}); "

@@ -17,10 +17,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from PIL import Image
 
 from occgen.errors import UserError
-from occgen.occlude.render import Compat, ScaledOccluder
+from occgen.occlude.render import ALPHA_COVER, Compat, ScaledOccluder
 
 #: The nine FROM categories (PDSN folder names).
 CATEGORIES: tuple[str, ...] = (
@@ -97,6 +98,19 @@ class OccluderLibrary:
         if key not in self._scaled:
             self._scaled[key] = ScaledOccluder(self.occluders[index].image, size, compat)
         return self._scaled[key]
+
+    @cached_property
+    def shapes(self) -> tuple[tuple[float, float, float], ...]:
+        """Per occluder: its alpha centroid (fractions of its width and height) and the share of its box that its
+        covering pixels (alpha >= ALPHA_COVER) fill."""
+        out = []
+        for o in self.occluders:
+            alpha = np.asarray(o.image.getchannel("A"), dtype=np.float64)
+            ys, xs = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]]
+            total = alpha.sum()
+            cx, cy = (xs * alpha).sum() / total + 0.5, (ys * alpha).sum() / total + 0.5
+            out.append((cx / alpha.shape[1], cy / alpha.shape[0], float((alpha >= ALPHA_COVER).mean())))
+        return tuple(out)
 
     @cached_property
     def _scaled(self) -> dict[tuple[int, tuple[int, int], str], ScaledOccluder]:

@@ -72,6 +72,7 @@ class Source:
     identities: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (input, reason) found while listing
     path: Path | None = None  # the folder or list file --src resolved to, absolute (None for the demo)
+    selected: bool = False  # only some people of it (occgen.sets.split.select_identities): a build records whom
 
 
 class _Listing:

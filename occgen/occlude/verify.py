@@ -14,18 +14,19 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from occgen.errors import UserError
-from occgen.occlude.occluders import load_library
-from occgen.occlude.run import LOCK, BuildOptions, Plan, render_shard
+from occgen.occlude.face import read_table
+from occgen.occlude.run import LOCK, BuildOptions, Plan, load_occluders, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, from_list, from_tree, open_source
 from occgen.runner import parallel_map
+from occgen.sets.split import select_identities
 from occgen.writer import exclusive, member_bytes
 
 #: What can be wrong with a shard, worst first.
@@ -143,11 +144,12 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
             "rebuild with `occgen build ... --overwrite`"
         )
     path = Path(src_path)
-    return (
+    source = (
         from_tree(path, fingerprint["src"])
         if path.is_dir()
         else from_list(path, Path(root) if root else None, fingerprint["src"])
     )
+    return select_identities(source, fingerprint["identities"]) if fingerprint.get("identities") else source
 
 
 def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:
@@ -165,13 +167,18 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
             )
         options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint["options"].items()}
         opts = BuildOptions(**options)
-        library = load_library(fingerprint.get("occluders_path") or opts.occluders, opts.categories, opts.exclude)
+        library = load_occluders(replace(opts, occluders=fingerprint.get("occluders_path") or opts.occluders))
+        landmarks = read_table(opts.landmarks) if opts.landmarks else None
         source = _reopen(fingerprint)
-        now = build_fingerprint(source, library, opts)
+        now = build_fingerprint(source, library, opts, landmarks=landmarks)
         changed = [
             what
-            for key, what in (("inputs_sha256", "input images"), ("occluders_sha256", "occluder images"))
-            if now[key] != fingerprint[key]
+            for key, what in (
+                ("inputs_sha256", "input images"),
+                ("occluders_sha256", "occluder images"),
+                ("landmarks_sha256", "landmarks"),
+            )
+            if now[key] != fingerprint.get(key)
         ]
         if changed:
             raise UserError(
@@ -180,7 +187,7 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
             )
         by_name = {s["shard"]: s for s in shards}
         out = Path(os.path.normpath(manifest_dir / shards[0]["path"])).parent
-        plan = Plan(source, name, out, manifest_dir, opts, library)
+        plan = Plan(source, name, out, manifest_dir, opts, library, landmarks=landmarks)
         wanted = {c.shard for c in bad}
         plan = plan.only([i for i in plan.shards if plan.place(i).shard in wanted])
         places = [plan.place(i) for i in plan.shards]

@@ -32,6 +32,17 @@ PACKAGES = ("occgen-fromnet", "numpy", "pillow", "simplejpeg", "pyarrow", "panda
 NOT_RECORDED = ("jobs", "quiet", "backend", "scheduler", "address", "max_errors")
 
 
+#: How the card words each placement (occgen.occlude.run.PLACEMENTS).
+PLACEMENT_WORDS = {
+    "anchored": "anchored (each category where it sits on a face, per the library's anchors.csv)",
+    "group-upper": "O_LFW-style upper group (occluders kept above the nose line)",
+    "group-lower": "O_LFW-style lower group (occluders kept below the nose line)",
+    "group-random": "O_LFW-style random group (occluders anywhere on the face)",
+    "group-large": "O_LFW-style large group (occluders covering at least half the face)",
+    "mask": "face masks warped through six anchor points (MaskTheFace's method)",
+}
+
+
 def command_line() -> str:
     """The running occgen command with every option the user gave (long names) but NOT_RECORDED, from click's
     context: the same whether it was typed, scripted or invoked in-process."""
@@ -66,6 +77,12 @@ def _catalog(build: dict[str, Any], used: set[str]) -> list[str]:
     """Markdown rows of the occluders the samples use: file, category, source, licence, calibrated size."""
     options = build.get("options", {})
     root = Path(options.get("occluders") or DEFAULT_LIBRARY)
+    if options.get("placement") == "mask":
+        return [
+            f"Mask templates: `{root}` (MaskTheFace layout: masks.cfg with six anchor points per template; "
+            "MaskTheFace's own are MIT-licensed, github.com/aqeelanwar/MaskTheFace). Used: "
+            + ", ".join(f"`{name}`" for name in sorted(used)),
+        ]
     rows: dict[str, dict[str, str]] = {}
     if (root / "catalog.csv").is_file():
         with (root / "catalog.csv").open(newline="") as f:
@@ -123,6 +140,13 @@ def render(manifest_dir: Path, command: str) -> str:
         f"- seed: {options['seed'] if 'seed' in options else 'none (no random choices)'}; every option: `build.json`",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
     ]
+    placement = options.get("placement", "random")
+    if placement != "random":
+        lines.append(
+            f"- placement: {PLACEMENT_WORDS.get(placement, placement)}, from each face's five landmarks ("
+            + (f"`{options['landmarks']}`" if options.get("landmarks") else "the aligned crop's template")
+            + ")"
+        )
     if build.get("occluders_sha256"):
         lines.append(f"- occluder images sha256: `{build['occluders_sha256']}`")
     lines += [
@@ -154,7 +178,8 @@ def render(manifest_dir: Path, command: str) -> str:
             "|---|---|---|---|",
         ]
         for protocol, g in pairs.groupby("protocol", sort=False):
-            lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {g['fold'].nunique()} |")
+            folds = g.loc[g["fold"] >= 0, "fold"].nunique()  # all-pairs sets: -1 marks pairs across folds
+            lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {folds} |")
         lines.append("")
     if samples.occluders:
         lines += ["## Occluders", "", *_catalog(build, samples.occluders), ""]

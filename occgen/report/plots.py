@@ -54,14 +54,18 @@ def area_plot(samples: Tally, stats: dict[str, Any], path: Path, title: str) -> 
     left.grid(alpha=0.3, axis="y")
     left.legend(fontsize=8, loc="upper left")
     bins = np.linspace(0, 100, 41)
-    for s, g in samples.by_scale():
-        box = g["box_area_ratio"]
+    groups = [(f"s={s:g}", g["box_area_ratio"]) for s, g in samples.by_scale()]
+    scale, areas = samples.areas()
+    unscaled = areas["box_area_ratio"][np.isnan(scale)]  # placements sized by the face (masks, anchored, groups)
+    if len(unscaled):
+        groups.append((samples.unscaled, unscaled))
+    for label, box in groups:
         right.hist(
             100 * box.astype(np.float64),
             bins=bins,
             histtype="step",
             linewidth=1.5,
-            label=f"s={s:g} (mean {100 * pd.Series(box).mean():.1f}%)",  # pandas' float32 mean, as the table's
+            label=f"{label} (mean {100 * pd.Series(box).mean():.1f}%)",  # pandas' float32 mean, as before
         )
     right.set(xlabel="occluded box area (% of the face)", ylabel="samples", title="Box area distribution")
     right.legend(fontsize=8)

@@ -21,8 +21,8 @@ from occgen.errors import UserError
 from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
-from occgen.manifest import batches, in_key_order, open_parts, open_samples
-from occgen.writer import member_bytes
+from occgen.manifest import Parts, batches, in_key_order, open_parts, open_samples
+from occgen.writer import atomic_write, member_bytes
 
 LABEL_H = 12
 GAP = 4
@@ -35,30 +35,44 @@ class Overlay:
     K: int | None = None  # draw the K x K grid and shade the sample's pattern
 
 
-def _groups(scale: pd.Series) -> pd.Series:
-    return scale.map(lambda s: "clean" if pd.isna(s) else f"s={s:g}")
+#: The columns that decide a sample's sheet.
+GROUP_COLUMNS = ("occluded", "scale", "placement")
+
+
+def _groups(rows: pa.Table) -> np.ndarray:
+    """Each sample's sheet: its scale, its placement when the face decided its size (masks, anchored), or clean."""
+    frame = rows.to_pandas()
+    scaled = frame["scale"].map(lambda s: "" if pd.isna(s) else f"s={s:g}")
+    placed = frame["placement"].map(lambda p: str(p or "occluded")) if "placement" in frame else "occluded"
+    named = np.where(scaled != "", scaled, placed)
+    return np.where(frame["occluded"].astype(bool).to_numpy(), named, "clean")
 
 
 def pick(manifest_dir: Path, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
-    """``per_group`` random samples (seeded, independent of file order) of each scale, 'clean' for the rest: the
-    group sizes from one pass over the parts, then the chosen ranks (in key order) from a second, in key order."""
+    """``per_group`` random samples (seeded, independent of file order) of each scale (or placement), and of the
+    clean ones: the group sizes from one pass over the parts, then the chosen ranks from a second, in key order."""
     parts = open_samples(manifest_dir)
+    columns = [c for c in GROUP_COLUMNS if c in parts.schema.names]
     sizes: Counter = Counter()
-    for batch in batches(parts, ["scale"]):
-        sizes.update(_groups(batch.column(0).to_pandas()).value_counts().to_dict())
+    for batch in batches(parts, columns):
+        sizes.update(Counter(_groups(batch).tolist()))
     rng = np.random.default_rng(seed)
-    names = sorted(sizes, key=lambda g: (g == "clean", float(g[2:]) if g != "clean" else 0))
+    names = sorted(sizes, key=lambda g: (g == "clean", not g.startswith("s="), _scale(g), g))
     take = {name: np.sort(rng.permutation(sizes[name])[:per_group]) for name in names}
     seen: Counter = Counter()
     chosen: dict[str, list[pa.Table]] = {name: [] for name in names}
     for run in in_key_order(parts, parts.schema.names):
-        groups = _groups(run["scale"].to_pandas()).to_numpy()
-        for name in np.unique(groups):
+        groups = _groups(run.select(columns))
+        for name in np.unique(groups).tolist():
             rows = np.flatnonzero(groups == name)
             ranks = seen[name] + np.arange(len(rows))
             chosen[name].append(run.take(rows[np.isin(ranks, take[name])]))
             seen[name] += len(rows)
     return {name: pa.concat_tables(chosen[name]).to_pandas() for name in names}
+
+
+def _scale(group: str) -> float:
+    return float(group[2:]) if group.startswith("s=") else 0.0
 
 
 def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -136,7 +150,9 @@ def sheet(tiles: list[Image.Image], captions: list[str], title: str, cols: int) 
 def caption(row: pd.Series, pattern: int | None) -> str:
     if not bool(row["occluded"]):
         return "clean"
-    text = f"{row['occluder_category']} {100 * row['box_area_ratio']:.0f}%"
+    view = row.get("mask_view")
+    name = row["occluder_category"] + (f" {view[0].upper()}" if isinstance(view, str) and view != "front" else "")
+    text = f"{name} {100 * row['pixel_area_ratio' if isinstance(view, str) else 'box_area_ratio']:.0f}%"
     return text + (f" p{pattern}" if pattern is not None else "")
 
 
@@ -161,7 +177,38 @@ def contact_sheets(
     return out
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, optimize: bool = True) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
+
+
+def write_preview(manifest_dir: Path, per_group: int = 24, seed: int = 0) -> Path:
+    """``preview.png`` beside the manifest: a contact sheet of the occluded samples (8 a row; crops zoomed 2x),
+    with a sheet of clean ones below when the set has them (the gallery side of pairs). Written with plain zlib:
+    optimising a large sheet costs more than building the set."""
+    height, width = _first_size(open_samples(manifest_dir))
+    zoom = 2 if max(height, width) <= 128 else 1
+    sheets = contact_sheets(manifest_dir, per_group, seed, Overlay(), zoom=zoom)
+    parts = [sheets[g] for g in sorted(sheets, key=lambda g: g == "clean")]
+    out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
+    top = 0
+    for part in parts:
+        out.paste(part, (0, top))
+        top += part.height
+    path = Path(manifest_dir) / "preview.png"
+    atomic_write(path, png_bytes(out, optimize=False))
+    return path
+
+
+def _first_size(parts: Parts) -> tuple[int, int]:
+    """(height, width) of the sample with the least key."""
+    best: tuple[str, int, int] | None = None
+    for batch in batches(parts, ["key", "height", "width"]):
+        at = pc.index(batch["key"], pc.min(batch["key"])).as_py()
+        if at >= 0:
+            row = (batch["key"][at].as_py(), batch["height"][at].as_py(), batch["width"][at].as_py())
+            best = row if best is None or row[0] < best[0] else best
+    if best is None:
+        raise UserError(f"{parts.path} has no samples")
+    return best[1], best[2]

@@ -24,9 +24,9 @@ from occgen.errors import UserError
 from occgen.manifest import batches, in_key_order, open_parts, open_samples
 
 AREA_COLUMNS = ("box_area_ratio", "pixel_area_ratio")
-#: The columns the statistics read; the partial-face columns when the manifest has them.
+#: The columns the statistics read; the partial-face and placement columns when the manifest has them.
 COLUMNS = ("key", "shard", "identity", "occluded", "scale", "occluder", "occluder_category", *AREA_COLUMNS)
-PARTIAL_COLUMNS = ("part", "visible_area_ratio")
+OPTIONAL_COLUMNS = ("part", "visible_area_ratio", "placement")
 _LABELS = re.compile(r"labels-k(\d+)(-from)?\.parquet")
 
 
@@ -43,6 +43,8 @@ class Tally:
     categories: Counter = field(default_factory=Counter)
     occluders: set[str] = field(default_factory=set)  # names of the occluders the samples use
     visible: tuple[Any, Any] | None = None  # (min, max) visible_area_ratio of partial faces
+    unscaled: str = "occluded"  # the placement of the first occluded sample without a scale (masks, anchored)
+    _unscaled_seen: bool = False
     _areas: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"scale": [], **{c: [] for c in AREA_COLUMNS}})
 
     def add(self, run: pa.Table) -> None:
@@ -60,7 +62,11 @@ class Tally:
         occluded = run.filter(pc.fill_null(run["occluded"], False))
         self.categories.update(_counts(occluded["occluder_category"]))
         self.occluders.update(pc.unique(pc.drop_null(occluded["occluder"])).to_pylist())
-        self._areas["scale"].append(pc.cast(occluded["scale"], pa.float32()).to_numpy(zero_copy_only=False))
+        scale = pc.cast(occluded["scale"], pa.float32()).to_numpy(zero_copy_only=False)
+        if "placement" in run.column_names and np.isnan(scale).any() and not self._unscaled_seen:
+            self.unscaled = str(occluded["placement"][int(np.flatnonzero(np.isnan(scale))[0])].as_py())
+        self._unscaled_seen = self._unscaled_seen or bool(np.isnan(scale).any())
+        self._areas["scale"].append(scale)
         for col in AREA_COLUMNS:
             self._areas[col].append(occluded[col].to_numpy(zero_copy_only=False))
         if "visible_area_ratio" in run.column_names:
@@ -109,9 +115,9 @@ def _counts(column: pa.ChunkedArray) -> dict[str, int]:
 def tally(manifest_dir: Path) -> Tally:
     """Read the manifest's samples in key order, a run at a time, into a Tally."""
     parts = open_samples(manifest_dir)
-    partial = [c for c in PARTIAL_COLUMNS if c in parts.schema.names]
+    optional = [c for c in OPTIONAL_COLUMNS if c in parts.schema.names]
     out = Tally()
-    for run in in_key_order(parts, [*COLUMNS, "height", "width", *partial]):
+    for run in in_key_order(parts, [*COLUMNS, "height", "width", *optional]):
         out.add(run)
     if out.samples == 0:
         raise UserError(f"{Path(manifest_dir) / 'samples.parquet'} has no samples")

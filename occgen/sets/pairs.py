@@ -18,7 +18,7 @@ import pyarrow as pa
 from occgen.errors import UserError
 from occgen.occlude.plan import sample_key
 from occgen.occlude.sources import Item, Source
-from occgen.writer import atomic_write, parquet_bytes
+from occgen.writer import atomic_write, table_bytes
 
 #: Copy numbers of the two versions of an input a pairs set may hold.
 CLEAN, OCCLUDED = 0, 1
@@ -26,7 +26,8 @@ CLEAN, OCCLUDED = 0, 1
 PROTOCOLS: dict[str, tuple[int, int]] = {"N-O": (CLEAN, OCCLUDED), "O-O": (OCCLUDED, OCCLUDED), "N-N": (CLEAN, CLEAN)}
 
 #: One row per evaluated pair, in pairs-list order (doubled protocols list a pair twice). ``part1, part2, factor,
-#: centered`` describe partial-face sets (occgen.sets.partial) and are null otherwise.
+#: centered`` describe partial-face sets (occgen.sets.partial) and are null otherwise; ``balanced`` marks the
+#: pairs accuracy is decided on in all-pairs sets (occgen.sets.allpairs) and is null otherwise.
 PAIRS_SCHEMA = pa.schema(
     [
         ("pair", pa.int32()),
@@ -41,6 +42,7 @@ PAIRS_SCHEMA = pa.schema(
         ("part2", pa.string()),
         ("factor", pa.float32()),
         ("centered", pa.bool_()),
+        ("balanced", pa.bool_()),
     ]
 )
 
@@ -147,8 +149,15 @@ def row(
 
 
 def write_pairs(manifest_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    return write_pairs_table(
+        manifest_dir,
+        pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in PAIRS_SCHEMA}, schema=PAIRS_SCHEMA),
+    )
+
+
+def write_pairs_table(manifest_dir: Path, table: pa.Table) -> Path:
     path = Path(manifest_dir) / "pairs.parquet"
-    atomic_write(path, parquet_bytes(rows, PAIRS_SCHEMA))
+    atomic_write(path, table_bytes(table))
     return path
 
 
