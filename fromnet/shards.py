@@ -10,8 +10,11 @@ Faces are decoded by occgen's own decoder (libjpeg-turbo for JPEG) into H x W x 
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import webdataset as wds
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
 from occgen.manifest import BATCH_ROWS
-from occgen.writer import NeedsTarfile, read_tar
+from occgen.writer import NeedsTarfile, member_bytes, parse_tar, read_tar, ustar_member
 
 
 @dataclass(frozen=True)
@@ -102,24 +105,21 @@ def to_input(
     return x.to(dtype).sub_(127.5).div_(127.5)
 
 
-def tar_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard as webdataset dicts (``__key__``, ``__url__``, one entry per extension).
+def split_member(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a tar member: the key is the name up to the first dot of its basename."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return None if dot < 0 else (name[:dot], name[dot + 1 :])
 
-    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other tar goes through
-    webdataset's tarfile-based reader. Members are grouped by key, the name up to the first dot of its basename.
-    """
-    try:
-        members = list(read_tar(Path(url)))
-    except NeedsTarfile:
-        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
-        return
+
+def group_members(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict[str, Any]]:
+    """Consecutive members with one key -> one sample dict, as webdataset groups them."""
     sample: dict[str, Any] = {}
     for name, data in members:
-        slash = name.rfind("/") + 1
-        dot = name.find(".", slash)
-        if dot < 0:
+        split = split_member(name)
+        if split is None:
             continue
-        key, ext = name[:dot], name[dot + 1 :]
+        key, ext = split
         if sample and sample["__key__"] != key:
             yield sample
             sample = {}
@@ -128,6 +128,84 @@ def tar_samples(url: str) -> Iterator[dict[str, Any]]:
         sample[ext] = data
     if sample:
         yield sample
+
+
+def tar_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard as webdataset dicts (``__key__``, ``__url__``, one entry per extension).
+
+    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other tar goes through
+    webdataset's tarfile-based reader.
+    """
+    try:
+        members = list(read_tar(Path(url)))
+    except NeedsTarfile:
+        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        return
+    yield from group_members(members, url)
+
+
+def tar_spans(url: str) -> np.ndarray:
+    """The byte range [start, end) of each sample of a tar, from its member headers alone (no image is read):
+    what random access into the shard needs. occgen's ustar shards are walked header by header; other tars (long
+    names, pax headers) through ``tarfile``, whose offsets include a member's extended headers."""
+    try:
+        members = _ustar_extents(url)
+    except NeedsTarfile:
+        members = _tarfile_extents(url)
+    spans: list[list[int]] = []
+    key = None
+    for name, start, end in members:
+        split = split_member(name)
+        if split is None:
+            continue
+        if split[0] == key:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+            key = split[0]
+    return np.array(spans, dtype=np.int64).reshape(-1, 2)
+
+
+def _ustar_extents(url: str) -> list[tuple[str, int, int]]:
+    """(name, header offset, end of padded data) of each member, reading only the 512-byte headers."""
+    with open(url, "rb", buffering=0) as f:
+        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
+        extents: list[tuple[str, int, int]] = []
+        offset = 0
+        while offset + 512 <= size:
+            member = ustar_member(os.pread(fd, 512, offset), url)
+            if member is None:
+                return extents
+            name, length = member
+            if offset + 512 + length > size:
+                raise UserError(f"{url}: truncated in member {name}; rebuild the shard (rerun `occgen build`)")
+            end = offset + 512 + (length + 511) // 512 * 512
+            extents.append((name, offset, end))
+            offset = end
+    if offset < size:
+        raise UserError(f"{url}: truncated at byte {offset}; rebuild the shard (rerun `occgen build`)")
+    return extents
+
+
+def _tarfile_extents(url: str) -> list[tuple[str, int, int]]:
+    try:
+        with tarfile.open(url) as tar:
+            return [(m.name, m.offset, m.offset_data + (m.size + 511) // 512 * 512) for m in tar if m.isreg()]
+    except tarfile.TarError as exc:
+        raise UserError(f"{url}: not a readable tar ({exc}); rebuild or replace the shard") from None
+
+
+def span_sample(url: str, data: bytes) -> dict[str, Any]:
+    """The sample whose members are the bytes ``data`` (one span of :func:`tar_spans`)."""
+    try:
+        members = list(parse_tar(memoryview(data), url))
+    except NeedsTarfile:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = [(m.name, member_bytes(tar, m)) for m in tar if m.isreg()]
+    samples = list(group_members(members, url))
+    if len(samples) != 1:
+        raise UserError(f"{url}: the shard changed since the run indexed it; start the run again")
+    return samples[0]
 
 
 def iter_ordered(manifest: Manifest) -> Iterator[dict[str, Any]]:

@@ -250,7 +250,39 @@ class NeedsTarfile(ValueError):
     """An archive with member types the direct reader does not parse (long names, pax headers, links)."""
 
 
-def read_tar(path: Path) -> Iterable[tuple[str, bytes]]:
+def ustar_member(header: bytes | memoryview, where: str) -> tuple[str, int] | None:
+    """(name, size) of the regular file a 512-byte ustar header describes, or None for the end-of-archive block.
+
+    Member types the direct parsers do not handle (long names, pax headers, links) raise NeedsTarfile.
+    """
+    if header[0] == 0 and not any(header):
+        return None
+    if header[156:157] not in (b"0", b"\0"):
+        raise NeedsTarfile(f"{where}: member type {bytes(header[156:157])!r}")
+    name = bytes(header[:100]).rstrip(b"\0").decode()
+    prefix = bytes(header[345:500]).rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+    size = int(bytes(header[124:136]).strip(b"\0 ") or b"0", 8)
+    return (f"{prefix}/{name}" if prefix else name), size
+
+
+def parse_tar(buf: memoryview, where: str) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of each regular file in ``buf``: a whole ustar archive, or a run of its members."""
+    offset, end = 0, len(buf)
+    while offset + 512 <= end:
+        member = ustar_member(buf[offset : offset + 512], where)
+        if member is None:
+            return
+        name, size = member
+        start = offset + 512
+        if start + size > end:
+            raise UserError(f"{where}: truncated in member {name}; rebuild the shard (rerun `occgen build`)")
+        yield name, bytes(buf[start : start + size])
+        offset = start + (size + 511) // 512 * 512
+    if offset < end:
+        raise UserError(f"{where}: truncated at byte {offset}; rebuild the shard (rerun `occgen build`)")
+
+
+def read_tar(path: Path) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) of each regular file of a ustar archive, in order: the inverse of ``write_tar``.
 
     A shard is read whole and its 512-byte headers parsed directly, which costs a tenth of ``tarfile``'s per-member
@@ -260,23 +292,7 @@ def read_tar(path: Path) -> Iterable[tuple[str, bytes]]:
     """
     with open(path, "rb") as f:
         buf = memoryview(f.read())
-    offset, end = 0, len(buf)
-    while offset + 512 <= end:
-        header = buf[offset : offset + 512]
-        if header[0] == 0 and not any(header):
-            return
-        if header[156:157] not in (b"0", b"\0"):
-            raise NeedsTarfile(f"{path}: member type {bytes(header[156:157])!r}")
-        name = bytes(header[:100]).rstrip(b"\0").decode()
-        prefix = bytes(header[345:500]).rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
-        size = int(bytes(header[124:136]).strip(b"\0 ") or b"0", 8)
-        start = offset + 512
-        if start + size > end:
-            raise UserError(f"{path}: truncated in member {name}; rebuild the shard (rerun `occgen build`)")
-        yield (f"{prefix}/{name}" if prefix else name), bytes(buf[start : start + size])
-        offset = start + (size + 511) // 512 * 512
-    if offset < end:
-        raise UserError(f"{path}: truncated at byte {offset}; rebuild the shard (rerun `occgen build`)")
+    yield from parse_tar(buf, str(path))
 
 
 def member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

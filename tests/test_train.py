@@ -31,8 +31,6 @@ TINY = [
     "1",
     "--log-every",
     "1",
-    "--shuffle-buffer",
-    "64",
     "--seed",
     "3",
 ]

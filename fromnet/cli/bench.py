@@ -109,3 +109,41 @@ def bench_loader(manifest, workers, batch_size, batches, K):
                 f"  fromnet loader, {w} worker(s)        {rate:9,.0f} img/s ({per:,.0f} per worker, "
                 f"x{rate / simple:.2f} vs plain; first batch after {first:.1f} s)"
             )
+
+
+@bench.command("order")
+@click.option(
+    "--shards",
+    "shards",
+    required=True,
+    multiple=True,
+    help="MANIFEST[:WEIGHT], as for `fromnet train` (repeatable).",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True, help="Global batch size.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epoch", type=click.IntRange(0), default=0, show_default=True)
+def bench_order(shards, batch_size, seed, epoch):
+    """How well one epoch of training mixes identities: distinct identities per batch, and how many batches an
+    identity's samples spread over, for the samples as stored, fromnet train's order and a full permutation."""
+    import numpy as np
+
+    from fromnet.shards import read_manifest
+    from fromnet.train.bench import order_stats
+    from fromnet.train.data import parse_source
+
+    sources = [(read_manifest(path), weight) for path, weight in map(parse_source, shards)]
+    rows = order_stats(sources, batch_size, seed, epoch)
+    samples = sum(m.samples for m, _ in sources)
+    identities = sum(m.num_identities for m, _ in sources)
+    steps = len(rows[0].per_batch)
+    click.echo(
+        f"{' + '.join(m.name for m, _ in sources)}: {samples:,} samples of {identities:,} identities; "
+        f"epoch {epoch}: {steps} batches of {batch_size}"
+    )
+    click.echo(f"  {'order':<18} {'identities/batch':>17} {'(min-max)':>11}   {'batches an identity is in':>26}")
+    for row in rows:
+        low, high = int(row.per_batch.min()), int(row.per_batch.max())
+        click.echo(
+            f"  {row.name:<18} {row.per_batch.mean():17.1f} {f'({low}-{high})':>11}   "
+            f"{np.mean(row.spread):15.1f} of {steps} (median {np.median(row.spread):g})"
+        )

@@ -73,7 +73,6 @@ def _options(f):
         click.option("--clean-ratio", type=click.FloatRange(0, 1), help="With --occlude-online: share left clean."),
         click.option("--occluders", type=click.Path(file_okay=False), help="With --occlude-online: occluder folder."),
         click.option("--flip/--no-flip", default=None, help="Random horizontal flip (default on)."),
-        click.option("--shuffle-buffer", type=click.IntRange(1), help="Samples per lane's shuffle buffer (1000)."),
         click.option("-j", "--workers", type=click.IntRange(0), help="Loader processes per training process (4)."),
         click.option("--ckpt-every", type=click.IntRange(1), help="Steps between checkpoints (1000)."),
         click.option("--keep", type=click.IntRange(1), help="Checkpoints kept (3)."),

@@ -1,7 +1,8 @@
-"""Throughput measurements behind `fromnet bench`: a training step on synthetic tensors, and the loader on real shards.
+"""Measurements behind `fromnet bench`: a training step on synthetic tensors, the loader on real shards, and how
+well the data order mixes identities.
 
 Each figure is printed beside the simple way of doing the same job in the same run (eager fp32 NCHW for the step;
-a plain PIL decode loop for the loader), so that a busy machine slows both alike.
+a plain PIL decode loop for the loader; a full permutation for the order), so that a busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from PIL import Image
 from fromnet.losses import FromLoss, Margin, MarginHead
 from fromnet.models import build_model, num_patterns
 from fromnet.shards import Manifest, image_size
-from fromnet.train.data import Source, StreamPlan, TrainStream, build_label_cache
+from fromnet.train.data import Source, StreamPlan, TrainStream, build_index_cache, build_label_cache, shard_order
+from fromnet.train.order import epoch_order, identities_per_batch, order_seed, steps_per_identity
+from fromnet.train.params import TrainConfig
 from occgen.writer import member_bytes
 
 
@@ -124,12 +127,13 @@ def plain_pil_loop(manifest: Manifest, images: int, batch: int) -> float:
 def loader_throughput(
     manifest: Manifest, workers: int, batches: int, batch: int, K: int | None, cache: Path
 ) -> tuple[float, float]:
-    """fromnet's loader (decode, flip, labels, uint8 batches) with `workers` processes, after its first batch
-    (worker start-up) is in. Returns (images/s, seconds to the first batch)."""
+    """fromnet's loader (random access in the epoch's permutation, decode, flip, labels, uint8 batches) with
+    `workers` processes, after its first batch (worker start-up) is in; the sample index is built before the
+    clock starts, as a run builds it once. Returns (images/s, seconds to the first batch)."""
     labels = str(build_label_cache(manifest, K, cache)) if K else None
-    lanes = max(1, workers)  # one lane per worker: each decodes its own stream
+    index = str(build_index_cache(manifest, cache.with_name(f"{cache.stem}-index.npy")))
     plan = StreamPlan(
-        (Source(manifest, labels=labels),), batch, 1, lanes, 0, image_size(manifest), K or 5, targets=K is not None
+        (Source(manifest, labels=labels, index=index),), batch, 1, 0, image_size(manifest), K or 5, K is not None
     )
     stream = TrainStream(plan, [0], 0, batches + 1)
     loader = torch.utils.data.DataLoader(
@@ -142,3 +146,72 @@ def loader_throughput(
     start = time.perf_counter()
     n = sum(b["image"].shape[0] for b in it)
     return n / (time.perf_counter() - start), first
+
+
+# -- data order -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OrderStats:
+    name: str
+    per_batch: np.ndarray  # distinct identities in each batch
+    spread: np.ndarray  # for each identity, the batches its samples fall in
+
+
+def order_stats(sources: list[tuple[Manifest, float]], batch: int, seed: int, epoch: int) -> list[OrderStats]:
+    """How one epoch mixes identities: the samples as stored, fromnet train's order, and a full permutation of the
+    same samples (the reference a shuffle should reach)."""
+    parts, offset = [], 0
+    for manifest, _ in sources:
+        parts.append(shard_order(manifest, ["identity"])["identity"].to_numpy() + offset)
+        offset += manifest.num_identities
+    identities = np.concatenate(parts).astype(np.int64)
+    order = epoch_order([m.samples for m, _ in sources], [w for _, w in sources], seed, epoch)
+    trained = identities[order]
+    shuffled = np.random.default_rng(order_seed(seed + 1, epoch)).permutation(trained)
+    stored = np.resize(identities, len(trained))  # build order; weights repeat the whole set
+    return [
+        OrderStats(name, identities_per_batch(ids, batch), steps_per_identity(ids, batch))
+        for name, ids in (("as stored", stored), ("fromnet train", trained), ("full permutation", shuffled))
+    ]
+
+
+def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:
+    """The simple way to order data, for comparing training losses: a fresh Trainer's model, loss, optimizer and
+    schedule (same seed, so the same initial weights), fed batches of a plain ``torch.randperm`` over every face of
+    the mix decoded into memory, each epoch, each face flipped with probability 1/2. Returns each step's loss and
+    the distinct identities of each batch."""
+    from fromnet.shards import decode_face, iter_ordered
+    from fromnet.train.distributed import World
+    from fromnet.train.loop import Trainer, needs_targets
+
+    if needs_targets(cfg.variant) or cfg.occlude_online:
+        raise ValueError("the permutation loop feeds identity labels only: use a variant without a pattern predictor")
+    cfg.replicas = cfg.replicas or 1
+    trainer = Trainer(cfg, World(), None)
+    faces, labels = [], []
+    for source in trainer.plan.sources:
+        if source.weight != 1:
+            raise ValueError("the permutation loop reads each manifest once: give weights of 1")
+        for sample in iter_ordered(source.manifest):
+            faces.append(decode_face(sample))
+            labels.append(int(sample["cls"]) + source.identity_offset)
+    images_all, labels_all = np.stack(faces), np.array(labels, np.int64)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    steps = len(labels_all) // cfg.batch_size
+    losses, distinct = [], []
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(labels_all), generator=generator).numpy()
+        for t in range(steps):
+            ids = perm[t * cfg.batch_size : (t + 1) * cfg.batch_size]
+            images = images_all[ids]
+            if cfg.flip:
+                flip = torch.rand(len(ids), generator=generator).numpy() < 0.5
+                images[flip] = images[flip][:, :, ::-1]
+            batch = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels_all[ids]), "replica": 0}
+            loss = trainer._train_step([batch], 1, None)["loss"]
+            assert loss is not None  # the loss of a step is always set; other entries may be None
+            losses.append(loss)
+            distinct.append(len(set(labels_all[ids].tolist())))
+            trainer.step += 1
+    return losses, distinct

@@ -1,11 +1,11 @@
-"""Training streams: occgen shards -> shuffled, seeded micro-batches, the same whatever the process or worker count."""
+"""Training streams: occgen shards -> seeded micro-batches of a per-epoch permutation, the same whatever the
+process or worker count."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import itertools
-import random
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
-import webdataset as wds
 
-from fromnet.shards import Manifest, Shard, decode_face, image_size, tar_samples
+from fromnet.shards import Manifest, decode_face, image_size, span_sample, tar_spans
+from fromnet.train.order import epoch_order, micro_batch
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes, regression_target
 from occgen.occlude.plan import SampleRandom, sample_seed
@@ -33,30 +33,32 @@ if TYPE_CHECKING:  # imported where used: only runs with online occlusion need t
 # Training streams
 #
 # A global batch of B samples is cut into R micro-batches, one per data-parallel *replica* (R is fixed when a run
-# starts, normally its world size). Each replica reads from L *lanes*: independent streams of shards -> samples ->
-# shuffle buffer -> decoded faces, and the micro-batch of step t comes from lane t mod L. Every stream is seeded
-# by (run seed, epoch, replica, lane) and every random choice of a sample by (run seed, epoch, key), so the batches
-# of a step depend on nothing else: not on the number of processes (a resumed run on fewer processes runs several
-# replicas each, accumulating gradients), nor on the number of loader workers (each worker serves whole lanes, and
-# the loader returns them round-robin, in consumption order).
+# starts, normally its world size). Which samples make up each micro-batch is decided by fromnet.train.order: one
+# seeded permutation of every sample of the mix per epoch, so batches are as well mixed as a full shuffle whatever
+# order the shards hold (occgen writes them in identity order). Samples are read by random access into the tars:
+# once per run, the tar headers give every sample's byte range, kept as one flat memory-mapped array per manifest
+# (no per-sample Python objects), and a loader worker reads a sample with one pread.
 #
-# Shards are dealt, not split: an epoch's shard sequence is an endless series of shuffled blocks (each block holds
-# every shard of every manifest, repeated by its weight), and stream j of J takes positions j, j+J, j+2J, ... So
-# streams read disjoint shards within a block, no stream ever runs dry (every rank gets the same number of
-# batches: DDP cannot hang on uneven shards, the point of webdataset's resampled shards), and a resumed run skips
-# what it consumed without decoding it.
+# Micro-batches are served whole and round-robin: worker w of n builds consumption indices w, w + n, ... of the
+# (step, replica) sequence, and the DataLoader returns them in that order. So the batches of a step depend on
+# nothing but (seed, epoch, step): not on the number of processes (a resumed run on fewer processes runs several
+# replicas each, accumulating gradients) nor of loader workers; every rank gets the same number of batches;
+# replicas train on disjoint samples within an epoch; and a resumed run starts at its step's place in the
+# permutation without reading what it skips.
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Source:
     """One manifest of a training mix: its weight (relative sampling rate of its samples), the offset added to its
-    identities so that several manifests never share a label, and its labels file in shard order (or None)."""
+    identities so that several manifests never share a label, its labels file in shard order (or None), and its
+    sample index (byte ranges in shard order, see :func:`build_index_cache`; None: computed in each worker)."""
 
     manifest: Manifest
     weight: float = 1.0
     identity_offset: int = 0
     labels: str | None = None
+    index: str | None = None
 
 
 def parse_source(text: str) -> tuple[Path, float]:
@@ -84,7 +86,7 @@ def key_hash(key: str) -> int:
 def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
     """Put ``labels-kK.parquet`` (sorted by key) into shard order, as one memory-mappable array at ``out``.
 
-    Loader workers then read a shard's labels by offset, holding no per-key dictionary: memory per worker stays
+    Loader workers then read a sample's labels by its index, holding no per-key dictionary: memory per worker stays
     bounded whatever the manifest's size, and the pages are shared between processes.
     """
     from occgen.label.labels import REG_COLUMNS, labels_path
@@ -96,12 +98,7 @@ def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
             f"run `occgen label --K {K} {manifest.path}` first"
         )
     labels = pq.read_table(path, columns=["key", "pattern", *REG_COLUMNS])
-    samples = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["key", "shard"])
-    order = {s.name: i for i, s in enumerate(manifest.shards)}
-    shard_index = np.array([order.get(s, -1) for s in samples["shard"].to_pylist()])
-    if (shard_index < 0).any() or len(shard_index) != manifest.samples:
-        raise UserError(f"{manifest.path}: samples.parquet and shards.json disagree; rebuild with `occgen build`")
-    keys = samples["key"].take(pa.array(np.argsort(shard_index, kind="stable")))
+    keys = shard_order(manifest, ["key"])["key"]
     where = pc.index_in(keys, value_set=labels["key"])
     if where.null_count:
         raise UserError(
@@ -116,28 +113,77 @@ def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
     table["pattern"] = rows["pattern"].to_numpy()
     table["box"] = np.rint(reg * [width, height, width, height])
     table["occluded"] = (table["box"][:, 2] > table["box"][:, 0]) & (table["box"][:, 3] > table["box"][:, 1])
+    save_array(out, table)
+    return out
+
+
+def save_array(out: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.save(buf, table, allow_pickle=False)
+    np.save(buf, array, allow_pickle=False)
     atomic_write(out, buf.getvalue())
+
+
+def shard_order(manifest: Manifest, columns: list[str]) -> pa.Table:
+    """Columns of ``samples.parquet`` in shard order (shards as the manifest lists them, samples as each tar holds
+    them): row i belongs to sample i of the manifest's sample index."""
+    samples = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["shard", *columns])
+    order = {s.name: i for i, s in enumerate(manifest.shards)}
+    shard_index = np.array([order.get(s, -1) for s in samples["shard"].to_pylist()])
+    if (shard_index < 0).any() or len(shard_index) != manifest.samples:
+        raise UserError(f"{manifest.path}: samples.parquet and shards.json disagree; rebuild with `occgen build`")
+    return samples.select(columns).take(pa.array(np.argsort(shard_index, kind="stable")))
+
+
+#: Where a sample lies: its shard (position in the manifest) and its members' byte range in that tar.
+INDEX_DTYPE = np.dtype([("shard", "<u4"), ("start", "<u8"), ("size", "<u4")])
+
+
+def sample_index(manifest: Manifest) -> np.ndarray:
+    """Every sample's place, in shard order, read from the tar headers (seconds for a million samples)."""
+    parts = []
+    for i, shard in enumerate(manifest.shards):
+        spans = tar_spans(shard.url)
+        if len(spans) != shard.samples:
+            raise UserError(
+                f"{shard.url} holds {len(spans)} samples where its manifest lists {shard.samples}; "
+                "the shard and its manifest differ (rebuild it with `occgen build`)"
+            )
+        part = np.empty(len(spans), INDEX_DTYPE)
+        part["shard"], part["start"], part["size"] = i, spans[:, 0], spans[:, 1] - spans[:, 0]
+        parts.append(part)
+    return np.concatenate(parts) if parts else np.zeros(0, INDEX_DTYPE)
+
+
+def index_cache_path(manifest: Manifest, folder: Path) -> Path:
+    """Where a run keeps a manifest's sample index: named by a hash of every shard's path, size and mtime, so a
+    resumed run reuses it and a changed shard gets a fresh one."""
+    digest = hashlib.blake2b(digest_size=8)
+    for shard in manifest.shards:
+        stat = os.stat(shard.url)
+        digest.update(f"{shard.url}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return folder / f"{manifest.name}-{digest.hexdigest()}-index.npy"
+
+
+def build_index_cache(manifest: Manifest, out: Path) -> Path:
+    if not out.is_file():
+        save_array(out, sample_index(manifest))
     return out
 
 
 class LabelRows:
-    """A manifest's label cache, opened lazily in each worker (memory-mapped), read by (shard, position)."""
+    """A manifest's label cache, opened lazily in each worker (memory-mapped), read by sample index."""
 
-    def __init__(self, path: str, manifest: Manifest) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        starts = np.cumsum([0] + [s.samples for s in manifest.shards])
-        self.start = {s.url: int(starts[i]) for i, s in enumerate(manifest.shards)}
         self._rows: np.ndarray | None = None
 
-    def get(self, url: str, position: int, key: str) -> np.void:
+    def get(self, index: int, key: str, url: str) -> np.void:
         if self._rows is None:
             self._rows = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        row = self._rows[self.start[url] + position]
+        row = self._rows[index]
         if row["key_hash"] != key_hash(key):
             raise UserError(
-                f"{url}: sample {position} is {key}, not the sample the manifest lists there; "
+                f"{url}: {key} is not the sample the manifest lists at its place; "
                 "the shard and its manifest differ (rebuild it with `occgen build`)"
             )
         return row
@@ -159,12 +205,10 @@ class StreamPlan:
     sources: tuple[Source, ...]
     batch_size: int  # global
     replicas: int
-    lanes: int
     seed: int
     image_size: tuple[int, int]  # (height, width)
     K: int = 5
     targets: bool = False  # produce pattern labels and boxes
-    shuffle_buffer: int = 1000
     flip: bool = True
     online: OnlineOcclusion | None = None
 
@@ -192,47 +236,53 @@ class StreamPlan:
         last = self.sources[-1]
         return last.identity_offset + last.manifest.num_identities
 
-
-def shard_block(plan: StreamPlan, epoch: int, block: int) -> list[tuple[int, Shard]]:
-    """Block ``block`` of an epoch's shard sequence: every shard of every source, repeated by its weight, shuffled."""
-    rng = random.Random(f"{plan.seed}:{epoch}:{block}")
-    items: list[tuple[int, Shard]] = []
-    for i, source in enumerate(plan.sources):
-        shards = [(i, s) for s in source.manifest.shards]
-        whole, part = divmod(source.weight, 1.0)
-        items += shards * int(whole) + rng.sample(shards, round(part * len(shards)))
-    rng.shuffle(items)
-    return items
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation of sample ids (positions in the sources' concatenated indexes)."""
+        sizes = [s.manifest.samples for s in self.sources]
+        order = epoch_order(sizes, [s.weight for s in self.sources], self.seed, epoch)
+        if len(order) < self.steps_per_epoch * self.batch_size:
+            raise UserError("the training mix has fewer samples than one batch (are the weights too small?)")
+        return order
 
 
-def dealt_blocks(plan: StreamPlan, epoch: int, stream: int, streams: int) -> Iterator[list[tuple[int, Shard]]]:
-    """Stream ``stream`` of ``streams``, block by block: its positions stream, stream + streams, ... of the endless
-    block sequence, grouped by block (a block may hand a stream no shard when there are more streams than shards)."""
-    position, block_no = stream, 0
-    while True:
-        block = shard_block(plan, epoch, block_no)
-        if not block:
-            raise UserError("the training mix has no shards (are the weights too small?)")
-        mine = []
-        while position < (block_no + 1) * len(block):
-            mine.append(block[position - block_no * len(block)])
-            position += streams
-        yield mine
-        block_no += 1
+class SpanReader:
+    """Byte ranges of shards by pread, with a bounded set of open files (a permutation touches every shard)."""
+
+    def __init__(self, limit: int = 128) -> None:
+        self.limit = limit
+        self._files: dict[str, int] = {}
+
+    def read(self, url: str, start: int, size: int) -> bytes:
+        fd = self._files.pop(url, None)
+        if fd is None:
+            if len(self._files) >= self.limit:
+                os.close(self._files.pop(next(iter(self._files))))
+            fd = os.open(url, os.O_RDONLY)
+        self._files[url] = fd  # most recently used last
+        data = os.pread(fd, size, start)
+        if len(data) != size:
+            raise UserError(f"{url}: shorter than when the run indexed it; the shard changed, start the run again")
+        return data
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
 
 
 class TrainStream(torch.utils.data.IterableDataset):
     """Micro-batches for steps [start, end) of the replicas this process runs, in the order it consumes them.
 
-    Consumption index c runs over (step, replica): worker w of n serves every c = w (mod n). When n divides
-    (replicas here) x lanes, each lane is served by exactly one worker, and DataLoader's round-robin returns the
-    micro-batches in order whatever n is.
+    Consumption index c runs over (step, replica): worker w of n builds every c = w (mod n), whole, and
+    DataLoader's round-robin over workers returns them in order whatever n is.
     """
 
     def __init__(self, plan: StreamPlan, replicas: list[int], start: int, end: int, log_keys: bool = False) -> None:
         super().__init__()
         self.plan, self.replicas, self.start, self.end = plan, list(replicas), start, end
         self.log_keys = log_keys
+        self.offsets = np.cumsum([0] + [s.manifest.samples for s in plan.sources])
+        self._indexes: dict[int, np.ndarray] = {}
         self._labels: dict[int, LabelRows] = {}
         self._occluding: tuple[OccluderLibrary, BuildOptions] | None = None  # loaded on first use, in the worker
 
@@ -240,49 +290,41 @@ class TrainStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         plan, n = self.plan, len(self.replicas)
-        per_epoch = plan.steps_per_epoch
-        lanes: dict[tuple[int, int, int], Iterator[dict[str, Any]]] = {}
-        for c in range(worker, (self.end - self.start) * n, workers):
-            step, replica = self.start + c // n, self.replicas[c % n]
-            epoch, in_epoch = divmod(step, per_epoch)
-            lane = in_epoch % plan.lanes
-            if (epoch, replica, lane) not in lanes:
-                for old in [k for k in lanes if k[0] < epoch]:
-                    del lanes[old]
-                lanes[epoch, replica, lane] = self._lane(epoch, replica, lane, skip=in_epoch // plan.lanes)
-            batch = next(lanes[epoch, replica, lane])
-            batch.update(step=step, replica=replica, epoch=epoch)
-            yield batch
+        reader = SpanReader()
+        order, order_epoch = np.empty(0, np.int64), -1
+        try:
+            for c in range(worker, (self.end - self.start) * n, workers):
+                step, replica = self.start + c // n, self.replicas[c % n]
+                epoch, in_epoch = divmod(step, plan.steps_per_epoch)
+                if epoch != order_epoch:
+                    order, order_epoch = plan.order(epoch), epoch
+                ids = micro_batch(order, in_epoch, replica, plan.micro_batch, plan.replicas)
+                batch = self._collate([self._sample(int(i), reader) for i in ids], epoch)
+                batch.update(step=step, replica=replica, epoch=epoch)
+                yield batch
+        finally:
+            reader.close()
 
-    def _lane(self, epoch: int, replica: int, lane: int, skip: int) -> Iterator[dict[str, Any]]:
-        """Micro-batches of one lane. Its shuffle buffer is emptied at each block's end, so within an epoch the
-        streams of all replicas train on disjoint samples as long as each consumes no more than its share."""
-        plan = self.plan
-        stream = replica * plan.lanes + lane
-        blocks = dealt_blocks(plan, epoch, stream, plan.replicas * plan.lanes)
-        shuffled = itertools.chain.from_iterable(
-            wds.shuffle(
-                plan.shuffle_buffer, initial=min(100, plan.shuffle_buffer), seed=f"{plan.seed}:{epoch}:{stream}:{i}"
-            )(self._samples(block))
-            for i, block in enumerate(blocks)
-        )
-        b = plan.micro_batch
-        consumed = itertools.islice(shuffled, skip * b, None)  # a resumed run skips undecoded samples
-        while True:
-            yield self._collate([next(consumed) for _ in range(b)], epoch)
+    def _index(self, source: int) -> np.ndarray:
+        if source not in self._indexes:
+            path = self.plan.sources[source].index
+            manifest = self.plan.sources[source].manifest
+            self._indexes[source] = np.load(path, mmap_mode="r", allow_pickle=False) if path else sample_index(manifest)
+        return self._indexes[source]
 
-    def _samples(self, shards: list[tuple[int, Shard]]) -> Iterator[dict[str, Any]]:
-        """Raw samples shard by shard, each tagged with its source, and its labels row where one is used."""
-        for index, shard in shards:
-            source = self.plan.sources[index]
-            rows = None
-            if self.plan.targets and source.labels is not None:
-                rows = self._labels.setdefault(index, LabelRows(source.labels, source.manifest))
-            for position, sample in enumerate(tar_samples(shard.url)):
-                sample["__source__"] = index
-                if rows is not None:
-                    sample["__labels__"] = rows.get(shard.url, position, sample["__key__"])
-                yield sample
+    def _sample(self, sample_id: int, reader: SpanReader) -> dict[str, Any]:
+        """One raw sample by random access, tagged with its source, and its labels row where one is used."""
+        index = int(np.searchsorted(self.offsets, sample_id, side="right")) - 1
+        local = sample_id - int(self.offsets[index])
+        source = self.plan.sources[index]
+        place = self._index(index)[local]
+        url = source.manifest.shards[int(place["shard"])].url
+        sample = span_sample(url, reader.read(url, int(place["start"]), int(place["size"])))
+        sample["__source__"] = index
+        if self.plan.targets and source.labels is not None:
+            rows = self._labels.setdefault(index, LabelRows(source.labels))
+            sample["__labels__"] = rows.get(local, sample["__key__"], url)
+        return sample
 
     def _collate(self, samples: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
         plan = self.plan

@@ -28,7 +28,16 @@ from fromnet.losses import Margin, MarginHead, make_criterion
 from fromnet.models import VARIANTS, build_model
 from fromnet.shards import decode_face, image_size, iter_ordered, read_manifest, sample_meta, to_input
 from fromnet.train import distributed
-from fromnet.train.data import OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, parse_source
+from fromnet.train.data import (
+    OnlineOcclusion,
+    Source,
+    StreamPlan,
+    TrainStream,
+    build_index_cache,
+    build_label_cache,
+    index_cache_path,
+    parse_source,
+)
 from fromnet.train.distributed import World
 from fromnet.train.params import TrainConfig, merge_resumed, read_toml, write_toml
 from fromnet.train.partial_fc import ShardedMarginHead
@@ -75,7 +84,8 @@ def needs_targets(variant: str) -> bool:
 
 
 def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...]:
-    """The manifests of the mix, with identity offsets and (when the variant predicts patterns) label caches."""
+    """The manifests of the mix, with identity offsets, sample indexes and (when the variant predicts patterns)
+    label caches."""
     sources, offset = [], 0
     for text in cfg.shards:
         path, weight = parse_source(text)
@@ -84,10 +94,13 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
         if needs_targets(cfg.variant) and not cfg.occlude_online:
             digest = hashlib.blake2b(str(manifest.path.resolve()).encode(), digest_size=4).hexdigest()
             labels = str(run / "cache" / f"{manifest.name}-{digest}-k{cfg.K}.npy")
-        sources.append(Source(manifest, weight, offset, labels))
+        index = str(index_cache_path(manifest, run / "cache"))
+        sources.append(Source(manifest, weight, offset, labels, index))
         offset += manifest.num_identities
     if world.main:  # one process writes the caches, the others wait for them
         for source in sources:
+            if source.index is not None:
+                build_index_cache(source.manifest, Path(source.index))
             if source.labels is not None:
                 build_label_cache(source.manifest, cfg.K, Path(source.labels))
     distributed.barrier(world)
@@ -105,12 +118,10 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
         sources,
         cfg.batch_size,
         cfg.replicas,
-        cfg.lanes,
         cfg.seed,
         sizes.pop(),
         cfg.K,
         needs_targets(cfg.variant),
-        cfg.shuffle_buffer,
         cfg.flip,
         online,
     )
@@ -241,7 +252,7 @@ class Trainer:
             "data": {
                 "step": self.step,
                 "replicas": self.plan.replicas,
-                "lanes": self.plan.lanes,
+                "order": "permutation",
                 "seed": self.plan.seed,
                 "steps_per_epoch": self.plan.steps_per_epoch,
             },
@@ -289,7 +300,7 @@ class Trainer:
         per_process = plan.replicas // world.size
         mine = [world.rank * per_process + i for i in range(per_process)]
         stream = TrainStream(plan, mine, self.step, end, log_keys=self.cfg.log_keys)
-        workers = usable_workers(self.cfg.workers, per_process * plan.lanes)
+        workers = self.cfg.workers
         return torch.utils.data.DataLoader(
             stream,
             batch_size=None,
@@ -517,17 +528,10 @@ def clip_global(model: nn.Module, head: nn.Module, max_norm: float, world: World
             g.mul_(scale)
 
 
-def usable_workers(wanted: int, lanes_here: int) -> int:
-    """The largest worker count <= wanted that divides this process's lanes (so batches keep their order)."""
-    if wanted <= 0:
-        return 0
-    return max(w for w in range(1, min(wanted, lanes_here) + 1) if lanes_here % w == 0)
-
-
 def prepare(
     cfg_overrides: dict[str, Any], config: TrainConfig, resume: bool, world: World
 ) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """Settle the run's settings: a new run fixes replicas and lanes; a resumed one reads its own settings back."""
+    """Settle the run's settings: a new run fixes its replicas; a resumed one reads its own settings back."""
     run = Path(config.out)
     saved_cfg = run / "config.toml"
     if resume:
@@ -540,7 +544,6 @@ def prepare(
             raise UserError(f"{run} already holds a run; add --resume to continue it, or choose another --out")
         cfg = config
         cfg.replicas = cfg.replicas or world.size
-        cfg.lanes = cfg.lanes or max(1, cfg.workers)
         state = None
     cfg.validate()
     if cfg.replicas % world.size:

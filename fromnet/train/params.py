@@ -58,9 +58,7 @@ class TrainConfig:
     clean_ratio: float = 1 / 3  # with occlude_online: the share of samples left clean (Mix: 2:1)
     occluders: str = ""  # with occlude_online: occluder library folder; "": the project's own
     flip: bool = True
-    shuffle_buffer: int = 1000
     workers: int = 4  # loader processes per training process
-    lanes: int = 0  # independent sample streams per replica; 0: workers (fixed when the run starts)
     replicas: int = 0  # data-parallel slices of each global batch; 0: the world size (fixed when the run starts)
     ckpt_every: int = 1000  # steps between checkpoints (epoch ends always write one)
     keep: int = 3  # checkpoints kept
@@ -96,6 +94,9 @@ class TrainConfig:
         return asdict(self)
 
 
+#: Settings of earlier versions that no longer exist, refused with an explanation.
+RETIRED = frozenset({"shuffle_buffer", "lanes"})
+
 #: Settings a resumed run may change: they decide how it runs, not what it computes.
 RESUMABLE = frozenset(
     {"steps", "epochs", "workers", "ckpt_every", "keep", "log_every", "log_keys", "device", "compile", "val", "out"}
@@ -124,6 +125,13 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: cannot read as TOML ({exc})") from None
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(data) - set(known))
+    retired = [k for k in unknown if k in RETIRED]
+    if retired:
+        raise UserError(
+            f"{path}: {', '.join(retired)} belonged to the shuffle-buffer data order, which fromnet replaced by a "
+            "full permutation of every epoch; a run started with it cannot resume exactly (start a new one), and a "
+            "config file works once these lines are deleted"
+        )
     if unknown:
         raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     defaults = TrainConfig()
