@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import torch
 import webdataset as wds
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
-from occgen.manifest import BATCH_ROWS
+from occgen.manifest import batches, open_samples
 from occgen.writer import NeedsTarfile, member_bytes, parse_tar, read_tar, ustar_member
 
 
@@ -73,8 +72,7 @@ def read_manifest(path: str | Path) -> Manifest:
             "run `occgen build` again with the same options to rebuild them"
         )
     try:
-        dataset = ds.dataset(path / "samples.parquet", format="parquet")
-        top = [pc.max(b.column(0)).as_py() for b in dataset.to_batches(columns=["identity"], batch_size=BATCH_ROWS)]
+        top = [pc.max(b.column(0)).as_py() for b in batches(open_samples(path), ["identity"])]
         num_identities = max((t for t in top if t is not None), default=-1) + 1
     except Exception as exc:  # pyarrow raises several types for a missing or damaged folder
         raise UserError(f"{path}/samples.parquet: cannot read identities ({exc})") from None
@@ -225,8 +223,7 @@ def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
 def image_size(manifest: Manifest) -> tuple[int, int]:
     """The one (height, width) of a manifest's samples."""
     sizes: set[tuple[int, int]] = set()
-    dataset = ds.dataset(manifest.path / "samples.parquet", format="parquet")
-    for batch in dataset.to_batches(columns=["height", "width"], batch_size=BATCH_ROWS):
+    for batch in batches(open_samples(manifest.path), ["height", "width"]):
         hw = np.stack([batch.column(0).to_numpy(), batch.column(1).to_numpy()], axis=1)
         sizes.update(map(tuple, np.unique(hw, axis=0).tolist()))
     if len(sizes) != 1:

@@ -499,13 +499,13 @@ class Trainer:
         """Training label of each identity name, over every manifest of the mix."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.dataset as ds
+
+        from occgen.manifest import batches, open_samples
 
         names: dict[str, int] = {}
         for source in self.sources:
-            dataset = ds.dataset(source.manifest.path / "samples.parquet", format="parquet")
-            for batch in dataset.to_batches(columns=["identity", "identity_name"], use_threads=False):
-                codes = pc.dictionary_encode(batch.column(1))  # names in order of first appearance
+            for batch in batches(open_samples(source.manifest.path), ["identity", "identity_name"]):
+                codes = pc.dictionary_encode(batch.column(1).combine_chunks())  # names in order of first appearance
                 _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
                 identities = batch.column(0).take(pa.array(first)).to_pylist()
                 for name, identity in zip(codes.dictionary.to_pylist(), identities):
