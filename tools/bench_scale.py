@@ -106,8 +106,6 @@ def stages(src: Path, copies: int, jobs: int, steps: int) -> dict[str, list[str]
             "1000",
             "--epochs",
             "1",
-            "--shuffle-buffer",
-            "64",
         ],  # fmt: skip
     }
 
@@ -135,7 +133,11 @@ def main() -> None:
         figures = []
         for name, cmd in stages(args.src, copies, args.jobs, args.train_steps).items():
             if name in chosen:
+                if name == "train":
+                    shutil.rmtree(cwd / "run", ignore_errors=True)  # a fresh start: label cache and index included
                 figures.append(run_stage(cmd, cwd, log))
+                wall, peak = figures[-1]
+                print(f"  x{copies} {name}: {wall:.1f} s, {peak:.0f} MB", file=sys.stderr, flush=True)
         samples = _samples(cwd)
         print(f"{copies:>6} {samples:>10,} " + " ".join(f"{t:>9.1f} {mb:>9.0f}" for t, mb in figures), flush=True)
         if not args.keep:
