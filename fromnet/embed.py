@@ -113,6 +113,13 @@ class OnnxEmbedder:
         if len(shape) != 4:
             raise UserError(f"{path}: input {inp.name} has shape {shape}; a face embedder takes 4-D image batches")
         hw = shape[2:4] if self.nchw else shape[1:3]
+        channels = shape[1] if self.nchw else shape[3]
+        if isinstance(channels, int) and channels != 3:
+            other = "nhwc" if self.nchw else "nchw"
+            raise UserError(
+                f"{path}: input {inp.name} has shape {shape}, {channels} channel(s) where a face embedder takes 3 "
+                f"(RGB); if the model is {other.upper()}, pass --layout {other}"
+            )
         if options.input_size is not None:
             self.input_size = options.input_size
         elif all(isinstance(v, int) for v in hw):
@@ -137,7 +144,13 @@ class OnnxEmbedder:
         return self._run(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: x})[0]
+        try:
+            out = self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # onnxruntime's own types: the model and these inputs disagree
+            raise UserError(
+                f"{self.name}: the model rejects a batch of shape {list(x.shape)} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); check --layout, --input-size and --channels"
+            ) from None
         return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
 
 

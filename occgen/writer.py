@@ -83,15 +83,21 @@ def remove_temporaries(folder: Path, pattern: str) -> int:
 def exclusive(lock: Path, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock`` (created if needed) or fail at once with ``busy``.
 
-    The kernel drops the lock when its holder dies, SIGKILL included, so a killed run never blocks the next.
+    The kernel drops the lock when its holder dies, SIGKILL included, so a killed run never blocks the next. The
+    holder writes its pid into the file, and a refused caller's message names it.
     """
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+b") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(busy) from None
+            f.seek(0)
+            holder = f.read().decode(errors="replace").strip()
+            raise UserError(busy + (f" (held by pid {holder})" if holder.isdigit() else "")) from None
         try:
+            f.truncate(0)
+            f.write(str(os.getpid()).encode())  # who holds it, for the next one's message
+            f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -115,7 +121,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
+    finally:  # a full disk or an interrupt: leave no partial temporary behind
         tmp.unlink(missing_ok=True)
 
 

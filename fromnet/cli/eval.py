@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -270,4 +271,5 @@ def eval_cmd(
         )
     text = write_report(out, verification, identification, {k: v for k, v in info.items() if v is not None}, partial)
     click.echo(text, nl=False)
-    click.echo(f"-> {out}/results.md, results.json" + ", plots" * bool(verification))
+    plots = ", ".join(str(out / p) for p in json.loads((out / "results.json").read_text())["plots"])
+    click.echo(f"-> {out}/results.md, results.json" + (f"; plots {plots}" if plots else ""))
