@@ -27,12 +27,13 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import numpy as np
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import torch
 import webdataset as wds
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
+from occgen.manifest import batches, open_samples
 from occgen.writer import NeedsTarfile, member_bytes, parse_tar, read_tar, shard_paths, ustar_member
 
 
@@ -89,8 +90,8 @@ def read_manifest(path: str | Path) -> Manifest:
             "run `occgen build` again with the same options to rebuild them"
         )
     try:
-        identity = ds.dataset(path / "samples.parquet", format="parquet").to_table(columns=["identity"])["identity"]
-        num_identities = int(max(identity.to_numpy(zero_copy_only=False), default=-1)) + 1
+        top = [pc.max(b.column(0)).as_py() for b in batches(open_samples(path), ["identity"])]
+        num_identities = max((t for t in top if t is not None), default=-1) + 1
     except Exception as exc:  # pyarrow raises several types for a missing or damaged folder
         raise UserError(f"{path}/samples.parquet: cannot read identities ({exc})") from None
     return Manifest(str(meta.get("name", path.name)), path, shards, num_identities)
@@ -362,8 +363,10 @@ def image_size(manifest: Manifest) -> tuple[int, int]:
         if first is None:
             raise UserError(f"{manifest.name}: the shards hold no samples")
         return decode_face(first).shape[:2]
-    table = ds.dataset(manifest.folder / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
-    sizes = {(int(h), int(w)) for h, w in zip(table["height"].to_numpy(), table["width"].to_numpy())}
+    sizes: set[tuple[int, int]] = set()
+    for batch in batches(open_samples(manifest.folder), ["height", "width"]):
+        hw = np.stack([batch.column(0).to_numpy(), batch.column(1).to_numpy()], axis=1)
+        sizes.update(map(tuple, np.unique(hw, axis=0).tolist()))
     if len(sizes) != 1:
         raise UserError(f"{manifest.path}: samples of several sizes ({sorted(sizes)}); train on one size at a time")
     return sizes.pop()

@@ -105,17 +105,24 @@ def exclusive(lock: Path, busy: str) -> Iterator[None]:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name in ``path``'s folder to write to: synced and renamed to ``path`` when the block ends,
+    removed if it fails."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk or an interrupt: leave no partial temporary behind
+    finally:  # a full disk or an interrupt: leave no partial temporary behind
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def _ustar_header(name: str, size: int) -> bytes:

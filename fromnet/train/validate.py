@@ -67,13 +67,17 @@ def validate(
 
 def identity_names(sources: tuple[Source, ...]) -> dict[str, int]:
     """Training label of each identity name, over every manifest of the mix."""
-    import pyarrow.dataset as ds
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from occgen.manifest import batches, open_samples
 
     names: dict[str, int] = {}
     for source in sources:
-        table = ds.dataset(source.manifest.folder / "samples.parquet", format="parquet").to_table(
-            columns=["identity", "identity_name"]
-        )
-        for identity, name in zip(table["identity"].to_pylist(), table["identity_name"].to_pylist()):
-            names.setdefault(name, identity + source.identity_offset)
+        for batch in batches(open_samples(source.manifest.folder), ["identity", "identity_name"]):
+            codes = pc.dictionary_encode(batch.column(1).combine_chunks())  # names in order of first appearance
+            _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+            identities = batch.column(0).take(pa.array(first)).to_pylist()
+            for name, identity in zip(codes.dictionary.to_pylist(), identities):
+                names.setdefault(name, identity + source.identity_offset)
     return names

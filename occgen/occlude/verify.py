@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from occgen.errors import UserError
 from occgen.occlude.face import read_table
-from occgen.occlude.run import LOCK, BuildOptions, load_occluders, plan_shards, render_shard
+from occgen.occlude.run import LOCK, BuildOptions, Plan, load_occluders, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
 from occgen.occlude.sources import Source, open_path, open_source
 from occgen.runner import parallel_map
@@ -186,17 +186,16 @@ def repair(
                 "rebuilt shards would differ; rebuild it with `occgen build ... --overwrite`"
             )
         by_name = {s["shard"]: (s, p) for s, p in zip(shards, paths)}
-        tasks = [
-            t
-            for t in plan_shards(source, name, out, manifest_dir, opts, library, landmarks=landmarks)
-            if t.shard in {c.shard for c in bad}
-        ]
-        for task in tasks:
-            task.stats_path.unlink(missing_ok=True)
+        plan = Plan(source, name, out, manifest_dir, opts, library, landmarks=landmarks)
+        wanted = {c.shard for c in bad}
+        plan = plan.only([i for i in plan.shards if plan.place(i).shard in wanted])
+        places = [plan.place(i) for i in plan.shards]
+        for place in places:
+            place.stats_path.unlink(missing_ok=True)
         with contextlib.closing(
-            parallel_map(render_shard, tasks, jobs, f"repair {name}", [len(t.samples) for t in tasks], quiet)
+            parallel_map(render_shard, plan, jobs, f"repair {name}", plan.sizes(), quiet)
         ) as rebuilt:
             for _ in rebuilt:
                 pass
         fmt = opts.fmt
-        return [check_shard(_Task(manifest_dir, by_name[t.shard][0], fmt, by_name[t.shard][1])) for t in tasks]
+        return [check_shard(_Task(manifest_dir, by_name[p.shard][0], fmt, by_name[p.shard][1])) for p in places]

@@ -22,7 +22,7 @@ from click.core import ParameterSource
 
 from occgen.occlude.occluders import DEFAULT_LIBRARY
 from occgen.occlude.sources import KINDS
-from occgen.report.stats import compute, read_labels, read_manifest, table
+from occgen.report.stats import compute, read_labels, table, tally
 from occgen.writer import atomic_write
 
 PACKAGES = ("occgen-fromnet", "numpy", "pillow", "simplejpeg", "pyarrow", "pandas", "webdataset", "joblib")
@@ -115,7 +115,7 @@ def render(manifest_dir: Path, command: str) -> str:
     manifest_dir = Path(manifest_dir)
     build = json.loads((manifest_dir / "build.json").read_text())
     shards = json.loads((manifest_dir / "shards.json").read_text())["shards"]
-    samples = read_manifest(manifest_dir)
+    samples = tally(manifest_dir)
     labels = read_labels(manifest_dir)
     stats = compute(samples, labels)
     options = build.get("options", {})
@@ -161,10 +161,10 @@ def render(manifest_dir: Path, command: str) -> str:
         "```",
         "",
     ]
-    if "visible_area_ratio" in samples:
-        kept = samples.loc[samples["part"] != "whole", "visible_area_ratio"]
+    if samples.visible is not None:
+        low, high = samples.visible
         lines += [
-            f"Partial faces: the kept rectangle covers {100 * kept.min():.1f}% to {100 * kept.max():.1f}% of "
+            f"Partial faces: the kept rectangle covers {100 * low:.1f}% to {100 * high:.1f}% of "
             "the image (grey 128 elsewhere); geometry in `occgen.sets.partial`.",
             "",
         ]
@@ -182,9 +182,8 @@ def render(manifest_dir: Path, command: str) -> str:
             folds = g.loc[g["fold"] >= 0, "fold"].nunique()  # all-pairs sets: -1 marks pairs across folds
             lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {folds} |")
         lines.append("")
-    used = set(samples.loc[samples["occluded"].astype(bool), "occluder"].dropna())
-    if used:
-        lines += ["## Occluders", "", *_catalog(build, used), ""]
+    if samples.occluders:
+        lines += ["## Occluders", "", *_catalog(build, samples.occluders), ""]
     lines += ["## Shards", "", "| shard | samples | bytes | sha256 |", "|---|---|---|---|"]
     lines += [f"| `{s['path']}` | {s['samples']:,} | {s['bytes']:,} | `{s['sha256']}` |" for s in shards]
     lines += [

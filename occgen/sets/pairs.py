@@ -109,8 +109,8 @@ def bin_pairs(source: Source) -> list[Pair]:
 
 def resolve(pairs: list[Pair], source: Source) -> dict[str, Item]:
     """The source item of every image the pairs name (matched on the path without extension)."""
-    by_stem = {item.rel.rsplit(".", 1)[0]: item for item in source.items}
     wanted = dict.fromkeys(img for p in pairs for img in (p.first, p.second))
+    by_stem = {stem: item for item in source.items if (stem := item.rel.rsplit(".", 1)[0]) in wanted}
     missing = [img for img in wanted if img not in by_stem]
     if missing:
         raise UserError(
