@@ -9,7 +9,7 @@ that reports can plot accuracy against occluded area without the manifest.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -22,8 +22,9 @@ import torch
 
 from fromnet.checkpoint import load_model
 from fromnet.eval.pairs import embeddings_table
-from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, read_manifest, sample_meta, to_input
+from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, open_shards, sample_meta, to_input
 from occgen.errors import UserError
+from occgen.images import crop_center, decode_array
 from occgen.runner import parallel_map
 from occgen.writer import atomic_write, table_bytes
 
@@ -113,6 +114,13 @@ class OnnxEmbedder:
         if len(shape) != 4:
             raise UserError(f"{path}: input {inp.name} has shape {shape}; a face embedder takes 4-D image batches")
         hw = shape[2:4] if self.nchw else shape[1:3]
+        channels = shape[1] if self.nchw else shape[3]
+        if isinstance(channels, int) and channels != 3:
+            other = "nhwc" if self.nchw else "nchw"
+            raise UserError(
+                f"{path}: input {inp.name} has shape {shape}, {channels} channel(s) where a face embedder takes 3 "
+                f"(RGB); if the model is {other.upper()}, pass --layout {other}"
+            )
         if options.input_size is not None:
             self.input_size = options.input_size
         elif all(isinstance(v, int) for v in hw):
@@ -137,7 +145,13 @@ class OnnxEmbedder:
         return self._run(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: x})[0]
+        try:
+            out = self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # onnxruntime's own types: the model and these inputs disagree
+            raise UserError(
+                f"{self.name}: the model rejects a batch of shape {list(x.shape)} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); check --layout, --input-size and --channels"
+            ) from None
         return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
 
 
@@ -173,13 +187,18 @@ def embed_faces(embedder: Embedder, faces: np.ndarray, flip: bool = False) -> np
     return out
 
 
+def _check_size(face: np.ndarray, size: tuple[int, int], what: str) -> None:
+    if face.shape[:2] != tuple(size):
+        crop = " (--crop 112x96 takes FROM's crop from 112x112 ArcFace crops)" if face.shape[:2] == (112, 112) else ""
+        raise UserError(
+            f"{what} is {face.shape[0]}x{face.shape[1]} (HxW) but the model takes {size[0]}x{size[1]}; "
+            f"embed faces aligned to that size{crop}"
+        )
+
+
 def _face_row(sample: dict, size: tuple[int, int], where: str) -> tuple[dict, np.ndarray]:
     face = decode_face(sample)
-    if face.shape[:2] != tuple(size):
-        raise UserError(
-            f"{where}: sample {sample['__key__']} is {face.shape[0]}x{face.shape[1]} (HxW) "
-            f"but the model takes {size[0]}x{size[1]}; embed a set aligned to that size"
-        )
+    _check_size(face, size, f"{where}: sample {sample['__key__']}")
     meta = sample_meta(sample)
     return dict(
         key=sample["__key__"],
@@ -193,30 +212,27 @@ def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tup
     """Every face of one shard, in tar order (a worker process's task)."""
     rows, faces = [], []
     for sample in iter_ordered(replace(manifest, shards=(shard,))):
-        row, face = _face_row(sample, size, str(manifest.path))
+        row, face = _face_row(sample, size, str(manifest.path or shard.url))
         rows.append(row)
         faces.append(face)
     return rows, np.stack(faces) if faces else np.zeros((0, *size, 3), np.uint8)
 
 
 def batches(
-    manifest_path: Path, batch_size: int, size: tuple[int, int], workers: int = 0
+    manifest: Manifest, batch_size: int, size: tuple[int, int], workers: int = 0
 ) -> Iterator[tuple[list[dict], np.ndarray]]:
     """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error.
 
     With ``workers`` > 1, whole shards are decoded in that many processes (results still in shard order), so a
     GPU is not left waiting on one process's JPEG decoding; otherwise faces stream from this process.
     """
-    manifest = read_manifest(manifest_path)
+    where = str(manifest.path or manifest.name)
     if workers > 1:
         chunks = parallel_map(
             partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers, "decode", quiet=True
         )
     else:
-        chunks = (
-            ([row], face[None])
-            for row, face in (_face_row(s, size, str(manifest_path)) for s in iter_ordered(manifest))
-        )
+        chunks = (([row], face[None]) for row, face in (_face_row(s, size, where) for s in iter_ordered(manifest)))
     rows: list[dict] = []
     faces: list[np.ndarray] = []
     held = 0
@@ -240,18 +256,19 @@ def embed_manifest(
     quiet: bool = False,
     workers: int = 0,
 ) -> pa.Table:
-    """Embed every sample of a manifest, in build order, as an embeddings table."""
-    manifest_path = Path(manifest_path)
-    total = read_manifest(manifest_path).samples
+    """Embed every sample of a manifest (or of plain WebDataset shards: fromnet.shards.open_shards), in build
+    order, as an embeddings table."""
+    manifest = open_shards(manifest_path)
+    total = manifest.samples  # 0 for plain shards: no counting pass just for a progress bar
     rows: list[dict] = []
     vectors: list[np.ndarray] = []
-    show = not quiet and sys.stderr.isatty()
+    show = not quiet and sys.stderr.isatty() and total > 0
     bar = (
-        click.progressbar(length=total, label=f"embed {manifest_path.name}", file=sys.stderr, show_pos=True)
+        click.progressbar(length=total, label=f"embed {manifest.name}", file=sys.stderr, show_pos=True)
         if show
         else None
     )
-    for meta, faces in batches(manifest_path, batch_size, embedder.input_size, workers):
+    for meta, faces in batches(manifest, batch_size, embedder.input_size, workers):
         vectors.append(embed_faces(embedder, faces, flip))
         rows.extend(meta)
         if bar is not None:
@@ -262,6 +279,8 @@ def embed_manifest(
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
     if not np.isfinite(matrix).all():
         raise UserError(f"{embedder.name}: the model gave NaN/inf embeddings for {manifest_path}")
+    if not rows:
+        raise UserError(f"{manifest_path}: no samples to embed")
     area = np.array([np.nan if r["box_area_ratio"] is None else r["box_area_ratio"] for r in rows], np.float32)
     return embeddings_table(
         [r["key"] for r in rows],
@@ -269,6 +288,31 @@ def embed_manifest(
         matrix,
         {"occluded": np.array([r["occluded"] for r in rows], bool), "box_area_ratio": area},
     )
+
+
+def embed_encoded(
+    embedder: Embedder,
+    images: Sequence[bytes],
+    names: Sequence[str],
+    batch_size: int = 256,
+    flip: bool = False,
+    crop: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """(N, D) embeddings of encoded faces that are not in a manifest (a verification set's), decoded batch by batch
+    and, with ``crop``, cut to that centred window first."""
+    vectors = []
+    for start in range(0, len(images), batch_size):
+        faces = []
+        for name, data in zip(names[start : start + batch_size], images[start : start + batch_size]):
+            face = decode_array(data, name)
+            face = crop_center(face, crop) if crop else face
+            _check_size(face, embedder.input_size, name)
+            faces.append(face)
+        vectors.append(embed_faces(embedder, np.stack(faces), flip))
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+    if not np.isfinite(matrix).all():
+        raise UserError(f"{embedder.name}: the model gave NaN/inf embeddings")
+    return matrix
 
 
 def write_embeddings(table: pa.Table, path: str | Path) -> None:

@@ -2,6 +2,11 @@
 
 Shared by training (fromnet.train.data) and embedding (fromnet.embed).
 
+Shards not made by occgen are taken too, as a WebDataset spec: brace patterns (``faces-{000000..000099}.tar``),
+several specs joined by ``::``, local paths, ``pipe:COMMAND``, and any URL fsspec opens (``s3://``, ``gs://``,
+``https://``, ...) when it is installed. Their samples need an image (jpg, jpeg, png or webp) and a class: ``.cls``,
+or a field of ``.json`` named by the caller.
+
 A sample is a plain dict keyed by extension, as webdataset yields it (``__key__``, ``jpg``, ``cls``, ``json``).
 Faces are decoded by occgen's own decoder (libjpeg-turbo for JPEG) into H x W x 3 uint8 arrays, batched as uint8
 (a quarter of the bytes of float32 to move between processes), and turned into [-1, 1] floats on the device: a
@@ -15,39 +20,52 @@ import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import torch
 import webdataset as wds
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
-from occgen.writer import NeedsTarfile, member_bytes, parse_tar, read_tar, ustar_member
+from occgen.manifest import batches, open_samples
+from occgen.writer import NeedsTarfile, member_bytes, parse_tar, read_tar, shard_paths, ustar_member
 
 
 @dataclass(frozen=True)
 class Shard:
-    url: str  # absolute path of the tar
+    url: str  # absolute path of the tar, or (plain WebDataset shards) any URL open_url takes
     name: str  # e.g. occ-lfw-000003
-    samples: int
+    samples: int  # 0 where unknown (plain shards before a counting pass)
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """One occgen dataset: its shards (in build order) and how many identities its labels use."""
+    """One dataset: its shards (in build order) and how many identities its labels use."""
 
     name: str
-    path: Path  # manifests/NAME
+    path: Path | None  # manifests/NAME; None for plain WebDataset shards (no manifest)
     shards: tuple[Shard, ...]
-    num_identities: int
+    num_identities: int  # 0 where unknown (plain shards before a counting pass)
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    @property
+    def folder(self) -> Path:
+        """The manifest folder (samples.parquet, labels, identity names), which plain shards do not have."""
+        if self.path is None:
+            raise UserError(
+                f"{self.name}: plain WebDataset shards have no occgen manifest (samples.parquet, labels); "
+                "this needs shards built by `occgen build`"
+            )
+        return self.path
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -61,7 +79,8 @@ def read_manifest(path: str | Path) -> Manifest:
         raise UserError(f"{path}: no shards.json, so not a finished occgen manifest ({hint})")
     try:
         meta = json.loads(index.read_text())
-        shards = tuple(Shard(str((path / s["path"]).resolve()), s["shard"], int(s["samples"])) for s in meta["shards"])
+        paths = shard_paths(path, meta["shards"], meta.get("name", path.name))
+        shards = tuple(Shard(str(p.resolve()), s["shard"], int(s["samples"])) for s, p in zip(meta["shards"], paths))
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{index}: not a valid shard index ({exc}); rebuild with `occgen build`") from None
     missing = [s.url for s in shards if not Path(s.url).is_file()]
@@ -71,22 +90,134 @@ def read_manifest(path: str | Path) -> Manifest:
             "run `occgen build` again with the same options to rebuild them"
         )
     try:
-        identity = ds.dataset(path / "samples.parquet", format="parquet").to_table(columns=["identity"])["identity"]
-        num_identities = int(max(identity.to_numpy(zero_copy_only=False), default=-1)) + 1
+        top = [pc.max(b.column(0)).as_py() for b in batches(open_samples(path), ["identity"])]
+        num_identities = max((t for t in top if t is not None), default=-1) + 1
     except Exception as exc:  # pyarrow raises several types for a missing or damaged folder
         raise UserError(f"{path}/samples.parquet: cannot read identities ({exc})") from None
     return Manifest(str(meta.get("name", path.name)), path, shards, num_identities)
 
 
+#: Image members read from a sample, in order of preference: occgen's formats, then other tools' names.
+IMAGE_MEMBERS = (*FORMATS, "jpeg")
+
+
 def image_field(sample: dict[str, Any]) -> bytes:
     """The encoded face of a sample, whichever format the build stored."""
-    for ext in FORMATS:
+    for ext in IMAGE_MEMBERS:
         if ext in sample:
             return sample[ext]
     raise UserError(
         f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image "
-        f"({', '.join(FORMATS)}); members: {', '.join(k for k in sample if not k.startswith('__'))}"
+        f"({', '.join(IMAGE_MEMBERS)}); members: {', '.join(k for k in sample if not k.startswith('__'))}"
     )
+
+
+def sample_class(sample: dict[str, Any], class_field: str | None = None) -> int:
+    """A sample's identity: its ``.cls`` member, or the field ``class_field`` of its ``.json``."""
+    where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+    if class_field is None:
+        if "cls" not in sample:
+            raise UserError(
+                f"{where} has no .cls member; name the JSON field that holds the class with --class-field "
+                f"(members: {', '.join(k for k in sample if not k.startswith('__'))})"
+            )
+        value: Any = sample["cls"].decode(errors="replace").strip()
+    else:
+        value = sample_meta(sample).get(class_field)
+    try:
+        identity = int(value)
+    except (TypeError, ValueError):
+        what = ".cls" if class_field is None else f"JSON field {class_field!r}"
+        raise UserError(f"{where}: {what} is {value!r}, not a whole-number class") from None
+    if identity < 0:
+        raise UserError(f"{where}: class {identity} is negative")
+    return identity
+
+
+def local_path(url: str) -> Path | None:
+    """The file a shard URL names on this machine (a plain path or file://), else None."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(url) if not parsed.scheme or len(parsed.scheme) == 1 else None  # 'C:' is a drive, not a scheme
+
+
+def shard_urls(spec: str) -> list[str]:
+    """The shard URLs of a WebDataset spec (braces expanded, ``::`` lists split); local ones must exist."""
+    from webdataset.shardlists import expand_urls
+
+    urls = list(expand_urls(spec))
+    missing = [u for u in urls if (p := local_path(u)) is not None and not p.is_file()]
+    if missing:
+        raise UserError(
+            f"--shards {spec}: {len(missing)} of {len(urls)} shard file(s) do not exist, first {missing[0]}; "
+            "give a manifest folder (manifests/NAME) or WebDataset shards (faces-{000000..000099}.tar, pipe:, URLs)"
+        )
+    return urls
+
+
+def open_url(url: str) -> BinaryIO:
+    """A shard's bytes as a stream: a local file, the output of ``pipe:COMMAND``, or a URL through fsspec."""
+    path = local_path(url)
+    if path is not None:
+        return open(path, "rb")
+    if url.startswith("pipe:"):
+        return wds.gopen(url)
+    try:
+        import fsspec  # type: ignore[import-untyped]
+    except ImportError:
+        raise UserError(
+            f"{url}: opening URLs needs fsspec (pip install fsspec, plus s3fs or gcsfs for S3/GCS)"
+        ) from None
+    try:
+        return fsspec.open(url, "rb").open()
+    except (ImportError, ValueError) as exc:  # a protocol whose package is missing, or an unknown one
+        raise UserError(f"{url}: fsspec cannot open it ({exc})") from None
+
+
+def _streamed_members(url: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular member of a tar read as a stream (pipes and remote files)."""
+    try:
+        with open_url(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    yield member.name, member_bytes(tar, member)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{url}: not a readable tar shard ({exc})") from None
+
+
+def _census(shard: Shard, class_field: str | None = None) -> tuple[int, int]:
+    """(samples, largest class) of one shard, read without decoding an image."""
+    count, top = 0, -1
+    for sample in tar_samples(shard.url):
+        count += 1
+        top = max(top, sample_class(sample, class_field))
+    return count, top
+
+
+def counted(manifest: Manifest, class_field: str | None = None, jobs: int = 1) -> Manifest:
+    """Plain shards with their sample counts and identity count filled in by one pass over them (``jobs``
+    processes); an occgen manifest already has them."""
+    if manifest.path is not None:
+        return manifest
+    from functools import partial
+
+    from occgen.runner import parallel_map
+
+    census = list(parallel_map(partial(_census, class_field=class_field), manifest.shards, jobs, "count", quiet=True))
+    shards = tuple(replace(s, samples=n) for s, (n, _) in zip(manifest.shards, census))
+    return replace(manifest, shards=shards, num_identities=max((top for _, top in census), default=-1) + 1)
+
+
+def open_shards(spec: str | Path) -> Manifest:
+    """An occgen manifest folder, or plain WebDataset shards (sample and identity counts unknown: 0; local shards
+    as absolute paths, so they are read as occgen's own are)."""
+    if Path(spec).is_dir():
+        return read_manifest(spec)
+    urls = [str(p.absolute()) if (p := local_path(u)) is not None else u for u in shard_urls(str(spec))]
+    stems = [Path(urlparse(u).path).stem for u in urls]
+    return Manifest(stems[0] if len(urls) == 1 else f"{stems[0]}..{stems[-1]}", None,
+                    tuple(Shard(u, s, 0) for u, s in zip(urls, stems)), 0)  # fmt: skip
 
 
 def decode_face(sample: dict[str, Any]) -> np.ndarray:
@@ -103,10 +234,11 @@ def to_input(
 
 
 def split_member(name: str) -> tuple[str, str] | None:
-    """(key, extension) of a tar member: the key is the name up to the first dot of its basename."""
+    """(key, extension) of a tar member: the key is the name up to the first dot of its basename; the extension is
+    lower-cased, as webdataset does (other tools write .JPG)."""
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
-    return None if dot < 0 else (name[:dot], name[dot + 1 :])
+    return None if dot < 0 else (name[:dot], name[dot + 1 :].lower())
 
 
 def group_members(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict[str, Any]]:
@@ -130,13 +262,17 @@ def group_members(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[di
 def tar_samples(url: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard as webdataset dicts (``__key__``, ``__url__``, one entry per extension).
 
-    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other tar goes through
-    webdataset's tarfile-based reader.
+    occgen's own ustar shards take a direct header parser (occgen.writer.read_tar); any other local tar, a pipe or a
+    remote URL is read as a stream by tarfile.
     """
+    path = local_path(url)
+    if path is None:
+        yield from group_members(_streamed_members(url), url)
+        return
     try:
-        members = list(read_tar(Path(url)))
+        members = list(read_tar(path))
     except NeedsTarfile:
-        yield from wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        yield from group_members(_streamed_members(url), url)
         return
     yield from group_members(members, url)
 
@@ -220,9 +356,17 @@ def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def image_size(manifest: Manifest) -> tuple[int, int]:
-    """The one (height, width) of a manifest's samples."""
-    table = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["height", "width"])
-    sizes = {(int(h), int(w)) for h, w in zip(table["height"].to_numpy(), table["width"].to_numpy())}
+    """The one (height, width) of a manifest's samples (plain shards: their first face's; a face of another size
+    is refused when it is read)."""
+    if manifest.path is None:
+        first = next((s for shard in manifest.shards for s in tar_samples(shard.url)), None)
+        if first is None:
+            raise UserError(f"{manifest.name}: the shards hold no samples")
+        return decode_face(first).shape[:2]
+    sizes: set[tuple[int, int]] = set()
+    for batch in batches(open_samples(manifest.folder), ["height", "width"]):
+        hw = np.stack([batch.column(0).to_numpy(), batch.column(1).to_numpy()], axis=1)
+        sizes.update(map(tuple, np.unique(hw, axis=0).tolist()))
     if len(sizes) != 1:
         raise UserError(f"{manifest.path}: samples of several sizes ({sorted(sizes)}); train on one size at a time")
     return sizes.pop()

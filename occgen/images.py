@@ -109,3 +109,14 @@ def load_rgb(path: str | Path) -> Image.Image:
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     return decode_rgb(data, str(path))
+
+
+def crop_center(face: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The centred (height, width) window of a face: 112x96 from a 112x112 ArcFace crop, the SphereFace template
+    being the ArcFace one moved 8 px to the left."""
+    h, w = face.shape[:2]
+    ch, cw = size
+    if ch > h or cw > w:
+        raise UserError(f"--crop {ch}x{cw} is larger than the {h}x{w} faces")
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(face[y : y + ch, x : x + cw])

@@ -83,15 +83,21 @@ def remove_temporaries(folder: Path, pattern: str) -> int:
 def exclusive(lock: Path, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock`` (created if needed) or fail at once with ``busy``.
 
-    The kernel drops the lock when its holder dies, SIGKILL included, so a killed run never blocks the next.
+    The kernel drops the lock when its holder dies, SIGKILL included, so a killed run never blocks the next. The
+    holder writes its pid into the file, and a refused caller's message names it.
     """
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+b") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(busy) from None
+            f.seek(0)
+            holder = f.read().decode(errors="replace").strip()
+            raise UserError(busy + (f" (held by pid {holder})" if holder.isdigit() else "")) from None
         try:
+            f.truncate(0)
+            f.write(str(os.getpid()).encode())  # who holds it, for the next one's message
+            f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -99,13 +105,24 @@ def exclusive(lock: Path, busy: str) -> Iterator[None]:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name in ``path``'s folder to write to: synced and renamed to ``path`` when the block ends,
+    removed if it fails."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:  # a full disk or an interrupt: leave no partial temporary behind
+        tmp.unlink(missing_ok=True)
 
 
 def _ustar_header(name: str, size: int) -> bytes:
@@ -185,6 +202,63 @@ class ShardPlace:
     @property
     def stats_path(self) -> Path:
         return self.manifest_dir / "shards" / f"{self.shard}.json"
+
+
+def shard_paths(manifest_dir: Path, entries: list[Any], name: str | None = None) -> list[Path]:
+    """The tars a manifest's shards.json names, checked. A manifest folder may come from elsewhere with its shards,
+    so its paths are untrusted: entry i must be shard ``NAME-<i>`` at a relative path ending in ``NAME-<i>.tar``
+    (``NAME`` the manifest folder's name unless given), all in one folder; anything else is refused."""
+    name = name or os.path.basename(os.path.abspath(manifest_dir))
+    index = manifest_dir / "shards.json"
+    if not _plain_name(name):
+        raise UserError(f"{index}: dataset name {name!r} is not a plain name; refusing the manifest")
+    paths = []
+    for i, entry in enumerate(entries):
+        want = f"{name}-{i:06d}"
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        shard = entry.get("shard") if isinstance(entry, dict) else None
+        if (
+            shard != want
+            or not isinstance(rel, str)
+            or "\\" in rel
+            or os.path.isabs(rel)
+            or os.path.basename(rel) != f"{want}.tar"
+        ):
+            raise UserError(
+                f"{index}: entry {i} names {rel!r} for shard {shard!r}, where occgen writes {want}.tar by a relative "
+                "path; the manifest is damaged or was not made by occgen, so it is refused (rebuild it)"
+            )
+        paths.append(Path(os.path.normpath(manifest_dir / rel)))
+    if len({p.parent for p in paths}) > 1:
+        raise UserError(f"{index}: the shards are listed in several folders; occgen writes a dataset's shards to one")
+    return paths
+
+
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def writable_shard_folder(manifest_dir: Path, paths: list[Path], out: Path | None = None) -> Path:
+    """The folder a repair may write the shards ``paths`` into: the one shards.json names, and only when it lies
+    inside the dataset's own folder (the one holding ``manifests/``; symlinks resolved) or is the ``out`` the user
+    named. Shard files that are symlinks are refused too: nothing is written outside the dataset."""
+    folder = paths[0].parent
+    base = out if out is not None else manifest_dir.absolute().parent.parent
+    where = folder.resolve()
+    inside = where == base.resolve() if out is not None else where.is_relative_to(base.resolve())
+    if not inside:
+        raise UserError(
+            f"{manifest_dir}/shards.json puts the shards in {folder} ({where}), "
+            + (f"not in --out {out}" if out is not None else f"outside the dataset folder {base.resolve()}")
+            + "; refusing to write there. If that really is where the shards belong, give it as --out"
+        )
+    for sub in ("samples.parquet", "errors.parquet", "shards"):
+        if (manifest_dir / sub).is_symlink():
+            raise UserError(f"{manifest_dir / sub} is a symlink; refusing to write through it")
+    linked = [p for p in paths if p.is_symlink()]
+    if linked:
+        raise UserError(f"{linked[0]} is a symlink; refusing to write a shard through it")
+    return folder
 
 
 def write_shard(

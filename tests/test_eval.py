@@ -297,7 +297,7 @@ def test_embed_and_eval_cli_on_lfw_mini(lfw_sets, tmp_path):
     assert n_o["mean_area"] > 0.2 and result["verification"][0]["mean_area"] == 0
     assert [r["label"] for r in result["identification"]] == ["clean", "occluded"]
     assert result["identification"][0]["probes"] == 48  # every lfw-mini person has 4 photos
-    assert result["plots"] == ["roc.png", "area.png"]
+    assert result["plots"] == ["roc.png", "area.png", "identification.png"]
     for png in result["plots"]:
         assert Image.open(res / png).size[0] > 300
     assert "## Verification" in (res / "results.md").read_text()

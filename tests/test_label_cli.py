@@ -60,7 +60,7 @@ def test_write_labels_matches_the_pure_function(tmp_path, compat, height, width)
     frame = sample_frame(500, height, width)
     manifest = write_manifest(tmp_path / "occ-test", frame)
     before = snapshot(manifest)
-    path = write_labels(manifest, 5, compat)
+    path = write_labels(manifest, 5, compat).path
     assert path.name == ("labels-k5-from.parquet" if compat == "from" else "labels-k5.parquet")
     assert snapshot(manifest) == {**before, path.name: path.read_bytes()}  # nothing else written or rewritten
 
@@ -90,9 +90,9 @@ def test_write_labels_matches_the_pure_function(tmp_path, compat, height, width)
 
 def test_output_is_independent_of_sharding_and_box_dtype(tmp_path):
     frame = sample_frame(300)
-    a = write_labels(write_manifest(tmp_path / "a", frame, shards=1), 4)
+    a = write_labels(write_manifest(tmp_path / "a", frame, shards=1), 4).path
     as_float = frame.astype({c: "float64" for c in BOX})  # NaN instead of null
-    b = write_labels(write_manifest(tmp_path / "b", as_float.iloc[::-1], shards=4), 4)
+    b = write_labels(write_manifest(tmp_path / "b", as_float.iloc[::-1], shards=4), 4).path
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -105,7 +105,7 @@ def test_shards_of_only_clean_samples_with_untyped_boxes(tmp_path):
     occluded = pa.table({"key": ["b"], "occluded": [True], **dict(zip(BOX, ([19], [22], [38], [44]))), **common})
     pq.write_table(clean, manifest / "samples.parquet" / "shard-00000.parquet")
     pq.write_table(occluded, manifest / "samples.parquet" / "shard-00001.parquet")
-    labels = pd.read_parquet(write_labels(manifest, 5))
+    labels = pd.read_parquet(write_labels(manifest, 5).path)
     assert labels["pattern"].tolist() == [0, 96] and labels["iou"].tolist() == [1.0, 1.0]
 
 

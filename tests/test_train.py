@@ -106,6 +106,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(mix, tmp_path, monkeypatch)
     whole = tmp_path / "whole"
     out = train(*common, "--out", str(whole), "--steps", "6")
     assert "checkpoint" in out and "metrics.jsonl" in out
+    assert "note: the paper starts the 'from' variant (stage 2) from a stage-1 Baseline, not from scratch" in out
     part = tmp_path / "part"
     train(*common, "--out", str(part), "--steps", "3")
     out = train("--out", str(part), "--resume", "--steps", "6")

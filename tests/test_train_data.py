@@ -3,6 +3,8 @@ labels joined in shard order (and relabelled when flipped), online occlusion thr
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,15 @@ import torch
 from click.testing import CliRunner
 
 from fromnet.shards import decode_face, iter_ordered, read_manifest, sample_meta
-from fromnet.train.data import OnlineOcclusion, Source, StreamPlan, TrainStream, build_label_cache, parse_source
+from fromnet.train.data import (
+    OnlineOcclusion,
+    Source,
+    StreamPlan,
+    TrainStream,
+    build_label_cache,
+    key_hash,
+    parse_source,
+)
 from occgen.cli import main as occgen_main
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes
@@ -167,8 +177,9 @@ def test_missing_labels_and_bad_manifests_say_what_to_run(demo, tmp_path):
         read_manifest(tmp_path / "nothing")
     with pytest.raises(UserError, match="multiple"):
         plan_for(demo, tmp_path, batch_size=33)
-    assert parse_source("manifests/a:2.5") == (Path("manifests/a"), 2.5)
-    assert parse_source("manifests/a") == (Path("manifests/a"), 1.0)
+    assert parse_source("manifests/a:2.5") == ("manifests/a", 2.5)
+    assert parse_source("manifests/a") == ("manifests/a", 1.0)
+    assert parse_source("file:///data/faces-{000..009}.tar") == ("file:///data/faces-{000..009}.tar", 1.0)
     with pytest.raises(UserError, match="positive"):
         parse_source("manifests/a:0")
 
@@ -219,3 +230,21 @@ def test_direct_tar_reader_matches_webdataset_and_falls_back_for_other_tars(demo
         list(tar_samples(str(cut)))
     with pytest.raises(UserError, match="truncated"):
         tar_spans(str(cut))
+
+
+def test_label_cache_is_the_labels_file_in_shard_order(demo, tmp_path):
+    """The cache, joined on key hashes a batch at a time, row for row against a join on the keys themselves."""
+    manifest = read_manifest(demo / "mix")
+    cache = np.load(build_label_cache(manifest, 5, tmp_path / "k5.npy"))
+    labels = pq.read_table(demo / "mix" / "labels-k5.parquet").to_pandas().set_index("key")
+    keys = [s["__key__"] for s in iter_ordered(manifest)]
+    assert len(cache) == len(keys) == manifest.samples
+    assert cache["key_hash"].tolist() == [key_hash(k) for k in keys]
+    assert cache["pattern"].tolist() == labels.loc[keys, "pattern"].tolist()
+    reg = labels.loc[keys, ["reg_x0", "reg_y0", "reg_x1", "reg_y1"]].to_numpy(np.float64)
+    assert np.array_equal(cache["box"], np.rint(reg * [96, 112, 96, 112]))
+    stale = tmp_path / "stale"  # the same samples with a labels file that misses three of them
+    shutil.copytree(demo / "mix" / "samples.parquet", stale / "samples.parquet")
+    pq.write_table(pq.read_table(demo / "mix" / "labels-k5.parquet").slice(3), stale / "labels-k5.parquet")
+    with pytest.raises(UserError, match="lacks labels for 3 sample"):
+        build_label_cache(dataclasses.replace(manifest, path=stale), 5, tmp_path / "stale.npy")

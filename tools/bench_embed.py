@@ -82,12 +82,12 @@ def main() -> None:
     for layout in ("nchw weights", "channels_last weights"):
         m = model.to(memory_format=torch.channels_last) if layout.startswith("channels_last") else model
         embedder = TorchEmbedder(m, size, device, bf16, "bench")
-        warm = next(batches(Path(args.shards), min(args.batch_size, 32), size))[1]
+        warm = next(batches(manifest, min(args.batch_size, 32), size))[1]
         embed_faces(embedder, warm)
         n, out = 0, []
         start = time.perf_counter()
         decode_time = 0.0
-        it = batches(Path(args.shards), args.batch_size, size, args.workers)
+        it = batches(manifest, args.batch_size, size, args.workers)
         while n < args.limit:
             t0 = time.perf_counter()
             try:

@@ -4,8 +4,9 @@ LFW people with at least --min-images images are built into an identity-ordered 
 copies per image at s drawn from 1:0.5:5, a third of the samples clean), as occgen writes shards. The same model,
 loss, optimizer, schedule and seed then train twice: through `fromnet train` (its own loader and data order), and
 through fromnet.train.bench.permutation_loop (a Trainer fed by a plain torch.randperm of the faces, decoded in
-memory, every epoch). Only the data order differs. The issue (#16) measured this at --min-images 3-ish (15,658
-samples), r18 x0.25, 6 epochs, lr 0.1 /10 at 4 and 5, batch 64.
+memory, every epoch). Only the data order differs. Issue #16 compared the shuffle-buffer order so on 15,658 LFW
+Mix samples, r18 x0.25, 6 epochs, lr 0.1 /10 at 4 and 5, batch 64; --min-images 3 gives 15,212 samples, 10 gives
+8,648 (the issue's smaller set).
 
     python tools/exp_data_order.py --work /tmp/exp-order --min-images 3 --epochs 6 --milestones 4,5
 

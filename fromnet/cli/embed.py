@@ -95,11 +95,17 @@ class ModelRunner:
         self.settings = settings
         self.embedder = open_embedder(model, settings["device"], settings["precision"], OnnxOptions(**settings["onnx"]))
 
-    def embed(self, manifest: Path):
+    def embed(self, manifest: str | Path):
         from fromnet.embed import embed_manifest
 
         s = self.settings
         return embed_manifest(manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"], s["workers"])
+
+    def embed_encoded(self, images, names, crop=None):
+        from fromnet.embed import embed_encoded
+
+        s = self.settings
+        return embed_encoded(self.embedder, images, names, s["batch_size"], s["flip"], crop)
 
 
 @main.command("embed")
@@ -108,12 +114,12 @@ class ModelRunner:
     "--shards",
     "manifest",
     required=True,
-    type=click.Path(path_type=Path),
-    help="The manifest folder of the faces to embed (manifests/NAME).",
+    help="The faces to embed: a manifest folder (manifests/NAME), or WebDataset shards made by any tool "
+    "('faces-{000000..000099}.tar', several joined by '::', pipe:COMMAND, s3:// and other URLs with fsspec).",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Embeddings .parquet file.")
 @model_options
-def embed_cmd(model: str, manifest: Path, out: Path, model_settings: dict) -> None:
+def embed_cmd(model: str, manifest: str, out: Path, model_settings: dict) -> None:
     """Write one row per sample: key, src, embedding (list of float32), occluded, box_area_ratio.
 
     \b

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -12,6 +13,7 @@ import pandas as pd
 
 from fromnet.cli import main
 from fromnet.cli.embed import ModelRunner, model_options
+from occgen.clicommon import parse_size
 from occgen.errors import UserError
 
 
@@ -31,7 +33,7 @@ class Sources:
 
     def __init__(self, runner_factory: Callable[[], ModelRunner] | None, out: Path) -> None:
         self._factory = runner_factory
-        self._runner: ModelRunner | None = None
+        self.runner: ModelRunner | None = None  # opened on first use, shared by manifests and --bin sets
         self._cache: dict[str, object] = {}
         self.out = out
 
@@ -48,9 +50,9 @@ class Sources:
                 raise UserError(
                     f"{path} is a manifest: give --model to embed it, or pass its embeddings file (fromnet embed)"
                 )
-            self._runner = self._runner or self._factory()
+            self.runner = self.runner or self._factory()
             saved = self.out / "embeddings" / f"{p.name}.parquet"
-            write_embeddings(self._runner.embed(p), saved)
+            write_embeddings(self.runner.embed(p), saved)
             emb = read_embeddings(saved)
             emb.name = p.name
         elif p.is_file():
@@ -59,6 +61,24 @@ class Sources:
             raise UserError(f"{path}: neither an embeddings .parquet file nor a finished manifest folder")
         self._cache[key] = emb
         return emb
+
+
+def evaluate_bin(path: Path, label: str | None, runner, crop: str | None, folds, metric: str, fars, boot) -> list:
+    """Embed an insightface .bin verification set's faces and score its pairs."""
+    from fromnet.eval.pairs import Embeddings, bin_pairs_table
+    from fromnet.eval.verification import PairSet, evaluate_set, select_folds
+    from occgen.formats.binset import read_bin
+    from occgen.occlude.sources import bin_rels
+
+    binset = read_bin(path)
+    names = bin_rels(path, binset.issame)
+    vectors = runner.embed_encoded(binset.images, names, parse_size(crop) if crop else None)
+    keys = np.array(names, dtype=object)
+    emb = Embeddings(path.name, keys, keys, vectors)
+    table = bin_pairs_table(names, binset.issame)
+    if folds:
+        table = select_folds(table, folds)
+    return evaluate_set(table, PairSet(label or path.stem, emb, emb), metric, fars, boot)
 
 
 def scoring_options(fn):
@@ -139,6 +159,20 @@ def read_key_list(path: str) -> np.ndarray:
     help="A verification set: first image of each pair from A, second from B (default A). A and B are "
     "embeddings files or, with --model, manifest folders. E.g. N-O=clean.parquet,occ-2.parquet",
 )
+@click.option(
+    "--bin",
+    "bins",
+    multiple=True,
+    metavar="[LABEL=]PATH",
+    help="An insightface verification set (lfw.bin, cfp_fp.bin, agedb_30.bin, ...; repeatable), embedded with "
+    "--model and scored with insightface's ten folds (consecutive tenths of its pairs).",
+)
+@click.option(
+    "--crop",
+    metavar="HxW",
+    help="With --bin: cut this centred window from each face first; 112x96 takes the SphereFace/CosFace crop "
+    "(FROM's input) from 112x112 ArcFace crops.",
+)
 @click.option("--model", help="Embed manifest folders on the way: a fromnet run/checkpoint or onnx:PATH.")
 @click.option(
     "--fold",
@@ -170,6 +204,8 @@ def eval_cmd(
     protocol,
     embeddings,
     sets,
+    bins,
+    crop,
     model,
     metric,
     folds,
@@ -190,6 +226,7 @@ def eval_cmd(
     Examples:
       fromnet eval --pairs lfw/pairs.txt --set clean=clean.parquet --set N-O=clean.parquet,occ-2.parquet --out res
       fromnet eval --pairs manifests/occ-lfw-pairs --model runs/from --out res      (groups by protocol)
+      fromnet eval --bin lfw.bin --bin cfp_fp.bin --model runs/from --crop 112x96 --out res
       fromnet eval --gallery clean.parquet --probes clean=clean.parquet --probes occ=occ-2.parquet --out res
       fromnet eval --model runs/attention --protocol partiallfw --pairs manifests/partial-lfw \\
           --pairs manifests/partial-lfw-centered --out res
@@ -239,6 +276,14 @@ def eval_cmd(
             )
         for ps in pair_sets:
             verification.extend(evaluate_set(table, ps, metric, fars, boot))
+    if crop and not bins:
+        raise UserError("--crop applies to the faces of --bin sets; give --bin lfw.bin")
+    for text in bins:
+        label, path = labelled(text)
+        if factory is None:
+            raise UserError(f"--bin {path}: give --model to embed its faces")
+        src.runner = src.runner or factory()
+        verification.extend(evaluate_bin(Path(path), label, src.runner, crop, folds, metric, fars, boot))
     if gallery:
         if not probes:
             raise UserError("--gallery needs --probes (the faces to identify)")
@@ -255,10 +300,14 @@ def eval_cmd(
     elif probes or distractors:
         raise UserError("--probes/--distractors need --gallery")
     if not verification and not identification:
-        raise UserError("nothing to evaluate: give --pairs with --embeddings/--set/--model, or --gallery with --probes")
+        raise UserError(
+            "nothing to evaluate: give --pairs with --embeddings/--set/--model, --bin with --model, "
+            "or --gallery with --probes"
+        )
     info = {
         "metric": metric,
-        "pairs": ", ".join(pairs_list) or None,
+        "pairs": ", ".join(pairs_list + bins) or None,
+        "crop": crop,
         "folds": list(folds) or None,
         "model": model,
         "flip": model_settings["flip"] if model else None,
@@ -270,4 +319,5 @@ def eval_cmd(
         )
     text = write_report(out, verification, identification, {k: v for k, v in info.items() if v is not None}, partial)
     click.echo(text, nl=False)
-    click.echo(f"-> {out}/results.md, results.json" + ", plots" * bool(verification))
+    plots = ", ".join(str(out / p) for p in json.loads((out / "results.json").read_text())["plots"])
+    click.echo(f"-> {out}/results.md, results.json" + (f"; plots {plots}" if plots else ""))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -18,8 +21,13 @@ def _options(f):
         click.option(
             "--shards",
             multiple=True,
-            help="Manifest folder built by `occgen build`, optionally "
-            "MANIFEST:WEIGHT (relative sampling rate); repeat to mix several.",
+            help="Manifest folder built by `occgen build`, or plain WebDataset shards made by any tool "
+            "('faces-{000000..000099}.tar', local files: samples are read by random access), optionally "
+            "SPEC:WEIGHT (relative sampling rate); repeat to mix several.",
+        ),
+        click.option(
+            "--class-field",
+            help="Plain shards without .cls members: the field of each sample's .json that holds its class.",
         ),
         click.option(
             "--config",
@@ -43,6 +51,12 @@ def _options(f):
             help="'sharded' splits the identity centres over the ranks (Partial FC) for huge datasets.",
         ),
         click.option("--batch-size", type=click.IntRange(1), help="Global batch size over all processes (512)."),
+        click.option(
+            "--micro-batch",
+            type=click.IntRange(1),
+            help="Samples per forward pass when a whole batch does not fit in memory: gradients of batch/N "
+            "micro-batches are accumulated into each step (fixed when the run starts).",
+        ),
         click.option("--lr", type=float, help="Base learning rate (0.1 stage 1, 0.01 stage 2)."),
         click.option("--momentum", type=float),
         click.option("--weight-decay", type=float),
@@ -56,7 +70,12 @@ def _options(f):
         ),
         click.option("--seed", type=int, help="Run seed: initial weights, data order, augmentation, dropout."),
         click.option("--init", help="Start from this checkpoint or run folder (stage 2 from stage 1)."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint."),
+        click.option(
+            "--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint that verifies."
+        ),
+        click.option(
+            "--overwrite", is_flag=True, help="Start again in an --out that holds a run (its files are removed)."
+        ),
         click.option(
             "--precision",
             type=click.Choice(PRECISIONS),
@@ -73,8 +92,17 @@ def _options(f):
         click.option("--clean-ratio", type=click.FloatRange(0, 1), help="With --occlude-online: share left clean."),
         click.option("--occluders", type=click.Path(file_okay=False), help="With --occlude-online: occluder folder."),
         click.option("--flip/--no-flip", default=None, help="Random horizontal flip (default on)."),
-        click.option("-j", "--workers", type=click.IntRange(0), help="Loader processes per training process (4)."),
-        click.option("--ckpt-every", type=click.IntRange(1), help="Steps between checkpoints (1000)."),
+        click.option(
+            "-j",
+            "--workers",
+            type=click.IntRange(0),
+            help="Loader processes per training process (default: the cores left, at most 4).",
+        ),
+        click.option(
+            "--ckpt-every",
+            callback=_parse_every,
+            help="Checkpoint every N steps (1000), or every N minutes/hours/seconds: 10m, 1h, 90s.",
+        ),
         click.option("--keep", type=click.IntRange(1), help="Checkpoints kept (3)."),
         click.option("--log-every", type=click.IntRange(1), help="Steps between logged metrics (10)."),
         click.option(
@@ -91,9 +119,27 @@ def _options(f):
     return f
 
 
+def _parse_every(ctx, param, value: str | None) -> dict[str, float] | None:
+    """'500' -> every 500 steps; '10m' (or s, h) -> every 10 minutes."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    try:
+        if text[-1:] in units:
+            minutes = float(text[:-1]) * units[text[-1]]
+            if minutes > 0:
+                return {"ckpt_every": 0, "ckpt_minutes": minutes}
+        elif int(text) > 0:
+            return {"ckpt_every": int(text), "ckpt_minutes": 0.0}
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{value!r}: give steps (500) or a time (10m, 1h, 90s)")
+
+
 @main.command("train")
 @_options
-def train_cmd(config, resume, compile_, **given) -> None:
+def train_cmd(config, resume, overwrite, compile_, ckpt_every, **given) -> None:
     """Train FROM or a baseline on occgen shards, resumably; under torchrun, on every rank.
 
     \b
@@ -102,11 +148,15 @@ def train_cmd(config, resume, compile_, **given) -> None:
       fromnet train --config stage2-from --init runs/stage1 --shards manifests/mix-webface --out runs/from
       torchrun --nproc-per-node 8 -m fromnet train --config stage1-baseline --shards manifests/webface
     """
+    from fromnet.checkpoint import checkpoints
     from fromnet.train import distributed
-    from fromnet.train.loop import Trainer, end_step, prepare
+    from fromnet.train.loop import fit, open_run, prepare
     from fromnet.train.params import resolve
+    from fromnet.train.runfolder import locked, resume_command
+    from fromnet.train.stop import StopRequest
 
     overrides = {k: v for k, v in given.items() if v is not None and v != ()}
+    overrides.update(ckpt_every or {})
     if compile_ is not None:
         overrides["compile"] = compile_
     if "shards" in overrides:
@@ -120,21 +170,48 @@ def train_cmd(config, resume, compile_, **given) -> None:
             ) from None
     cfg = resolve(config, overrides)
     world = distributed.setup(cfg.device)
+    run = Path(cfg.out)
+    if world.main:
+        click.echo(f"fromnet train -> {run}: reading the data and building the model ...", err=True)
+    stop = StopRequest()
     try:
-        cfg, state = prepare(overrides, cfg, resume, world)
-        trainer = Trainer(cfg, world, state)
-        end = end_step(cfg, trainer.plan.steps_per_epoch)
+        with stop, locked(run) if world.main else nullcontext():
+            cfg, resumed, notes = prepare(overrides, cfg, resume, overwrite, world)
+            job, state = open_run(cfg, world, resumed, notes)
+            if world.main:
+                _intro(job, state.step)
+            result = fit(job, state, stop)
+            if world.main:
+                _summary(job, result)
+        if result.stopped:
+            if world.main and not checkpoints(run):
+                click.echo(f"{stop.name}: stopped before the first step; nothing to resume", err=True)
+            elif world.main:
+                click.echo(
+                    f"{stop.name}: stopped after step {result.step} of {job.end}, checkpoint "
+                    f"{result.checkpoint or 'unchanged (no step since the last one)'}; resume with: "
+                    f"{resume_command(run, world)}",
+                    err=True,
+                )
+            sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        code = stop.exit_code if stop.requested else 130
         if world.main:
-            _intro(trainer, end)
-        result = trainer.fit(end)
-        if world.main:
-            _summary(trainer, result, end)
+            then = (
+                f"the steps since the last checkpoint are lost. Resume with: {resume_command(run, world)}"
+                if checkpoints(run)
+                else "the run has no checkpoint yet: start it again with --overwrite"
+            )
+            click.echo(
+                f"{stop.name if stop.requested else 'SIGINT'}: stopped at once, without saving; {then}", err=True
+            )
+        sys.exit(code)
     finally:
         distributed.teardown()
 
 
-def _intro(trainer, end: int) -> None:
-    plan, cfg = trainer.plan, trainer.cfg
+def _intro(job, step: int) -> None:
+    plan, cfg = job.plan, job.cfg
     data = " + ".join(
         f"{s.manifest.name} ({s.manifest.samples:,} samples" + (f", x{s.weight:g}" if s.weight != 1 else "") + ")"
         for s in plan.sources
@@ -142,24 +219,32 @@ def _intro(trainer, end: int) -> None:
     click.echo(
         f"fromnet train -> {cfg.out}: {cfg.variant} {cfg.backbone} x{cfg.width_mult:g}, "
         f"{plan.image_size[0]}x{plan.image_size[1]}, {plan.num_identities:,} identities, {cfg.precision}, "
-        f"{trainer.world.size} process(es) on {trainer.world.device}",
+        f"{job.world.size} process(es) on {job.world.device}",
         err=True,
     )
     click.echo(
         f"data: {data}; {plan.steps_per_epoch} steps/epoch of {plan.batch_size} "
-        f"({plan.replicas} replicas x {plan.micro_batch}); steps {trainer.step} -> {end}",
+        f"({plan.replicas} micro-batch{'es' if plan.replicas > 1 else ''} of {plan.micro_batch}); "
+        f"steps {step} -> {job.end}"
+        + (f" (the schedule ends at {job.schedule_end})" if job.end < job.schedule_end else ""),
         err=True,
     )
 
 
-def _summary(trainer, result, end: int) -> None:
-    last = result.last
+def _summary(job, result) -> None:
+    from fromnet.train.data import parse_source
+    from fromnet.train.progress import plot_losses
+    from fromnet.train.runfolder import resume_command
+
+    last, cfg = result.last, job.cfg
+    run = shlex.quote(str(result.run))
     images_s = result.images / result.seconds if result.seconds else 0.0
     wait = result.data_wait / result.seconds if result.seconds else 0.0
     lines = [
         "",
         f"run        {result.run}",
-        f"steps      {result.start_step} -> {result.step} of {end} (epoch {last.get('epoch', 0)})",
+        f"steps      {result.start_step} -> {result.step} (epoch {last.get('epoch', 0)}); the schedule ends at step "
+        f"{job.schedule_end:,} (epoch {cfg.epochs})",
         f"time       {result.seconds:.1f} s, {images_s:,.0f} images/s, {wait:.0%} of it waiting for data",
     ]
     if last:
@@ -172,7 +257,17 @@ def _summary(trainer, result, end: int) -> None:
     if result.checkpoint:
         lines.append(f"checkpoint {result.checkpoint}")
     lines.append(f"metrics    {Path(result.run) / 'metrics.jsonl'}")
-    if result.step < end:
-        lines.append(f"next       fromnet train --out {result.run} --resume   (continues to step {end})")
-    lines.append(f"evaluate   fromnet eval --model {result.run} ...")
+    if curve := plot_losses(Path(result.run)):
+        lines.append(f"loss curve {curve}")
+    if result.step < job.end:
+        lines.append(f"next       {resume_command(result.run, job.world)}   (continues to step {job.end:,})")
+    elif result.step < job.schedule_end:
+        lines.append(
+            f"next       {resume_command(result.run, job.world)} --steps {job.schedule_end}   (to the schedule's end)"
+        )
+    faces = shlex.quote(cfg.val or str(parse_source(cfg.shards[0])[0]))
+    lines.append(
+        f"evaluate   fromnet eval --model {run} --gallery {faces} --probes {faces} --out {run}/eval"
+        + ("" if cfg.val else "   (training faces: use held-out ones for real figures)")
+    )
     click.echo("\n".join(lines))

@@ -52,15 +52,17 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
     a single ``N`` (one fold). Folds are numbered by block, as in the file.
     """
     try:
-        lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
+        numbered = [(n, ln.split()) for n, ln in enumerate(Path(path).read_text().splitlines(), 1) if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read pairs list ({exc})") from None
-    if not lines:
+    if not numbered:
         raise UserError(f"{path}: empty pairs list")
+    numbers, lines = [n for n, _ in numbered], [f for _, f in numbered]
     head, body = lines[0], lines[1:]
     if not all(h.isdigit() for h in head) or len(head) not in (1, 2):
         raise UserError(
-            f"{path}: first line must be 'FOLDS PAIRS_PER_CLASS' (LFW's '10 300') or 'N'; got {' '.join(head)!r}"
+            f"{path}:{numbers[0]}: first line must be 'FOLDS PAIRS_PER_CLASS' (LFW's '10 300') or 'N'; "
+            f"got {' '.join(head)!r}"
         )
     folds, per = (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
     if len(body) != folds * 2 * per:
@@ -69,18 +71,21 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
             f"({folds * 2 * per} lines) but {len(body)} pair lines follow"
         )
     src1, src2, same = [], [], []
-    for n, f in enumerate(body, start=2):
-        if len(f) == 3:
-            first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[0], f[2]), True
-        elif len(f) == 4:
-            first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[2], f[3]), False
-        else:
-            raise UserError(f"{path}:{n}: a pair line has 3 fields (name i j) or 4 (name1 i name2 j); got {len(f)}")
+    for n, f in zip(numbers[1:], body):
+        try:
+            if len(f) == 3:
+                first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[0], f[2]), True
+            elif len(f) == 4:
+                first, second, matched = lfw_src(f[0], f[1]), lfw_src(f[2], f[3]), False
+            else:
+                raise UserError(f"a pair line has 3 fields (name i j) or 4 (name1 i name2 j); got {len(f)}")
+        except UserError as exc:
+            raise UserError(f"{path}:{n}: {exc}") from None
         src1.append(first)
         src2.append(second)
         same.append(matched)
     count = len(body)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "pair": np.arange(count, dtype=np.int32),
             "fold": (np.arange(count) // (2 * per)).astype(np.int16),
@@ -92,6 +97,14 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
             "protocol": pd.Series([None] * count, dtype=object),
         }
     )
+    table.attrs.update(source=str(path), lines=numbers[1:])  # for errors that name the line of a pair
+    return table
+
+
+def pair_origin(pairs: pd.DataFrame, index: int) -> str:
+    """Where pair `index` comes from: 'pairs.txt:12' for a text list, else ''."""
+    lines = pairs.attrs.get("lines")
+    return f"{pairs.attrs['source']}:{lines[index]}" if lines and index < len(lines) else ""
 
 
 def read_pairs_manifest(path: Path) -> pd.DataFrame:
@@ -122,9 +135,37 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     return read_pairs_txt(path)
 
 
+def bin_pairs_table(names: list[str], issame: tuple[bool, ...]) -> pd.DataFrame:
+    """The pairs of an insightface verification set whose 2N images are called ``names``: pair k is images 2k and
+    2k+1, folds consecutive tenths (insightface's verification.py)."""
+    from occgen.formats.binset import folds
+
+    n = len(issame)
+    return pd.DataFrame(
+        {
+            "pair": np.arange(n, dtype=np.int32),
+            "fold": folds(n),
+            "same": np.array(issame, dtype=bool),
+            "key1": names[0::2],
+            "key2": names[1::2],
+            "src1": names[0::2],
+            "src2": names[1::2],
+            "protocol": pd.Series([None] * n, dtype=object),
+        }
+    )
+
+
 def is_manifest_pairs(pairs: pd.DataFrame) -> bool:
     """True when pairs name sample keys (a pairs manifest), not only LFW paths."""
     return bool(pairs["key1"].notna().all() and pairs["key2"].notna().all())
+
+
+class MissingImages(UserError):
+    """Images a list names that an embeddings set lacks; `first` is the position of the first one in the list."""
+
+    def __init__(self, message: str, first: int) -> None:
+        super().__init__(message)
+        self.first = first
 
 
 @dataclass
@@ -163,9 +204,10 @@ class Embeddings:
         rows = stems.get_indexer(wanted)
         if (rows < 0).any():
             miss = [w for w, r in zip(wanted, rows) if r < 0]
-            raise UserError(
+            raise MissingImages(
                 f"{self.name}: {len(miss)} of {len(wanted)} {what} not found by key or by src, "
-                f"first {miss[0]!r}; embed the set that holds them"
+                f"first {miss[0]!r}; embed the set that holds them",
+                int(np.flatnonzero(rows < 0)[0]),
             )
         return rows
 
@@ -204,6 +246,8 @@ def read_embeddings(path: str | Path) -> Embeddings:
         raise UserError(
             f"{path}: not an embeddings file, missing column(s) {', '.join(missing)} (need key, src, embedding)"
         )
+    if table.num_rows == 0:
+        raise UserError(f"{path}: holds no embeddings (0 rows); embed a set that has faces with `fromnet embed`")
     emb = table["embedding"].combine_chunks()
     if emb.null_count:
         raise UserError(f"{path}: {emb.null_count} row(s) have no embedding")

@@ -202,6 +202,23 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> None:
     save(fig, path)
 
 
+def plot_identification(results: Sequence[IdentificationResult], path: Path) -> None:
+    """Rank-1 and rank-5 of each probe set, side by side."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(results) + 2), 4), dpi=120)
+    x = list(range(len(results)))
+    for shift, rank, name in ((-0.2, "rank1", "rank-1"), (0.2, "rank5", "rank-5")):
+        values = [100 * getattr(r, rank) for r in results]
+        bars = ax.bar([i + shift for i in x], values, width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, [f"{r.label}\n({r.probes} probes)" for r in results], fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("identification rate (%)")
+    ax.set_title("Identification")
+    ax.legend(fontsize=7, loc="lower right")
+    save(fig, path)
+
+
 def plot_regions(results: Sequence[VerificationResult], path: Path) -> bool:
     """Bar chart of accuracy per occluded region (sets named after the nine regions), one bar per protocol group
     (e.g. N-O and O-O) side by side, clean sets as a dashed line; False if no set is named after a region."""
@@ -315,6 +332,8 @@ def write_report(
             plots.append("area.png")
     if identification:
         parts.append("## Identification\n\n" + identification_table(identification))
+        plot_identification(identification, out / "identification.png")
+        plots.append("identification.png")
     line = bootstrap_line([*verification, *identification])
     if line:
         parts.insert(1, f"Intervals: {line}.")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from fromnet.eval import bootstrap as bs
 from fromnet.eval import metrics
-from fromnet.eval.pairs import Embeddings, group_columns
+from fromnet.eval.pairs import Embeddings, MissingImages, group_columns, pair_origin
 from occgen.errors import UserError
 
 DEFAULT_FARS = (1e-3, 1e-4)
@@ -198,8 +198,8 @@ def evaluate_set(
     """Score every pair of a set and evaluate each protocol group separately (intervals per ``boot``)."""
     if metric not in metrics.METRICS:
         raise UserError(f"metric must be one of {', '.join(metrics.METRICS)}; got {metric!r}")
-    rows1 = pair_set.first.find(pairs["key1"].to_numpy(), pairs["src1"].to_numpy(), "first images of the pairs")
-    rows2 = pair_set.second.find(pairs["key2"].to_numpy(), pairs["src2"].to_numpy(), "second images of the pairs")
+    rows1 = _rows(pair_set.first, pairs, 1)
+    rows2 = _rows(pair_set.second, pairs, 2)
     d1, d2 = pair_set.first.vectors.shape[1], pair_set.second.vectors.shape[1]
     if d1 != d2:
         raise UserError(
@@ -236,6 +236,16 @@ def evaluate_set(
         group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
         results.append(one(group, idx))
     return results
+
+
+def _rows(emb: Embeddings, pairs: pd.DataFrame, side: int) -> np.ndarray:
+    """Where each pair's first (side 1) or second image is in `emb`; a missing one is named with its pair's line."""
+    which = "first" if side == 1 else "second"
+    try:
+        return emb.find(pairs[f"key{side}"].to_numpy(), pairs[f"src{side}"].to_numpy(), f"{which} images of the pairs")
+    except MissingImages as exc:
+        origin = pair_origin(pairs, exc.first)
+        raise UserError(f"{origin}: {exc}" if origin else str(exc)) from None
 
 
 def balanced_mask(pairs: pd.DataFrame) -> np.ndarray | None:

@@ -177,20 +177,28 @@ def order_stats(sources: list[tuple[Manifest, float]], batch: int, seed: int, ep
 
 
 def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:
-    """The simple way to order data, for comparing training losses: a fresh Trainer's model, loss, optimizer and
+    """The simple way to order data, for comparing training losses: a fresh run's model, loss, optimizer and
     schedule (same seed, so the same initial weights), fed batches of a plain ``torch.randperm`` over every face of
     the mix decoded into memory, each epoch, each face flipped with probability 1/2. Returns each step's loss and
     the distinct identities of each batch."""
+    from fromnet.checkpoint import ModelSpec
     from fromnet.shards import decode_face, iter_ordered
     from fromnet.train.distributed import World
-    from fromnet.train.loop import Trainer, needs_targets
+    from fromnet.train.loop import make_plan, make_sources, needs_targets
+    from fromnet.train.state import build_state
+    from fromnet.train.step import StepSettings, lr_factor, train_step
 
     if needs_targets(cfg.variant) or cfg.occlude_online:
         raise ValueError("the permutation loop feeds identity labels only: use a variant without a pattern predictor")
     cfg.replicas = cfg.replicas or 1
-    trainer = Trainer(cfg, World(), None)
+    world = World()
+    sources = make_sources(cfg, Path(cfg.out), world)
+    plan = make_plan(cfg, sources)
+    spec = ModelSpec(cfg.variant, cfg.K, plan.image_size, cfg.backbone, cfg.width_mult)
+    state = build_state(cfg, world, spec, plan.num_identities)
+    settings = StepSettings(cfg.seed, replicas=1)
     faces, labels = [], []
-    for source in trainer.plan.sources:
+    for source in sources:
         if source.weight != 1:
             raise ValueError("the permutation loop reads each manifest once: give weights of 1")
         for sample in iter_ordered(source.manifest):
@@ -209,9 +217,9 @@ def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:
                 flip = torch.rand(len(ids), generator=generator).numpy() < 0.5
                 images[flip] = images[flip][:, :, ::-1]
             batch = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels_all[ids]), "replica": 0}
-            loss = trainer._train_step([batch], 1, None)["loss"]
-            assert loss is not None  # the loss of a step is always set; other entries may be None
+            lr = cfg.lr * lr_factor(state.step, cfg.milestones, plan.steps_per_epoch)
+            loss = train_step(state, [batch], lr, settings, world)["loss"]
+            assert loss is not None  # always a number; only the pattern terms may be None
             losses.append(loss)
             distinct.append(len(set(labels_all[ids].tolist())))
-            trainer.step += 1
     return losses, distinct

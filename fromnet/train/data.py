@@ -4,7 +4,6 @@ process or worker count."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,16 +13,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import torch
 
-from fromnet.shards import Manifest, decode_face, image_size, span_sample, tar_spans
+from fromnet.shards import Manifest, decode_face, image_size, sample_class, span_sample, tar_spans
 from fromnet.train.order import epoch_order, micro_batch
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes, regression_target
+from occgen.manifest import batches, open_parts, open_samples
 from occgen.occlude.plan import SampleRandom, sample_seed
-from occgen.writer import atomic_write
+from occgen.writer import atomic_path
 
 if TYPE_CHECKING:  # imported where used: only runs with online occlusion need them
     from occgen.occlude.occluders import OccluderLibrary
@@ -61,18 +59,19 @@ class Source:
     index: str | None = None
 
 
-def parse_source(text: str) -> tuple[Path, float]:
-    """``manifests/NAME`` or ``manifests/NAME:WEIGHT``."""
+def parse_source(text: str) -> tuple[str, float]:
+    """``manifests/NAME`` or ``manifests/NAME:WEIGHT`` (also plain shards: ``faces-{000..009}.tar:2``). The path
+    stays a string: a URL such as ``file:///data/x.tar`` must not be normalised as a path."""
     path, _, weight = text.rpartition(":") if ":" in text else (text, "", "")
     if not path:
-        return Path(text), 1.0
+        return text, 1.0
     try:
         value = float(weight)
     except ValueError:
-        return Path(text), 1.0  # a ':' that is part of the path
+        return text, 1.0  # a ':' that is part of the path
     if not value > 0:
         raise UserError(f"--shards {text}: the weight after ':' must be a positive number")
-    return Path(path), value
+    return path, value
 
 
 #: A labels row in shard order: the key's hash (checks alignment), the pattern, and the box in pixels.
@@ -83,34 +82,49 @@ def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
+def key_hashes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """key_hash of each key, as uint64."""
+    return np.fromiter((key_hash(k) for k in keys.to_pylist()), np.uint64, len(keys))
+
+
 def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
     """Put ``labels-kK.parquet`` (sorted by key) into shard order, as one memory-mappable array at ``out``.
 
     Loader workers then read a sample's labels by its index, holding no per-key dictionary: memory per worker stays
-    bounded whatever the manifest's size, and the pages are shared between processes.
+    bounded whatever the manifest's size, and the pages are shared between processes. Both files are read a batch
+    at a time and joined on 64-bit key hashes, so making the cache holds about 60 bytes a sample and no string.
     """
     from occgen.label.labels import REG_COLUMNS, labels_path
 
-    path = labels_path(manifest.path, K)
+    path = labels_path(manifest.folder, K)
     if not path.is_file():
         raise UserError(
             f"{manifest.path} has no pattern labels for K={K} ({path.name}); "
             f"run `occgen label --K {K} {manifest.path}` first"
         )
-    labels = pq.read_table(path, columns=["key", "pattern", *REG_COLUMNS])
-    keys = shard_order(manifest, ["key"])["key"]
-    where = pc.index_in(keys, value_set=labels["key"])
-    if where.null_count:
+    hashes, patterns, regs = [], [], []
+    for batch in batches(open_parts(path), ["key", "pattern", *REG_COLUMNS]):
+        hashes.append(key_hashes(batch["key"]))
+        patterns.append(batch["pattern"].to_numpy())
+        regs.append(np.stack([batch[c].to_numpy() for c in REG_COLUMNS], axis=1))
+    label_hash = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    by_hash = np.argsort(label_hash, kind="stable")
+    label_hash = label_hash[by_hash]
+    keys = np.concatenate([key_hashes(b["key"]) for b in batches(open_samples(manifest.folder), ["key"])])
+    keys = keys[shard_positions(manifest)]
+    where = np.minimum(np.searchsorted(label_hash, keys), max(len(label_hash) - 1, 0))
+    missing = int((label_hash[where] != keys).sum()) if len(label_hash) else len(keys)
+    if missing:
         raise UserError(
-            f"{path} lacks labels for {where.null_count} sample(s): it is older than the manifest; "
+            f"{path} lacks labels for {missing} sample(s): it is older than the manifest; "
             f"run `occgen label --K {K} {manifest.path}` again"
         )
-    rows = labels.take(where)
+    rows = by_hash[where]
     height, width = image_size(manifest)
-    reg = np.stack([rows[c].to_numpy() for c in REG_COLUMNS], axis=1).astype(np.float64)
     table = np.zeros(len(keys), LABEL_DTYPE)
-    table["key_hash"] = [key_hash(k) for k in keys.to_pylist()]
-    table["pattern"] = rows["pattern"].to_numpy()
+    table["key_hash"] = keys
+    table["pattern"] = np.concatenate(patterns)[rows]
+    reg = np.concatenate(regs)[rows].astype(np.float64)
     table["box"] = np.rint(reg * [width, height, width, height])
     table["occluded"] = (table["box"][:, 2] > table["box"][:, 0]) & (table["box"][:, 3] > table["box"][:, 1])
     save_array(out, table)
@@ -118,20 +132,29 @@ def build_label_cache(manifest: Manifest, K: int, out: Path) -> Path:
 
 
 def save_array(out: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    atomic_write(out, buf.getvalue())
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def shard_positions(manifest: Manifest) -> np.ndarray:
+    """Where each sample of the manifest's sample index (shards as the manifest lists them, samples as each tar
+    holds them) lies in ``samples.parquet`` read in file order (occgen.manifest.batches)."""
+    names = pa.array([s.name for s in manifest.shards], pa.string())
+    shard_index = []
+    for batch in batches(open_samples(manifest.folder), ["shard"]):
+        where = pc.index_in(batch["shard"], value_set=names)
+        shard_index.append(where.to_numpy(zero_copy_only=False))
+    index = np.concatenate(shard_index) if shard_index else np.zeros(0)
+    if np.isnan(index).any() or len(index) != manifest.samples:
+        raise UserError(f"{manifest.path}: samples.parquet and shards.json disagree; rebuild with `occgen build`")
+    return np.argsort(index, kind="stable")
 
 
 def shard_order(manifest: Manifest, columns: list[str]) -> pa.Table:
     """Columns of ``samples.parquet`` in shard order (shards as the manifest lists them, samples as each tar holds
     them): row i belongs to sample i of the manifest's sample index."""
-    samples = ds.dataset(manifest.path / "samples.parquet", format="parquet").to_table(columns=["shard", *columns])
-    order = {s.name: i for i, s in enumerate(manifest.shards)}
-    shard_index = np.array([order.get(s, -1) for s in samples["shard"].to_pylist()])
-    if (shard_index < 0).any() or len(shard_index) != manifest.samples:
-        raise UserError(f"{manifest.path}: samples.parquet and shards.json disagree; rebuild with `occgen build`")
-    return samples.select(columns).take(pa.array(np.argsort(shard_index, kind="stable")))
+    table = pa.concat_tables(batches(open_samples(manifest.folder), columns))
+    return table.take(pa.array(shard_positions(manifest)))
 
 
 #: Where a sample lies: its shard (position in the manifest) and its members' byte range in that tar.
@@ -211,6 +234,7 @@ class StreamPlan:
     targets: bool = False  # produce pattern labels and boxes
     flip: bool = True
     online: OnlineOcclusion | None = None
+    class_field: str | None = None  # plain shards: the JSON field holding the class (None: the .cls member)
 
     def __post_init__(self) -> None:
         if self.batch_size % self.replicas:
@@ -347,7 +371,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                     f"{sample['__url__']}: {key} is {face.shape[0]}x{face.shape[1]}, the run trains on "
                     f"{H}x{W}; mix only manifests of one face size"
                 )
-            labels[i] = int(sample["cls"]) + source.identity_offset
+            labels[i] = sample_class(sample, plan.class_field) + source.identity_offset
             if plan.online is not None:
                 face, geometry = self._occlude(plan.online, face, key, epoch)
                 occluded[i] = geometry["occluded"]

@@ -1,33 +1,26 @@
 """The training loop: shards -> FROM (or a baseline) -> checkpoints, on one CPU, one GPU or many under torchrun.
 
-A step is defined by the data, not by the processes: the global batch is split into `replicas` micro-batches
-(fixed when the run starts), every micro-batch's samples and dropout masks are seeded by (seed, step, replica),
-and a process runs replicas / world of them, accumulating gradients. So a run can stop anywhere and resume on
-another number of processes, and compute the same losses it would have computed uninterrupted.
+A step is defined by the data, not by the processes (see fromnet.train.step), so a run can stop anywhere and
+resume on another number of processes, and compute the same losses it would have computed uninterrupted. Here:
+settling a run's settings, building its pieces, and the loop that feeds steps, logs, validates and checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from fromnet import checkpoint
 from fromnet.checkpoint import ModelSpec
-from fromnet.losses import Margin, MarginHead, make_criterion
-from fromnet.models import VARIANTS, build_model
-from fromnet.shards import decode_face, image_size, iter_ordered, read_manifest, sample_meta, to_input
-from fromnet.train import distributed
+from fromnet.models import VARIANTS
+from fromnet.shards import Manifest, counted, image_size, local_path, open_shards
+from fromnet.train import checkpoints, distributed, memory, runfolder
 from fromnet.train.data import (
     OnlineOcclusion,
     Source,
@@ -40,18 +33,42 @@ from fromnet.train.data import (
 )
 from fromnet.train.distributed import World
 from fromnet.train.params import TrainConfig, merge_resumed, read_toml, write_toml
-from fromnet.train.partial_fc import ShardedMarginHead
-from fromnet.train.progress import Progress
+from fromnet.train.progress import KeyLog, Meter, Progress
+from fromnet.train.state import TrainState, build_state, load_init
+from fromnet.train.step import NonFiniteLoss, StepSettings, lr_factor, train_step
+from fromnet.train.stop import StopRequest
+from fromnet.train.validate import validate
 from occgen.errors import UserError
-from occgen.label.patterns import label_boxes
 from occgen.occlude.plan import parse_scales
-from occgen.writer import atomic_write
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from occgen.writer import atomic_write, json_bytes
 
 
-class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+@dataclass
+class Run:
+    """A run's fixed parts: settings, processes, data and the notes to show before it starts."""
+
+    cfg: TrainConfig
+    world: World
+    sources: tuple[Source, ...]
+    plan: StreamPlan
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.cfg.variant, self.cfg.K, self.plan.image_size, self.cfg.backbone, self.cfg.width_mult)
+
+    @property
+    def schedule_end(self) -> int:
+        return self.cfg.epochs * self.plan.steps_per_epoch
+
+    @property
+    def end(self) -> int:
+        """Where this invocation stops: the schedule's end, or --steps if that comes first."""
+        return min(self.schedule_end, self.cfg.steps) if self.cfg.steps else self.schedule_end
 
 
 @dataclass
@@ -65,18 +82,7 @@ class Result:
     last: dict[str, Any] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
-
-
-def step_seed(seed: int, step: int, replica: int) -> int:
-    """The torch seed of one micro-batch (dropout masks): a function of the data position alone."""
-    digest = hashlib.blake2b(f"{seed}:{step}:{replica}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def lr_factor(step: int, milestones: list[int], steps_per_epoch: int) -> float:
-    """Step decay: /10 at each milestone epoch, applied from the first step of that epoch."""
-    epoch = step // steps_per_epoch
-    return 0.1 ** sum(epoch >= m for m in milestones)
+    stopped: int = 0  # the signal that stopped the run early, if one did
 
 
 def needs_targets(variant: str) -> bool:
@@ -89,10 +95,12 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
     sources, offset = [], 0
     for text in cfg.shards:
         path, weight = parse_source(text)
-        manifest = read_manifest(path)
+        manifest = open_shards(path)
+        if manifest.path is None:
+            manifest = plain_shards(manifest, cfg, run / "cache")
         labels = None
         if needs_targets(cfg.variant) and not cfg.occlude_online:
-            digest = hashlib.blake2b(str(manifest.path.resolve()).encode(), digest_size=4).hexdigest()
+            digest = hashlib.blake2b(str(manifest.folder.resolve()).encode(), digest_size=4).hexdigest()
             labels = str(run / "cache" / f"{manifest.name}-{digest}-k{cfg.K}.npy")
         index = str(index_cache_path(manifest, run / "cache"))
         sources.append(Source(manifest, weight, offset, labels, index))
@@ -105,6 +113,32 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
                 build_label_cache(source.manifest, cfg.K, Path(source.labels))
     distributed.barrier(world)
     return tuple(sources)
+
+
+def plain_shards(manifest: Manifest, cfg: TrainConfig, cache: Path) -> Manifest:
+    """Plain WebDataset shards ready to train on: local files (read by random access), with their sample and
+    identity counts from one pass over them, kept in the run's cache so that a resumed run does not pass again."""
+    remote = [s.url for s in manifest.shards if local_path(s.url) is None]
+    if remote:
+        raise UserError(
+            f"{remote[0]}: training reads samples by random access into local tar files; copy the shards to this "
+            "machine first (`fromnet embed` streams pipe: and remote URLs)"
+        )
+    if needs_targets(cfg.variant) and not cfg.occlude_online:
+        raise UserError(
+            f"{manifest.name}: plain WebDataset shards carry no occlusion-pattern labels, which --variant "
+            f"{cfg.variant} trains on: give --occlude-online SCALES (e.g. 1:0.5:5) to occlude and label them in the "
+            "loader, or train --variant baseline"
+        )
+    counts = index_cache_path(manifest, cache).with_suffix(".counts.json")
+    if counts.is_file():
+        saved = json.loads(counts.read_text())
+        shards = tuple(replace(s, samples=n) for s, n in zip(manifest.shards, saved["samples"]))
+        return replace(manifest, shards=shards, num_identities=saved["identities"])
+    manifest = counted(manifest, cfg.class_field or None, max(cfg.workers, 1))
+    found = {"samples": [s.samples for s in manifest.shards], "identities": manifest.num_identities}
+    atomic_write(counts, json_bytes(found))
+    return manifest
 
 
 def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
@@ -124,435 +158,215 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
         needs_targets(cfg.variant),
         cfg.flip,
         online,
+        cfg.class_field or None,
     )
-
-
-#: Parts of a FROM-family checkpoint that the attention variant has no use for: it stops after stage 3 and pools
-#: with attention instead of the flattening embedding head.
-ATTENTION_UNUSED = ("backbone.stages.3.", "head.")
-
-
-def load_init(model: nn.Module, head: MarginHead | ShardedMarginHead, path: str, variant: str) -> str:
-    """Start from another run's weights (stage 2 from stage 1): every tensor must fit, or nothing is loaded."""
-    state = checkpoint.load(path)
-    theirs, ours = state["model"], model.state_dict()
-    unused = []
-    if VARIANTS[variant].family == "attention":
-        unused = [k for k in theirs if k not in ours and k.startswith(ATTENTION_UNUSED)]
-        theirs = {k: v for k, v in theirs.items() if k not in unused}
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
-        for k, v in theirs.items()
-        if k in ours and v.shape != ours[k].shape
-    ]
-    unknown = [k for k in theirs if k not in ours]
-    missing = [k for k in ours if k not in theirs and k.split(".")[0] in ("backbone", "head")]
-    if wrong or unknown or missing:
-        parts = [
-            f"{len(wrong)} of different shape ({'; '.join(wrong[:4])})" if wrong else "",
-            f"{len(unknown)} this model lacks ({', '.join(unknown[:4])})" if unknown else "",
-            f"{len(missing)} the checkpoint lacks ({', '.join(missing[:4])})" if missing else "",
-        ]
-        spec = state.get("model_spec", {})
-        raise UserError(
-            f"--init {state['path']} (a {spec.get('variant')} {spec.get('backbone')} x"
-            f"{spec.get('width_mult')}) does not fit this model: tensors "
-            + "; ".join(p for p in parts if p)
-            + ". Use the same --backbone, --width-mult and face size"
-        )
-    model.load_state_dict(theirs, strict=False)
-    fresh = sorted({k.split(".")[0] for k in ours if k not in theirs})
-    weight = state.get("classifier", {}).get("weight")
-    dim = next(head.parameters()).shape[1]
-    if weight is not None and tuple(weight.shape) == (head.num_classes, dim):
-        head.load_full_weight(weight.to(next(head.parameters()).device))
-        classifier = "classifier loaded"
-    else:
-        classifier = "classifier starts fresh (other identities or embedding size)"
-    return (
-        f"initialised from {state['path']}"
-        + (f" (new parts: {', '.join(fresh)})" if fresh else "")
-        + (f" ({len(unused)} tensors of parts this variant drops left unused)" if unused else "")
-        + f"; {classifier}"
-    )
-
-
-class Trainer:
-    """Holds a run's pieces; `fit` runs steps [start, end)."""
-
-    def __init__(self, cfg: TrainConfig, world: World, resume_state: dict[str, Any] | None) -> None:
-        self.cfg, self.world = cfg, world
-        self.run = Path(cfg.out)
-        self.sources = make_sources(cfg, self.run, world)
-        self.plan = make_plan(cfg, self.sources)
-        self.spec = ModelSpec(cfg.variant, cfg.K, self.plan.image_size, cfg.backbone, cfg.width_mult)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        device = world.device
-        self.model = build_model(**self.spec.build_kwargs(), channels_last=cfg.channels_last).to(device)
-        margin = Margin.preset(cfg.margin, cfg.margin_scale or None)
-        dim = self.model.config.embedding_dim
-        if cfg.classifier == "sharded":
-            self.head: MarginHead | ShardedMarginHead = ShardedMarginHead(
-                dim, self.plan.num_identities, margin, world, cfg.seed
-            )
-        else:
-            self.head = MarginHead(dim, self.plan.num_identities, margin)
-        self.head.to(device)
-        self.criterion = make_criterion(cfg.variant, self.head, cfg.lam, cfg.lambda_wce, cfg.lambda_div)
-        self.notes: list[str] = []
-        if cfg.init and resume_state is None:
-            self.notes.append(load_init(self.model, self.head, cfg.init, cfg.variant))
-        self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
-            if world.distributed
-            else self.model
-        )
-        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
-        opt: dict[str, Any] = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), **opt)
-        self.head_optimizer = torch.optim.SGD(self.head.parameters(), **opt)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        self.step = 0
-        if resume_state is not None:
-            self._restore(resume_state)
-
-    # -- checkpoints ------------------------------------------------------------------------------------------
-
-    def _head_momentum(self) -> torch.Tensor | None:
-        state = self.head_optimizer.state.get(self._head_weight(), {})
-        return state.get("momentum_buffer")
-
-    def _head_weight(self) -> nn.Parameter:
-        return next(self.head.parameters())
-
-    def state(self) -> dict[str, Any]:
-        """Everything a resume needs; collective (the sharded classifier is gathered), so every rank calls it."""
-        momentum = self._head_momentum()
-        return {
-            "step": self.step,
-            "epoch": self.step // self.plan.steps_per_epoch,
-            "model_spec": self.spec.to_dict(),
-            "model": self.model.state_dict(),
-            "classifier": {
-                "weight": self.head.full_weight().cpu(),
-                "momentum": None if momentum is None else self.head.gather_rows(momentum).cpu(),
-            },
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": {
-                "lr": self.cfg.lr,
-                "milestones": list(self.cfg.milestones),
-                "steps_per_epoch": self.plan.steps_per_epoch,
-                "step": self.step,
-            },
-            "scaler": self.scaler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            "data": {
-                "step": self.step,
-                "replicas": self.plan.replicas,
-                "order": "permutation",
-                "seed": self.plan.seed,
-                "steps_per_epoch": self.plan.steps_per_epoch,
-            },
-            "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
-        }
-
-    def replica_checksums(self) -> list[float]:
-        """A checksum of this rank's weights from every rank: DDP replicas must never drift apart."""
-        with torch.no_grad():
-            mine = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().reshape(1).cpu()
-        return distributed.all_gather_cat(mine, self.world).tolist()
-
-    def save(self) -> Path | None:
-        state = self.state()
-        sums = self.replica_checksums()
-        if len(set(sums)) != 1:
-            raise UserError(
-                f"the model replicas differ between ranks (weight checksums {sums}); this is a bug in "
-                "the distributed setup, please report it with the run's config.toml"
-            )
-        state["replica_checksums"] = sums
-        path = checkpoint.save(self.run, self.step, state, self.cfg.keep) if self.world.main else None
-        distributed.barrier(self.world)
-        return path
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        device = self.world.device
-        self.model.load_state_dict(state["model"])
-        self.head.load_full_weight(state["classifier"]["weight"].to(device))
-        self.optimizer.load_state_dict(state["optimizer"])
-        momentum = state["classifier"]["momentum"]
-        if momentum is not None:
-            weight = self._head_weight()
-            self.head_optimizer.state[weight]["momentum_buffer"] = self.head.local_rows(momentum).to(device).clone()
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.step = int(state["step"])
-
-    # -- the loop -----------------------------------------------------------------------------------------------
-
-    def loader(self, end: int) -> torch.utils.data.DataLoader:
-        world, plan = self.world, self.plan
-        per_process = plan.replicas // world.size
-        mine = [world.rank * per_process + i for i in range(per_process)]
-        stream = TrainStream(plan, mine, self.step, end, log_keys=self.cfg.log_keys)
-        workers = self.cfg.workers
-        return torch.utils.data.DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=workers,
-            pin_memory=world.device.type == "cuda",
-            prefetch_factor=4 if workers else None,
-        )
-
-    def fit(self, end: int) -> Result:
-        cfg, world, plan = self.cfg, self.world, self.plan
-        start = self.step
-        progress = Progress(self.run, start, end, world.main)
-        for note in self.notes:
-            progress.note(note)
-        per_process = plan.replicas // world.size
-        autocast = AUTOCAST[cfg.precision]
-        keys_file = None
-        if cfg.log_keys:
-            (self.run / "keys").mkdir(parents=True, exist_ok=True)
-            keys_file = open(self.run / "keys" / f"rank-{world.rank}.txt", "a")
-        result = Result(self.run, start, start, 0.0, 0, 0.0)
-        began = time.perf_counter()
-        window = {"images": 0, "wait": 0.0, "time": 0.0}
-        batches = iter(self.loader(end))
-        self.model.train()
-        try:
-            while self.step < end:
-                tick = time.perf_counter()
-                micro = []
-                for _ in range(per_process):
-                    micro.append(next(batches))
-                waited = time.perf_counter() - tick
-                stats = self._train_step(micro, per_process, autocast)
-                if keys_file is not None:
-                    for mb in micro:
-                        keys_file.write("".join(f"{self.step} {mb['replica']} {k}\n" for k in mb["keys"]))
-                self.step += 1
-                elapsed = time.perf_counter() - tick
-                window["images"] += plan.batch_size
-                window["wait"] += waited
-                window["time"] += elapsed
-                result.images += plan.batch_size
-                result.data_wait += waited
-                epoch_end = self.step % plan.steps_per_epoch == 0
-                if self.step % cfg.log_every == 0 or self.step == end or epoch_end:
-                    record = {
-                        "step": self.step,
-                        "epoch": (self.step - 1) // plan.steps_per_epoch,
-                        **stats,
-                        "img_s": window["images"] / max(window["time"], 1e-9),
-                        "data_wait": window["wait"] / max(window["time"], 1e-9),
-                    }
-                    progress.log(record)
-                    result.last = record
-                    window = {"images": 0, "wait": 0.0, "time": 0.0}
-                if epoch_end and cfg.val:
-                    result.val = self.validate(Path(cfg.val))
-                    if world.main:
-                        progress.note(
-                            f"val after epoch {record['epoch']}: "
-                            + ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
-                        )
-                        with open(self.run / "metrics.jsonl", "a") as f:
-                            f.write(
-                                json.dumps({"step": self.step, **{f"val_{k}": v for k, v in result.val.items()}}) + "\n"
-                            )
-                if self.step % cfg.ckpt_every == 0 or epoch_end or self.step == end:
-                    result.checkpoint = self.save()
-        finally:
-            progress.close()
-            if keys_file is not None:
-                keys_file.close()
-        result.step = self.step
-        result.seconds = time.perf_counter() - began
-        return result
-
-    def set_lr(self) -> float:
-        """The schedule is a function of the step (so of the data position), set before each update."""
-        lr = self.cfg.lr * lr_factor(self.step, self.cfg.milestones, self.plan.steps_per_epoch)
-        for opt in (self.optimizer, self.head_optimizer):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        return lr
-
-    def _train_step(
-        self, micro: list[dict[str, Any]], per_process: int, autocast: torch.dtype | None
-    ) -> dict[str, float | None]:
-        cfg, world = self.cfg, self.world
-        device = world.device
-        self.optimizer.zero_grad(set_to_none=True)
-        self.head_optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(5, dtype=torch.float64)  # loss, id, pattern, pattern hits, pattern count
-        for i, mb in enumerate(micro):
-            torch.manual_seed(step_seed(cfg.seed, self.step, mb["replica"]))
-            x = to_input(mb["image"], device)
-            labels = mb["label"].to(device, non_blocking=True)
-            patterns = mb["pattern"].to(device, non_blocking=True) if "pattern" in mb else None
-            boxes = mb["box"].to(device, non_blocking=True) if "box" in mb else None
-            last = i == len(micro) - 1
-            sync = self.ddp.no_sync() if isinstance(self.ddp, DistributedDataParallel) and not last else nullcontext()
-            with sync:
-                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                    out = self.forward(x)
-                    parts = self.criterion(out, labels, patterns=patterns, boxes=boxes)
-                self.scaler.scale(parts.total / per_process).backward()
-            totals[0] += parts.total.item()
-            totals[1] += parts.margin.item()
-            if parts.pred is not None:
-                totals[2] += parts.pred.item()
-            if out.pattern_logits is not None and patterns is not None:
-                totals[3] += (out.pattern_logits.argmax(1) == patterns).sum().item()
-                totals[4] += len(patterns)
-        if world.distributed and not self.head.sharded:
-            for p in self.head.parameters():
-                assert p.grad is not None  # every head parameter takes part in the loss
-                distributed.all_reduce_sum(p.grad, world).div_(world.size)
-        distributed.all_reduce_sum(totals, world)
-        n = self.plan.replicas
-        loss = totals[0].item() / n
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(
-                f"the loss became {loss} at step {self.step + 1}; stopped without saving it. The last "
-                f"good checkpoint is in {checkpoint.checkpoint_dir(self.run)}: resume with a lower "
-                "--lr, --clip-grad, or --precision fp32/bf16"
-            )
-        if cfg.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            self.scaler.unscale_(self.head_optimizer)
-            clip_global(self.model, self.head, cfg.clip_grad, world)
-        lr = self.set_lr()
-        self.scaler.step(self.optimizer)
-        self.scaler.step(self.head_optimizer)
-        self.scaler.update()
-        stats: dict[str, float | None] = {
-            "loss": loss,
-            "loss_id": totals[1].item() / n,
-            "loss_pattern": None,
-            "pattern_acc": None,
-            "lr": lr,
-        }
-        if needs_targets(cfg.variant):
-            stats["loss_pattern"] = totals[2].item() / n
-        if totals[4] > 0:
-            stats["pattern_acc"] = totals[3].item() / totals[4].item()
-        return stats
-
-    @torch.no_grad()
-    def validate(self, path: Path, batch: int = 128) -> dict[str, float]:
-        """Identity accuracy (nearest class centre) and pattern accuracy on a held-out manifest."""
-        manifest = read_manifest(path)
-        names = self._identity_names()
-        self.model.eval()
-        hits = torch.zeros(4, dtype=torch.float64)  # identity hits, identity count, pattern hits, pattern count
-        rows: list[dict[str, Any]] = []
-        images: list[np.ndarray] = []
-        centres = torch.nn.functional.normalize(self.head.full_weight().float(), dim=1)
-
-        def flush() -> None:
-            x = to_input(torch.from_numpy(np.stack(images)), self.world.device)
-            out = self.model(x)
-            emb = torch.nn.functional.normalize(out.embedding.float(), dim=1)
-            predicted = (emb @ centres.T).argmax(1).cpu()
-            for j, row in enumerate(rows):
-                label = names.get(row.get("identity_name", ""))
-                if label is not None:
-                    hits[0] += int(predicted[j] == label)
-                    hits[1] += 1
-            if out.pattern_logits is not None:
-                H, W = self.plan.image_size
-                occluded = np.array([bool(r.get("occluded")) for r in rows])
-                boxes = np.array(
-                    [[r.get(c) or 0 for c in ("box_x0", "box_y0", "box_x1", "box_y1")] for r in rows], dtype=np.float64
-                )
-                truth = torch.from_numpy(label_boxes(boxes, occluded, self.cfg.K, H, W)[0].astype(np.int64))
-                hits[2] += (out.pattern_logits.argmax(1).cpu() == truth).sum()
-                hits[3] += len(rows)
-            rows.clear()
-            images.clear()
-
-        for sample in iter_ordered(manifest):
-            rows.append(sample_meta(sample))
-            images.append(decode_face(sample))
-            if len(images) == batch:
-                flush()
-        if images:
-            flush()
-        self.model.train()
-        result = {}
-        if hits[1]:
-            result["identity_acc"] = hits[0].item() / hits[1].item()
-        if hits[3]:
-            result["pattern_acc"] = hits[2].item() / hits[3].item()
-        return result
-
-    def _identity_names(self) -> dict[str, int]:
-        """Training label of each identity name, over every manifest of the mix."""
-        import pyarrow.dataset as ds
-
-        names: dict[str, int] = {}
-        for source in self.sources:
-            table = ds.dataset(source.manifest.path / "samples.parquet", format="parquet").to_table(
-                columns=["identity", "identity_name"]
-            )
-            for identity, name in zip(table["identity"].to_pylist(), table["identity_name"].to_pylist()):
-                names.setdefault(name, identity + source.identity_offset)
-        return names
-
-
-def clip_global(model: nn.Module, head: nn.Module, max_norm: float, world: World) -> None:
-    """Clip by the norm of all gradients of the step, the sharded classifier's slices included."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    local = [p.grad for p in head.parameters() if p.grad is not None]
-    total = torch.stack([g.float().norm() ** 2 for g in grads]).sum() if grads else torch.zeros(())
-    head_sq = torch.stack([g.float().norm() ** 2 for g in local]).sum() if local else torch.zeros(())
-    if head.sharded:
-        head_sq = distributed.all_reduce_sum(head_sq.cpu().double(), world).to(head_sq)
-    norm = (total.cpu() + head_sq.cpu()).sqrt()
-    scale = max_norm / (norm.item() + 1e-6)
-    if scale < 1:
-        for g in grads + local:
-            g.mul_(scale)
 
 
 def prepare(
-    cfg_overrides: dict[str, Any], config: TrainConfig, resume: bool, world: World
-) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """Settle the run's settings: a new run fixes its replicas; a resumed one reads its own settings back."""
+    overrides: dict[str, Any], config: TrainConfig, resume: bool, overwrite: bool, world: World
+) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
+    """Settle the run's settings under its folder's lock: a new run fixes its replicas (and refuses a folder
+    that holds another run unless told to overwrite it); a resumed one reads its settings and checkpoint back.
+    Returns the settings, the checkpoint to resume from, and notes for the user."""
     run = Path(config.out)
-    saved_cfg = run / "config.toml"
+    notes = []
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out, --overwrite starts it again: give one of them")
+    if world.main and (removed := runfolder.remove_leftovers(run)):
+        notes.append(f"removed {removed} temporary file(s) a killed run left in {run}")
     if resume:
+        saved_cfg = run / "config.toml"
         if not saved_cfg.is_file():
             raise UserError(f"--resume: {run} holds no run (no config.toml); start it without --resume")
-        cfg = merge_resumed(TrainConfig(**read_toml(saved_cfg)), cfg_overrides)
-        state = checkpoint.load(run) if (checkpoint.checkpoint_dir(run) / checkpoint.LATEST).is_file() else None
+        cfg = merge_resumed(TrainConfig(**read_toml(saved_cfg)), overrides)
+        state, skipped = checkpoints.load_for_resume(run, world)
+        notes += skipped
+        if world.main and (dropped := runfolder.rewind(run, int(state["step"]))):
+            notes.append(f"dropped {dropped} log line(s) of steps after the checkpoint (they will be run again)")
     else:
-        if saved_cfg.is_file() and (checkpoint.checkpoint_dir(run) / checkpoint.LATEST).is_file():
-            raise UserError(f"{run} already holds a run; add --resume to continue it, or choose another --out")
+        if found := runfolder.holds_run(run):
+            if not overwrite:
+                raise UserError(
+                    f"{run} already holds a run ({', '.join(found)}); add --resume to continue it, --overwrite "
+                    "to start it again, or choose another --out"
+                )
+            if world.main:
+                runfolder.clear(run)
+                notes.append(f"--overwrite: removed the earlier run's {', '.join(found)} from {run}")
         cfg = config
+        cfg.validate()
+        if cfg.micro_batch:
+            cfg.replicas = cfg.batch_size // cfg.micro_batch
         cfg.replicas = cfg.replicas or world.size
         state = None
     cfg.validate()
     if cfg.replicas % world.size:
         raise UserError(
-            f"this run splits each batch into {cfg.replicas} replicas, which {world.size} processes "
+            f"this run splits each batch into {cfg.replicas} micro-batches, which {world.size} processes "
             f"cannot share evenly; run it on a divisor of {cfg.replicas} processes"
+            + (", or choose another --micro-batch" if cfg.micro_batch else "")
         )
-    if world.main:
-        atomic_write(run / "config.toml", write_toml(cfg).encode())
     distributed.barrier(world)
-    return cfg, state
+    return cfg, state, notes
 
 
-def end_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    total = cfg.epochs * steps_per_epoch
-    return min(total, cfg.steps) if cfg.steps else total
+def open_run(
+    cfg: TrainConfig, world: World, resumed: dict[str, Any] | None, notes: list[str]
+) -> tuple[Run, TrainState]:
+    """Read the data, check that a new run's step fits in memory, and build (or restore) its state."""
+    sources = make_sources(cfg, Path(cfg.out), world)
+    run = Run(cfg, world, sources, make_plan(cfg, sources), notes)
+    if resumed is None:
+        check_memory(run)
+    if world.main:
+        atomic_write(run.folder / "config.toml", write_toml(cfg).encode())
+    state = build_state(cfg, world, run.spec, run.plan.num_identities)
+    if resumed is not None:
+        state.restore(resumed, world.device)
+    elif cfg.init:
+        run.notes.append(load_init(state.model, state.head, cfg.init, cfg.variant))
+    elif cfg.variant != "baseline":
+        run.notes.append(
+            f"note: the paper starts the '{cfg.variant}' variant (stage 2) from a stage-1 Baseline, not from scratch: "
+            "train one with `fromnet train --config stage1-baseline --out runs/stage1 ...`, then add --init runs/stage1"
+        )
+    return run, state
+
+
+def check_memory(run: Run) -> None:
+    """Refuse a new run whose step would not fit in this process's memory, saying which --micro-batch would."""
+    cfg, world = run.cfg, run.world
+    micro = cfg.batch_size // cfg.replicas
+    need = memory.step_memory(run.spec, run.plan.num_identities, cfg.precision)
+    free = memory.free_bytes(world.device)
+    if need.total(micro) <= memory.USABLE * free:
+        return
+    what = (
+        f"a step of {cfg.variant} {cfg.backbone} x{cfg.width_mult:g} on micro-batches of {micro} ({cfg.precision}) "
+        f"needs about {memory.gib(need.total(micro))} and {world.device} has {memory.gib(free)} free"
+    )
+    fit = memory.fitting_micro_batch(need, cfg.batch_size // world.size, free)
+    if fit is None:
+        raise UserError(
+            f"{what}, too little even for one sample at a time: choose a smaller --backbone or --width-mult"
+        )
+    raise UserError(
+        f"{what}: pass --micro-batch {fit} (gradient accumulation, same global batch of {cfg.batch_size}), "
+        "or a smaller --batch-size, --backbone or --width-mult"
+    )
+
+
+def make_loader(run: Run, start: int, end: int) -> torch.utils.data.DataLoader:
+    world, plan, cfg = run.world, run.plan, run.cfg
+    per_process = plan.replicas // world.size
+    mine = [world.rank * per_process + i for i in range(per_process)]
+    stream = TrainStream(plan, mine, start, end, log_keys=cfg.log_keys)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    workers = cfg.workers if cfg.workers >= 0 else memory.default_workers(local)
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=world.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def consensus(world: World, stop: StopRequest, clock_due: bool = False) -> tuple[bool, bool]:
+    """(stop, checkpoint now) as every rank sees it: a signal or a clock may reach the ranks at different steps.
+    A rank that got no signal adopts another's, so that every rank exits the same way."""
+    if not world.distributed:
+        return stop.requested, clock_due
+    mine = torch.tensor([[float(stop.signum), float(clock_due)]], dtype=torch.float64)
+    signum, due = distributed.all_gather_cat(mine, world).max(dim=0).values.tolist()
+    if signum and not stop.requested:
+        stop.signum = int(signum)
+    return bool(signum), bool(due)
+
+
+def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
+    """Steps from `state.step` to `run.end`, or until `stop` is requested (then the step finishes and is saved)."""
+    cfg, world, plan = run.cfg, run.world, run.plan
+    start, end = state.step, run.end
+    progress = Progress(run.folder, start, end, world.main)
+    for note in run.notes:
+        progress.note(note)
+    settings = StepSettings(cfg.seed, plan.replicas, cfg.precision, cfg.clip_grad, needs_targets(cfg.variant))
+    per_process = plan.replicas // world.size
+    result = Result(run.folder, start, start, 0.0, 0, 0.0)
+    window, total = Meter(), Meter()
+    began = last_save = time.perf_counter()
+    loader = make_loader(run, start, end)
+    progress.status(f"step {start}/{end}: starting {loader.num_workers or 'no'} loader worker(s), first batch ...")
+    batches = iter(loader)
+    state.model.train()
+    saved = start
+    try:
+        with KeyLog(run.folder, world.rank, cfg.log_keys) as keys:
+            while state.step < end:
+                clock = bool(cfg.ckpt_minutes) and time.perf_counter() - last_save >= 60 * cfg.ckpt_minutes
+                stopping, timely = consensus(world, stop, clock)  # the one check per step that every rank shares
+                if (stopping or timely) and saved != state.step:
+                    result.checkpoint, saved, last_save = save(run, state), state.step, time.perf_counter()
+                if stopping:
+                    break
+                tick = time.perf_counter()
+                micro = [next(batches) for _ in range(per_process)]
+                waited = time.perf_counter() - tick
+                stats = _step(run, state, micro, settings)
+                keys.write(state.step - 1, micro)
+                for meter in (window, total):
+                    meter.add(plan.batch_size, waited, time.perf_counter() - tick)
+                step, epoch_end = state.step, state.step % plan.steps_per_epoch == 0
+                record = {"step": step, "epoch": (step - 1) // plan.steps_per_epoch, **stats, **window.rates()}
+                if step % cfg.log_every == 0 or step == end or epoch_end:
+                    progress.log(record)
+                    result.last, window = record, Meter()
+                elif step == start + 1:
+                    progress.show(record)  # something to see before the first logged step
+                if epoch_end and cfg.val:
+                    result.val = validate(state, Path(cfg.val), run.sources, cfg.K, world.device)
+                    log_validation(progress, run, step, record["epoch"], result.val)
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or epoch_end or step == end:
+                    result.checkpoint, saved, last_save = save(run, state), step, time.perf_counter()
+    finally:
+        del batches  # stops the loader workers now, not at interpreter exit
+        progress.close()
+    result.stopped = stop.signum if stop.requested and state.step < end else 0
+    result.step, result.seconds = state.step, time.perf_counter() - began
+    result.images, result.data_wait = total.images, total.wait
+    return result
+
+
+def save(run: Run, state: TrainState) -> Path | None:
+    contents = state.to_checkpoint(run.cfg, run.plan.steps_per_epoch, plan_position(run.plan))
+    return checkpoints.save(state, contents, run.folder, run.cfg.keep, run.world)
+
+
+def _step(run: Run, state: TrainState, micro: list[dict[str, Any]], settings: StepSettings) -> dict[str, Any]:
+    lr = run.cfg.lr * lr_factor(state.step, run.cfg.milestones, run.plan.steps_per_epoch)
+    try:
+        return train_step(state, micro, lr, settings, run.world)
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(
+            f"{exc}; stopped without saving it. The last good checkpoint is in {run.folder / 'checkpoints'}: "
+            "resume with a lower --lr, --clip-grad, or --precision fp32/bf16"
+        ) from None
+
+
+def plan_position(plan: StreamPlan) -> dict[str, Any]:
+    """What a checkpoint records of the data order, to check a resume reads the same stream."""
+    return {
+        "replicas": plan.replicas,
+        "order": "permutation",
+        "seed": plan.seed,
+        "steps_per_epoch": plan.steps_per_epoch,
+    }
+
+
+def log_validation(progress: Progress, run: Run, step: int, epoch: int, val: dict[str, float]) -> None:
+    if not run.world.main:
+        return
+    progress.note(f"val after epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    with open(run.folder / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **{f"val_{k}": v for k, v in val.items()}}) + "\n")

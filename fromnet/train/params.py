@@ -29,7 +29,8 @@ CLASSIFIERS = ("full", "sharded")
 class TrainConfig:
     """Every setting of a training run. Schedules are in epochs; `steps` only bounds how far this run goes."""
 
-    shards: list[str] = field(default_factory=list)  # manifest folders, each optionally MANIFEST:WEIGHT
+    shards: list[str] = field(default_factory=list)  # manifest folders or plain shards, each optionally SPEC:WEIGHT
+    class_field: str = ""  # plain WebDataset shards: the .json field that holds the class; "": their .cls member
     out: str = "runs/run"
     variant: str = "from"
     K: int = 5
@@ -42,6 +43,7 @@ class TrainConfig:
     lambda_div: float = 1.0  # attention variant: weight of the weighted diversity regularizer
     classifier: str = "full"
     batch_size: int = 512  # global, over all processes
+    micro_batch: int = 0  # samples per forward pass, gradients accumulated up to batch_size; 0: batch / world size
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -58,9 +60,10 @@ class TrainConfig:
     clean_ratio: float = 1 / 3  # with occlude_online: the share of samples left clean (Mix: 2:1)
     occluders: str = ""  # with occlude_online: occluder library folder; "": the project's own
     flip: bool = True
-    workers: int = 4  # loader processes per training process
+    workers: int = -1  # loader processes per training process; -1: from the machine's cores (at most 4)
     replicas: int = 0  # data-parallel slices of each global batch; 0: the world size (fixed when the run starts)
-    ckpt_every: int = 1000  # steps between checkpoints (epoch ends always write one)
+    ckpt_every: int = 1000  # steps between checkpoints (epoch ends always write one); 0: only by time
+    ckpt_minutes: float = 0.0  # minutes between checkpoints (bounds the work a preemption loses); 0: only by steps
     keep: int = 3  # checkpoints kept
     log_every: int = 10
     log_keys: bool = False  # write every trained-on sample key to RUN/keys/ (audits the data order)
@@ -79,6 +82,11 @@ class TrainConfig:
             (self.classifier in CLASSIFIERS, f"--classifier {self.classifier}: choose {' or '.join(CLASSIFIERS)}"),
             (0 < self.width_mult <= 4, f"--width-mult {self.width_mult}: must be in (0, 4]"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
+            (
+                self.micro_batch >= 0 and (not self.micro_batch or self.batch_size % self.micro_batch == 0),
+                f"--micro-batch {self.micro_batch}: must divide --batch-size {self.batch_size}",
+            ),
+            (self.ckpt_every >= 0 and self.ckpt_minutes >= 0, "--ckpt-every must be positive"),
             (self.lr > 0, f"--lr {self.lr}: must be positive"),
             (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
             (self.steps >= 0, f"--steps {self.steps}: must be >= 0"),
@@ -99,7 +107,20 @@ RETIRED = frozenset({"shuffle_buffer", "lanes"})
 
 #: Settings a resumed run may change: they decide how it runs, not what it computes.
 RESUMABLE = frozenset(
-    {"steps", "epochs", "workers", "ckpt_every", "keep", "log_every", "log_keys", "device", "compile", "val", "out"}
+    {
+        "steps",
+        "epochs",
+        "workers",
+        "ckpt_every",
+        "ckpt_minutes",
+        "keep",
+        "log_every",
+        "log_keys",
+        "device",
+        "compile",
+        "val",
+        "out",
+    }
 )
 
 
@@ -122,7 +143,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: cannot read as TOML ({exc})") from None
+        hint = "write one setting a line, key = value, strings in double quotes (see fromnet/train/configs/)"
+        raise UserError(f"{path}: cannot read as TOML ({exc}); {hint}") from None
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(data) - set(known))
     retired = [k for k in unknown if k in RETIRED]

@@ -5,8 +5,48 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+
+@dataclass
+class Meter:
+    """Images per second and the share of step time spent waiting for data, over the steps it was given."""
+
+    images: int = 0
+    wait: float = 0.0
+    time: float = 0.0
+
+    def add(self, images: int, wait: float, elapsed: float) -> None:
+        self.images += images
+        self.wait += wait
+        self.time += elapsed
+
+    def rates(self) -> dict[str, float]:
+        return {"img_s": self.images / max(self.time, 1e-9), "data_wait": self.wait / max(self.time, 1e-9)}
+
+
+class KeyLog:
+    """``--log-keys``: every trained-on sample key, one ``STEP REPLICA KEY`` line, in ``RUN/keys/rank-R.txt``."""
+
+    def __init__(self, run: Path, rank: int, enabled: bool) -> None:
+        self.file = None
+        if enabled:
+            (run / "keys").mkdir(parents=True, exist_ok=True)
+            self.file = open(run / "keys" / f"rank-{rank}.txt", "a")
+
+    def write(self, step: int, micro: list[dict[str, Any]]) -> None:
+        if self.file is not None:
+            for mb in micro:
+                self.file.write("".join(f"{step} {mb['replica']} {k}\n" for k in mb["keys"]))
+
+    def __enter__(self) -> KeyLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class Progress:
@@ -63,6 +103,13 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def status(self, text: str) -> None:
+        """What the run is doing before its first step is logged (start-up can take a while): redrawn in place
+        on a terminal."""
+        if self.enabled:
+            self.stream.write(("\r\033[K" + text) if self.tty else text + "\n")
+            self.stream.flush()
+
     def note(self, text: str) -> None:
         """A message between bar updates (checkpoints, validation)."""
         if self.enabled:
@@ -82,3 +129,35 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def plot_losses(run: Path) -> Path | None:
+    """``RUN/loss.png``: the logged training loss (and its identity and pattern terms) against the step, with the
+    validation accuracies when there are any. None when nothing is logged yet."""
+    from fromnet.eval.report import pyplot, save
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    steps = [r["step"] for r in train]
+    for key, name in (("loss", "loss"), ("loss_id", "identity"), ("loss_pattern", "pattern")):
+        if all(r.get(key) is not None for r in train):
+            ax.plot(steps, [r[key] for r in train], label=name, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    val = [r for r in rows if any(k.startswith("val_") for k in r)]
+    if val:
+        acc = ax.twinx()
+        for key in sorted({k for r in val for k in r if k.startswith("val_")}):
+            acc.plot([r["step"] for r in val], [r.get(key) for r in val], "o--", label=key, markersize=3)
+        acc.set_ylabel("validation accuracy")
+        acc.legend(fontsize=7, loc="center right")
+    ax.set_title(f"fromnet train: {run.name}")
+    path = run / "loss.png"
+    save(fig, path)
+    return path

@@ -25,6 +25,7 @@ from occgen.sets.allpairs import AllPairsOptions
 from occgen.sets.allpairs import all_pairs as all_pairs_set
 from occgen.sets.pairs import (
     Pair,
+    bin_pairs,
     pair_rows,
     read_pairs,
     resolve,
@@ -82,7 +83,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "--src",
     required=True,
     help="Aligned faces: an <identity>/<image> folder, a 'path label' list file "
-    "(with --root), a registered name (webface, lfw, ...), or 'demo' (built-in synthetic faces).",
+    "(with --root), an insightface RecordIO set (folder with train.rec + train.idx, e.g. faces_webface_112x112), "
+    "an insightface verification set (lfw.bin, with --pairs-from-bin), a registered name (webface, lfw, ...), "
+    "or 'demo' (built-in synthetic faces).",
 )
 @click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), help="Folder the list file's paths are relative to."
@@ -129,7 +132,13 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "write pairs.parquet beside the manifest. 'all': every genuine and impostor pair among the source's faces "
     "(use --identities to take a split's test people).",
 )
-@click.option("--both", is_flag=True, help="With --pairs: occlude both images of every pair (O-O).")
+@click.option(
+    "--pairs-from-bin",
+    is_flag=True,
+    help="With --src X.bin (an insightface verification set): build its pairs as --pairs does, "
+    "in file order with insightface's ten folds (consecutive tenths).",
+)
+@click.option("--both", is_flag=True, help="With --pairs or --pairs-from-bin: occlude both images of every pair (O-O).")
 @click.option(
     "--identities",
     "identities_file",
@@ -203,6 +212,12 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "(default: the first readable input's); inputs of another size are resized, with a warning.",
 )
 @click.option("--strict-size", is_flag=True, help="Record inputs of another size as errors instead of resizing them.")
+@click.option(
+    "--crop",
+    metavar="HxW",
+    help="Cut this window from the centre of every input first: 112x96 takes the SphereFace/CosFace crop (FROM's "
+    "input) from insightface's 112x112 ArcFace crops, whose template is the same 8 px to the right.",
+)
 def build_cmd(
     src,
     root,
@@ -215,6 +230,7 @@ def build_cmd(
     group,
     regions,
     pairs_file,
+    pairs_from_bin,
     both,
     identities_file,
     max_per_identity,
@@ -240,6 +256,7 @@ def build_cmd(
     address,
     face_size,
     strict_size,
+    crop,
     max_errors,
 ) -> None:
     """Run Algorithm 1 over every input image and write shards plus manifests.
@@ -260,18 +277,21 @@ def build_cmd(
     all_pairs = pairs_file == "all"
     if not all_pairs and (impostors is not None or max_per_identity != 10):
         raise UserError("--impostors and --max-per-identity shape all-pairs sets: they go with --pairs all")
-    name = name or f"occ-{Path(src.rstrip('/')).name if src != 'demo' else 'demo'}"
+    given = Path(src.rstrip("/"))
+    name = name or f"occ-{given.stem if given.suffix in ('.bin', '.rec') else given.name if src != 'demo' else 'demo'}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as occ-lfw (no '/')")
     if group and categories:
         raise UserError("--group and --categories both choose occluder categories; give one of them")
-    if both and not pairs_file:
-        raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt")
+    if pairs_file and pairs_from_bin:
+        raise UserError("--pairs and --pairs-from-bin both give the pairs; choose one")
+    if both and not (pairs_file or pairs_from_bin):
+        raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt or --pairs-from-bin")
     if regions and (per_scale or scales):
         raise UserError(
             "--regions fits each occluder to a fixed region box, so scales do not apply; drop --scales/--per-scale"
         )
-    if pairs_file and copies != 1:
+    if (pairs_file or pairs_from_bin) and copies != 1:
         raise UserError("--pairs renders one clean and one occluded copy of each image it needs; drop --copies")
     if region_group and (per_scale or scales or regions or placement != "random"):
         raise UserError(
@@ -282,6 +302,8 @@ def build_cmd(
         raise UserError(f"--placement {placement} sizes occluders from the face: drop --scales, --per-scale, --regions")
     if landmarks and placement == "random" and not region_group:
         raise UserError("--landmarks places occluders on raw photos: give --placement anchored or --region-group too")
+    if crop and landmarks:
+        raise UserError("--crop cuts aligned crops; --landmarks is for raw photos: give one of them")
     scale_set = parse_scales(scales or ("1" if regions or region_group or placement != "random" else "1:0.5:5"))
     groups = GROUPS if region_group == "all" else (region_group,) if region_group else ()
     runs = (
@@ -293,7 +315,9 @@ def build_cmd(
         if groups
         else [(name, scale_set, None, placement)]
     )
-    pairs = read_pairs(Path(pairs_file)) if pairs_file and not all_pairs else None
+    pairs = (
+        bin_pairs(source) if pairs_from_bin else read_pairs(Path(pairs_file)) if pairs_file and not all_pairs else None
+    )
     failed: list[str] = []
     for run_name, run_scales, region, run_placement in runs:
         opts = BuildOptions(
@@ -308,10 +332,11 @@ def build_cmd(
             occluders=str(occluders) if occluders else None,
             categories=group_categories(group) if group else _names(categories),
             exclude=_names(exclude_categories) or (),
-            clean_copies=1 if pairs_file else 0,
+            clean_copies=1 if pairs_file or pairs_from_bin else 0,
             region=region,
             size=parse_size(face_size) if face_size else None,
             strict_size=strict_size,
+            crop=parse_size(crop) if crop else None,
             placement=run_placement,
             landmarks=str(landmarks.absolute()) if landmarks else None,
         )

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
-import pyarrow as pa
 
 from occgen.cli import main
 from occgen.errors import UserError
-from occgen.label.labels import label_table, labels_path, read_samples, write_atomic
+from occgen.label.labels import labels_path, open_manifest, write_labels
 from occgen.label.patterns import K_MAX, K_MIN
 from occgen.occlude.render import COMPAT_MODES, Compat
 from occgen.report.card import refresh_card
@@ -68,23 +66,17 @@ def label(ks: tuple[int, ...], compat: Compat, manifests: Path, manifest: Path |
 
 
 def label_manifest(manifest: Path, ks: tuple[int, ...], compat: Compat) -> None:
-    """Read the manifest's boxes once and write (and describe) the labels file of each K."""
-    samples = read_samples(manifest)
+    """Check the manifest once and write (and describe) the labels file of each K, a run of keys at a time."""
+    checked = open_manifest(manifest)
     click.echo(
-        f"{manifest}: {len(samples.occluded):,} samples ({int(samples.occluded.sum()):,} occluded), "
-        f"{samples.height}x{samples.width} (HxW)"
+        f"{manifest}: {checked.samples:,} samples ({checked.occluded:,} occluded), "
+        f"{checked.height}x{checked.width} (HxW)"
     )
     for K in dict.fromkeys(ks):
-        table = label_table(samples, K, compat)
-        path = write_atomic(table, labels_path(manifest, K, compat))
-        click.echo(f"  K={K}: {_describe(table, samples.occluded)} -> {path}")
+        written = write_labels(manifest, K, compat, checked)
+        mean = "n/a" if written.mean_iou is None else f"{written.mean_iou:.3f}"
+        click.echo(
+            f"  K={K}: {written.patterns_used} patterns used, mean IoU {mean} over occluded samples -> {written.path}"
+        )
     if refresh_card(manifest):
         click.echo(f"  dataset card updated -> {manifest / 'README.md'}")
-
-
-def _describe(table: pa.Table, occluded: np.ndarray) -> str:
-    """How well the patterns fit the occluded boxes: patterns used and their mean IoU."""
-    pattern, iou = table["pattern"].to_numpy(), table["iou"].to_numpy()
-    hit = occluded & (pattern > 0)
-    mean = f"{iou[hit].mean():.3f}" if hit.any() else "n/a"
-    return f"{len(np.unique(pattern[hit]))} patterns used, mean IoU {mean} over occluded samples"

@@ -10,7 +10,7 @@ from occgen.cli import main
 from occgen.clicommon import shard_output_options
 from occgen.errors import UserError
 from occgen.images import decode_array
-from occgen.occlude.sources import open_source, read_bytes
+from occgen.occlude.sources import open_source, read_input
 from occgen.report.card import command_line, write_card
 from occgen.report.preview import png_bytes
 from occgen.sets.pairs import describe, read_pairs, write_pairs
@@ -56,7 +56,7 @@ def partial(
     path = write_pairs(result.manifest_dir, result.rows)
     click.echo(f"  pairs: {describe(result.rows)} -> {path}")
     first = next(r for r in result.rows)["src1"]
-    face = decode_array(read_bytes(source.root, first), first)
+    face = decode_array(read_input(source.root, next(i for i in source.items if i.rel == first)), first)
     template = template_of((face.shape[1], face.shape[0]))
     area = area_range(template)
     click.echo(

@@ -8,7 +8,7 @@ import click
 
 from occgen.cli import main
 from occgen.report.plots import write_plots
-from occgen.report.stats import compute, read_labels, read_manifest, table
+from occgen.report.stats import compute, read_labels, table, tally
 from occgen.writer import atomic_write, json_bytes
 
 
@@ -27,7 +27,7 @@ def stats_cmd(manifest: Path, out: Path | None) -> None:
     \b
     Example: occgen stats manifests/occ-lfw-2.0 --out /tmp/occ-lfw-2.0-stats
     """
-    samples = read_manifest(manifest)
+    samples = tally(manifest)
     stats = compute(samples, read_labels(manifest))
     out = out or manifest / "stats"
     atomic_write(out / "stats.json", json_bytes(stats))

@@ -29,8 +29,14 @@ from occgen.runner import default_jobs
     type=click.IntRange(min=1),
     help="Worker processes.",
 )
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --repair: the folder the shards belong in, when it is not inside the folder that holds the "
+    "manifests (repair writes nowhere else).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def verify_cmd(manifest: Path, fix: bool, jobs: int, quiet: bool) -> None:
+def verify_cmd(manifest: Path, fix: bool, jobs: int, out: Path | None, quiet: bool) -> None:
     """Re-read every shard of MANIFEST (a folder made by `occgen build`, e.g. manifests/occ-lfw) and check sample
     counts, member names and each image's sha256 against the manifest and shards.json.
 
@@ -47,7 +53,7 @@ def verify_cmd(manifest: Path, fix: bool, jobs: int, quiet: bool) -> None:
         + (f"{len(bad)} bad ({found})" if bad else "all intact")
     )
     if bad and fix:
-        still = [c for c in repair(manifest, bad, jobs, quiet) if not c.ok]
+        still = [c for c in repair(manifest, bad, jobs, quiet, out) if not c.ok]
         for check in still:
             click.echo(f"not repaired: {check.line()}")
         click.echo(f"repaired {len(bad) - len(still)} of {len(bad)} shards")

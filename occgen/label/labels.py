@@ -12,19 +12,20 @@ The schema metadata ``occgen.labels`` records K, the mode, the image size and th
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from occgen.errors import UserError
 from occgen.label.patterns import block_edges, check_compat, check_k, label_boxes, num_patterns, regression_target
+from occgen.manifest import Parts, batches, in_key_order, open_samples, sorted_writer
 from occgen.occlude.render import Compat
-from occgen.writer import atomic_write, table_bytes
 
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 NEEDED_COLUMNS = ("key", "occluded", *BOX_COLUMNS, "width", "height")
@@ -33,11 +34,23 @@ REG_COLUMNS = ("reg_x0", "reg_y0", "reg_x1", "reg_y1")
 
 @dataclass(frozen=True)
 class Samples:
-    """What labelling needs from a manifest, sorted by key."""
+    """What labelling needs from a run of a manifest's samples, sorted by key."""
 
     keys: pa.Array  # string
     occluded: np.ndarray  # (N,) bool
     boxes: np.ndarray  # (N, 4) float64, NaN where a clean sample has no box
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest checked for labelling (columns, keys, flags, one image size) in one pass over its parts."""
+
+    path: Path  # its samples.parquet
+    parts: Parts
+    samples: int
+    occluded: int
     height: int
     width: int
 
@@ -47,71 +60,70 @@ def labels_path(manifest_dir: Path, K: int, compat: Compat = "paper") -> Path:
     return Path(manifest_dir) / f"labels-k{K}{suffix}.parquet"
 
 
-def read_samples(manifest_dir: Path) -> Samples:
-    """The keys, flags, boxes and the one image size of ``manifest_dir/samples.parquet``."""
-    manifest_dir = Path(manifest_dir)
-    path = manifest_dir / "samples.parquet"
-    if not path.exists():
-        raise UserError(f"no manifest at {manifest_dir}: {path} is missing (build one with `occgen build`)")
-    try:
-        dataset = open_samples(path)
-        missing = [c for c in NEEDED_COLUMNS if c not in dataset.schema.names]
-        if missing:
-            raise UserError(
-                f"{path} lacks the column(s) {', '.join(missing)}; labelling needs {', '.join(NEEDED_COLUMNS)} "
-                "(rebuild the manifest with a current `occgen build`)"
-            )
-        table = dataset.to_table(columns=list(NEEDED_COLUMNS))
-    except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
-    if table.num_rows == 0:
-        raise UserError(f"{path} has no samples: nothing to label")
-    table = table.sort_by("key")
-    keys = pc.cast(table["key"], pa.string()).combine_chunks()
-    if keys.null_count or len(pc.unique(keys)) != len(keys):
-        raise UserError(f"{path}: sample keys must be present and unique")
-    if table["occluded"].null_count:
-        raise UserError(f"{path}: the 'occluded' column has nulls; every sample must say whether it is occluded")
-    occluded = table["occluded"].to_numpy().astype(bool)
-    boxes = np.stack([_floats(table[c]) for c in BOX_COLUMNS], axis=1)
-    height, width = _image_size(table, path)
-    return Samples(keys, occluded, boxes, height, width)
-
-
-def open_samples(path: Path) -> ds.Dataset:
-    """The shards as one dataset, their schemas unified: a shard of only clean samples may store its box columns
-    as type null when written from Python None values, which the first-shard schema alone would not accept."""
-    dataset = ds.dataset(path, format="parquet")
-    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
-    if not schemas:
-        return dataset
-    return ds.dataset(path, format="parquet", schema=pa.unify_schemas(schemas, promote_options="permissive"))
-
-
-def _floats(column: pa.ChunkedArray) -> np.ndarray:
-    """A numeric column as float64 with NaN for nulls, whether it was stored as nullable int or as float."""
-    return pc.cast(column, pa.float64()).to_numpy()
-
-
-def _image_size(table: pa.Table, path: Path) -> tuple[int, int]:
-    """The single (height, width) of a manifest; missing, fractional, non-positive or mixed sizes are refused."""
-    height, width = _floats(table["height"]), _floats(table["width"])
-    sizes = np.stack([height, width], axis=1)
-    bad = ~np.isfinite(sizes).all(axis=1) | (sizes != np.round(sizes)).any(axis=1) | (sizes <= 0).any(axis=1)
-    if bad.any():
-        n = int(np.flatnonzero(bad)[0])
+def open_manifest(manifest_dir: Path) -> Manifest:
+    """Check ``manifest_dir/samples.parquet`` part by part: the columns, keys present, flags present, and one
+    positive whole image size; count its samples."""
+    parts = open_samples(manifest_dir)
+    path = parts.path
+    missing = [c for c in NEEDED_COLUMNS if c not in parts.schema.names]
+    if missing:
         raise UserError(
-            f"{path}: {int(bad.sum())} sample(s) have an unknown image size (first: height={height[n]}, "
-            f"width={width[n]}); every sample needs a positive whole width and height"
+            f"{path} lacks the column(s) {', '.join(missing)}; labelling needs {', '.join(NEEDED_COLUMNS)} "
+            "(rebuild the manifest with a current `occgen build`)"
         )
-    if (sizes != sizes[0]).any():
-        distinct = np.unique(sizes.astype(np.int64), axis=0)
-        shown = ", ".join(f"{h}x{w}" for h, w in distinct[:5].tolist())
+    samples = occluded = bad = 0
+    first_bad = ""  # the first unknown size, in words
+    sizes: set[tuple[int, int]] = set()
+    for batch in batches(parts, ["key", "occluded", "height", "width"]):
+        if batch.column(0).null_count:
+            raise UserError(f"{path}: sample keys must be present and unique")
+        if batch.column(1).null_count:
+            raise UserError(f"{path}: the 'occluded' column has nulls; every sample must say whether it is occluded")
+        samples += batch.num_rows
+        occluded += int(pc.sum(batch.column(1)).as_py() or 0)
+        hw = np.stack([_floats(batch.column(2)), _floats(batch.column(3))], axis=1)
+        wrong = ~np.isfinite(hw).all(axis=1) | (hw != np.round(hw)).any(axis=1) | (hw <= 0).any(axis=1)
+        if wrong.any():
+            bad += int(wrong.sum())
+            h, w = hw[np.flatnonzero(wrong)[0]].tolist()
+            first_bad = first_bad or f"height={h}, width={w}"
+        elif len(hw):
+            sizes.update(map(tuple, np.unique(hw.astype(np.int64), axis=0).tolist()))
+    if samples == 0:
+        raise UserError(f"{path} has no samples: nothing to label")
+    if bad:
+        raise UserError(
+            f"{path}: {bad} sample(s) have an unknown image size (first: {first_bad}); "
+            "every sample needs a positive whole width and height"
+        )
+    if len(sizes) > 1:
+        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:5])
         raise UserError(
             f"{path} mixes image sizes (HxW: {shown}); pattern labels need one size per manifest, so build each "
             "size as its own manifest"
         )
-    return int(sizes[0, 0]), int(sizes[0, 1])
+    ((height, width),) = sizes
+    return Manifest(path, parts, samples, occluded, height, width)
+
+
+def runs(manifest: Manifest) -> Iterator[Samples]:
+    """The manifest's samples in key order, a run of keys at a time (occgen.manifest.in_key_order)."""
+    seen = 0
+    for table in in_key_order(manifest.parts, NEEDED_COLUMNS):
+        keys = pc.cast(table["key"], pa.string()).combine_chunks()
+        if len(keys) > 1 and pc.any(pc.equal(keys[1:], keys[:-1])).as_py():
+            raise UserError(f"{manifest.path}: sample keys must be present and unique")
+        seen += len(keys)
+        occluded = table["occluded"].to_numpy().astype(bool)
+        boxes = np.stack([_floats(table[c]) for c in BOX_COLUMNS], axis=1)
+        yield Samples(keys, occluded, boxes, manifest.height, manifest.width)
+    if seen != manifest.samples:
+        raise UserError(f"{manifest.path} changed while it was read; run the command again")
+
+
+def _floats(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64 with NaN for nulls, whether it was stored as nullable int or as float."""
+    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def label_table(samples: Samples, K: int, compat: Compat = "paper") -> pa.Table:
@@ -132,15 +144,34 @@ def label_table(samples: Samples, K: int, compat: Compat = "paper") -> pa.Table:
     return pa.table(columns).replace_schema_metadata({"occgen.labels": json.dumps(meta, sort_keys=True)})
 
 
-def write_atomic(table: pa.Table, out: Path) -> Path:
-    """Write ``table`` to ``out`` under a temporary name in the same folder, then rename: no half-written file."""
-    atomic_write(out, table_bytes(table))
-    return out
+@dataclass(frozen=True)
+class Written:
+    """A labels file and how well its patterns fit the occluded boxes."""
+
+    path: Path
+    patterns_used: int  # distinct patterns of occluded samples
+    mean_iou: float | None  # over occluded samples with a pattern
 
 
-def write_labels(manifest_dir: Path, K: int, compat: Compat = "paper") -> Path:
-    """Read ``manifest_dir/samples.parquet`` and write ``labels-kK[-from].parquet`` beside it; returns its path."""
+def write_labels(manifest_dir: Path, K: int, compat: Compat = "paper", manifest: Manifest | None = None) -> Written:
+    """Write ``labels-kK[-from].parquet`` beside ``manifest_dir/samples.parquet``, a run of keys at a time, with
+    the bytes of writing the whole table at once."""
     check_k(K)  # before reading a large manifest
     check_compat(compat)
-    table = label_table(read_samples(manifest_dir), K, compat)
-    return write_atomic(table, labels_path(manifest_dir, K, compat))
+    manifest = manifest or open_manifest(manifest_dir)
+    path = labels_path(manifest_dir, K, compat)
+    used: set[int] = set()
+    hit_iou: list[np.ndarray] = []
+    with contextlib.ExitStack() as stack:
+        write = None
+        for samples in runs(manifest):
+            table = label_table(samples, K, compat)
+            if write is None:
+                write = stack.enter_context(sorted_writer(path, table.schema))
+            write(table)
+            pattern, iou = table["pattern"].to_numpy(), table["iou"].to_numpy()
+            hit = samples.occluded & (pattern > 0)
+            used.update(np.unique(pattern[hit]).tolist())
+            hit_iou.append(iou[hit])
+    ious = np.concatenate(hit_iou)
+    return Written(path, len(used), float(ious.mean()) if len(ious) else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from occgen import __version__
 from occgen.errors import UserError
-from occgen.images import FORMATS, decode_array, encode, resize
+from occgen.images import FORMATS, crop_center, decode_array, encode, resize
 from occgen.occlude.anchors import (
     GROUPS,
     LARGE_COVER,
@@ -44,7 +45,7 @@ from occgen.occlude.masks import MaskLibrary, load_masks, warp_mask
 from occgen.occlude.occluders import OccluderLibrary, load_library
 from occgen.occlude.plan import SampleRandom, draw, sample_key, sample_seed
 from occgen.occlude.render import ALPHA_COVER, Box, Compat, ScaledOccluder, occlude, place, scaled_size
-from occgen.occlude.sources import Item, Source, read_bytes
+from occgen.occlude.sources import Item, Source, read_input
 from occgen.runner import Backend, Summary, parallel_map
 from occgen.sets.regions import fit_region
 from occgen.writer import (
@@ -83,6 +84,7 @@ class BuildOptions:
     placement: str = "random"  # one of PLACEMENTS: Algorithm 1, anchored, an O_LFW-style group, or a face mask
     landmarks: str | None = None  # raw photos' landmark file or align record; None: aligned faces (template)
     colors: tuple[str, ...] = ()  # mask colours (#rrggbb or "original") drawn per sample; () keeps the templates'
+    crop: tuple[int, int] | None = None  # (height, width) window cut from the centre of each input first
 
 
 #: How an occluder goes on a face: Algorithm 1 (random), where its category sits (anchored), one of the O_LFW-style
@@ -156,11 +158,112 @@ def load_occluders(opts: BuildOptions) -> Occluders:
 @dataclass(frozen=True)
 class ShardTask(ShardPlace):
     source_root: Path | None
-    samples: tuple[tuple[str, int, Item, int], ...]  # (key, seed, item, copy)
+    picks: tuple[tuple[Item, range], ...]  # its inputs, in order, each with the copies of it the shard holds
     options: BuildOptions
     library_digest: str  # which occluders the workers must use (Occluders.digest)
     library_root: Path  # its folder, absolute: workers of a cluster may run in another working directory
     landmarks: tuple[tuple[str, Points | None, str | None], ...] = ()  # raw photos: (rel, points, problem)
+
+    @property
+    def size(self) -> int:
+        return sum(len(copies) for _, copies in self.picks)
+
+    def samples(self) -> Iterator[tuple[str, int, Item, int]]:
+        """(key, seed, input, copy) of each sample, made where the shard is rendered."""
+        for item, copies in self.picks:
+            for copy in copies:
+                key = sample_key(item.rel, copy)
+                yield key, sample_seed(self.options.seed, key), item, copy
+
+
+class Plan(Sequence[ShardTask]):
+    """The shard tasks of a build, each made with its inputs (and their landmarks, for raw photos) only when it is
+    asked for, and dropped after: the process that drives a build never lists it sample by sample. Samples are the
+    inputs in order times ``copies`` (copies inner), or the given (input, copy) picks, cut into shards of
+    ``shard_size``."""
+
+    def __init__(
+        self,
+        source: Source,
+        name: str,
+        out: Path,
+        manifest_dir: Path,
+        opts: BuildOptions,
+        library: OccluderLibrary | Occluders,
+        picks: Sequence[tuple[Item, int]] | None = None,
+        landmarks: LandmarkTable | None = None,
+        shards: Sequence[int] | None = None,
+    ):
+        self.source, self.name, self.opts, self.library, self.picks = source, name, opts, library, picks
+        self.out, self.manifest_dir, self.landmarks = out, manifest_dir, landmarks
+        self.total = len(picks) if picks is not None else len(source.items) * opts.copies
+        self.shards = shards if shards is not None else range(-(-self.total // opts.shard_size))
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def place(self, index: int) -> ShardPlace:
+        """Where shard ``index`` goes, in absolute paths: workers of a cluster may run in another working directory."""
+        tar = self.out.absolute() / f"{self.name}-{index:06d}.tar"
+        return ShardPlace(index, self.name, tar, self.manifest_dir.absolute())
+
+    def __getitem__(self, i: int) -> ShardTask:  # type: ignore[override]
+        place = self.place(self.shards[i])
+        first = place.index * self.opts.shard_size
+        picks = self._runs(first, min(first + self.opts.shard_size, self.total))
+        library = self.library
+        return ShardTask(
+            place.index,
+            place.name,
+            place.tar_path,
+            place.manifest_dir,
+            self.source.root and self.source.root.absolute(),
+            picks,
+            self.opts,
+            library.digest,
+            library.library.root.absolute() if isinstance(library, Occluders) else library.root.absolute(),
+            self._points(picks),
+        )
+
+    def sizes(self) -> list[int]:
+        """Samples per shard, without making the tasks."""
+        n = self.opts.shard_size
+        return [min(n, self.total - i * n) for i in self.shards]
+
+    def only(self, shards: Sequence[int]) -> Plan:
+        """The plan of these shard indices alone, in this order."""
+        return Plan(
+            self.source, self.name, self.out, self.manifest_dir, self.opts, self.library, self.picks, self.landmarks,
+            shards,
+        )  # fmt: skip
+
+    def _runs(self, start: int, stop: int) -> tuple[tuple[Item, range], ...]:
+        """Samples start..stop-1 as (input, copies) runs."""
+        runs: list[tuple[Item, range]] = []
+        if self.picks is None:
+            copies, j = self.opts.copies, start
+            while j < stop:
+                first = j % copies
+                last = min(copies, first + stop - j)
+                runs.append((self.source.items[j // copies], range(first, last)))
+                j += last - first
+            return tuple(runs)
+        for item, copy in self.picks[start:stop]:
+            if runs and runs[-1][0] is item and runs[-1][1].stop == copy:
+                runs[-1] = (item, range(runs[-1][1].start, copy + 1))
+            else:
+                runs.append((item, range(copy, copy + 1)))
+        return tuple(runs)
+
+    def _points(self, picks: tuple[tuple[Item, range], ...]) -> tuple[tuple[str, Points | None, str | None], ...]:
+        """The landmarks of the shard's inputs when the faces are raw photos."""
+        if self.landmarks is None:
+            return ()
+        found = {}
+        for item, _ in picks:
+            pts, why = self.landmarks.lookup(item.rel)
+            found[item.rel] = (item.rel, None if pts is None else tuple(pts.ravel().tolist()), why)
+        return tuple(found.values())
 
 
 @dataclass
@@ -365,7 +468,9 @@ def _load_face(task: ShardTask, item: Item) -> tuple[np.ndarray | None, str | No
     """Decode one input and bring it to the build's face size: (face or None, what to record or None, the
     (x, y) factors it was resized by)."""
     try:
-        face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
+        face = decode_array(read_input(task.source_root, item), item.rel)
+        if task.options.crop:
+            face = crop_center(face, task.options.crop)
     except UserError as exc:
         return None, str(exc).removeprefix(f"{item.rel}: "), (1.0, 1.0)
     want, got = task.options.size, face.shape[:2]
@@ -403,7 +508,7 @@ def _render_samples(
     occluded copies left out; its clean copies (the gallery side of N-O pairs) are still written."""
     library = _library(task)
     face, face_rel, points, unusable = None, None, None, None
-    for key, seed, item, copy in task.samples:
+    for key, seed, item, copy in task.samples():
         if item.rel != face_rel:  # copies of one input are adjacent: decode it once
             face_rel = item.rel
             face, note, factors = _load_face(task, item)
@@ -438,52 +543,6 @@ def _complete(task: ShardPlace) -> dict[str, Any] | None:
     return stats if ok else None
 
 
-def plan_shards(
-    source: Source,
-    name: str,
-    out: Path,
-    manifest_dir: Path,
-    opts: BuildOptions,
-    library: OccluderLibrary | Occluders,
-    picks: Sequence[tuple[Item, int]] | None = None,
-    landmarks: LandmarkTable | None = None,
-) -> list[ShardTask]:
-    """Cut the ordered samples (inputs sorted, copies inner; or the given (item, copy) picks) into shard tasks,
-    with absolute paths, each with the landmarks of its inputs when the faces are raw photos."""
-    picks = picks if picks is not None else [(item, copy) for item in source.items for copy in range(opts.copies)]
-    samples = []
-    for item, copy in picks:
-        key = sample_key(item.rel, copy)
-        samples.append((key, sample_seed(opts.seed, key), item, copy))
-    n = opts.shard_size
-    out, manifest_dir, root = out.absolute(), manifest_dir.absolute(), source.root and source.root.absolute()
-
-    def points(part: list[tuple[str, int, Item, int]]) -> tuple[tuple[str, Points | None, str | None], ...]:
-        if landmarks is None:
-            return ()
-        found = {}
-        for _, _, item, _ in part:
-            pts, why = landmarks.lookup(item.rel)
-            found[item.rel] = (item.rel, None if pts is None else tuple(pts.ravel().tolist()), why)
-        return tuple(found.values())
-
-    return [
-        ShardTask(
-            i // n,
-            name,
-            out / f"{name}-{i // n:06d}.tar",
-            manifest_dir,
-            root,
-            tuple(samples[i : i + n]),
-            opts,
-            library.digest,
-            library.library.root.absolute() if isinstance(library, Occluders) else library.root.absolute(),
-            points(samples[i : i + n]),
-        )
-        for i in range(0, len(samples), n)
-    ]
-
-
 def fingerprint(
     source: Source,
     library: OccluderLibrary | Occluders,
@@ -493,19 +552,22 @@ def fingerprint(
 ) -> dict[str, Any]:
     """What a resumed build must share with the first run: inputs (and picked samples), occluders, landmarks,
     options."""
-    listing = "\n".join(f"{it.rel}\t{it.identity_name}" for it in source.items)
+    listing = hashlib.sha256()  # of the lines "rel<TAB>identity", joined by newlines, input by input
+    for n, it in enumerate(source.items):
+        listing.update(f"{chr(10) if n else ''}{it.rel}\t{it.identity_name}".encode())
     if picks is not None:
-        listing += "\npicks:\n" + "\n".join(f"{it.rel}\t{copy}" for it, copy in picks)
+        listing.update(("\npicks:\n" + "\n".join(f"{it.rel}\t{copy}" for it, copy in picks)).encode())
     opts_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     root = library.library.root if isinstance(library, Occluders) else library.root
     return {
         "occgen": __version__,
         "src": source.spec,
         "inputs": len(source.items),
-        "inputs_sha256": sha256(listing.encode()),
+        "inputs_sha256": listing.hexdigest(),
         "occluders_sha256": library.digest,
         "landmarks_sha256": landmarks.sha256 if landmarks else None,
         "options": opts_dict,
+        "src_kind": source.kind,
         "src_path": str(source.path) if source.path else None,  # where `occgen verify
         "root": str(source.root.absolute()) if source.root else None,  # --repair` reads the inputs again
         "occluders_path": str(root.absolute()),
@@ -552,7 +614,7 @@ def first_size(source: Source) -> tuple[int, int] | None:
     """(height, width) of the first input, in build order, that decodes: the size every face is brought to."""
     for item in source.items:
         try:
-            return decode_array(read_bytes(source.root, item.rel), item.rel).shape[:2]
+            return decode_array(read_input(source.root, item), item.rel).shape[:2]
         except UserError:
             continue
     return None
@@ -586,7 +648,7 @@ def build(
     _LIBRARIES[library.digest] = library
     landmarks = read_table(opts.landmarks) if opts.landmarks else None
     if opts.size is None:
-        opts = replace(opts, size=first_size(source))
+        opts = replace(opts, size=opts.crop or first_size(source))
     if opts.placement != "random" and landmarks is None and opts.size is not None:
         template_points(*opts.size)  # aligned faces of a size no template knows: say so before any work
     manifest_dir = manifests / name
@@ -594,7 +656,8 @@ def build(
         _remove_temporaries(manifest_dir, out, name)  # left by a run that was killed
         _prepare(manifest_dir, out, name, fingerprint(source, library, opts, picks, landmarks), overwrite)
         try:
-            return _run(source, name, out, manifest_dir, opts, library, jobs, quiet, picks, backend, landmarks)
+            plan = Plan(source, name, out, manifest_dir, opts, library, picks, landmarks)
+            return _run(plan, jobs, quiet, backend)
         finally:
             _remove_temporaries(manifest_dir, out, name)  # left by workers stopped mid-write (Ctrl-C, an error)
 
@@ -604,37 +667,25 @@ def _remove_temporaries(manifest_dir: Path, out: Path, name: str) -> None:
     remove_temporaries(out, f".{shard_files(name)}.tmp-*")
 
 
-def _run(
-    source: Source,
-    name: str,
-    out: Path,
-    manifest_dir: Path,
-    opts: BuildOptions,
-    library: Occluders,
-    jobs: int,
-    quiet: bool,
-    picks: Sequence[tuple[Item, int]] | None,
-    backend: Backend,
-    landmarks: LandmarkTable | None = None,
-) -> BuildResult:
+def _run(plan: Plan, jobs: int, quiet: bool, backend: Backend) -> BuildResult:
+    source, name, manifest_dir = plan.source, plan.name, plan.manifest_dir
     atomic_write(
         manifest_dir / "errors.parquet" / "listing.parquet",
         parquet_bytes([{"input": i, "reason": r, "kind": "error"} for i, r in source.skipped], ERRORS_SCHEMA),
     )
     result = BuildResult(name, manifest_dir, inputs=len(source.items) + len(source.skipped))
     result.summary.errors = len(source.skipped)
-    tasks = plan_shards(source, name, out, manifest_dir, opts, library, picks, landmarks)
-    done = {t.index: s for t in tasks if (s := _complete(t)) is not None}
-    todo = [t for t in tasks if t.index not in done]
+    done = {i: stats for i in plan.shards if (stats := _complete(plan.place(i))) is not None}
+    todo = plan.only([i for i in plan.shards if i not in done])
     result.summary.skipped = sum(stats["samples"] for stats in done.values())
-    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", [len(t.samples) for t in todo], quiet, backend)
+    fresh = parallel_map(render_shard, todo, jobs, f"build {name}", todo.sizes(), quiet, backend)
     with contextlib.closing(fresh):  # stops the workers however the loop ends
-        for task, stats in zip(todo, fresh):
-            done[task.index] = stats
+        for index, stats in zip(todo.shards, fresh):
+            done[index] = stats
             result.summary.done += stats["samples"]
             result.summary.errors += stats["errors"]
             result.summary.warnings += stats.get("warnings", 0)
-    result.shards = [done[t.index] for t in tasks]
+    result.shards = [done[i] for i in plan.shards]
     result.errors = len(source.skipped) + sum(s["errors"] for s in result.shards)
     result.warnings = sum(s.get("warnings", 0) for s in result.shards)
     atomic_write(manifest_dir / "shards.json", json_bytes({"name": name, "shards": result.shards}))

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,12 +21,12 @@ import pyarrow.parquet as pq
 
 from occgen.errors import UserError
 from occgen.occlude.face import read_table
-from occgen.occlude.run import LOCK, BuildOptions, load_occluders, plan_shards, render_shard
+from occgen.occlude.run import LOCK, BuildOptions, Plan, load_occluders, render_shard
 from occgen.occlude.run import fingerprint as build_fingerprint
-from occgen.occlude.sources import Source, from_list, from_tree, open_source
+from occgen.occlude.sources import Source, open_path, open_source
 from occgen.runner import parallel_map
 from occgen.sets.split import select_identities
-from occgen.writer import exclusive, member_bytes
+from occgen.writer import exclusive, member_bytes, shard_paths, writable_shard_folder
 
 #: What can be wrong with a shard, worst first.
 PROBLEMS = ("missing", "truncated", "altered")
@@ -53,6 +52,7 @@ class _Task:
     manifest_dir: Path
     stats: dict[str, Any]
     fmt: str
+    tar_path: Path  # checked by shard_paths
 
 
 def read_index(manifest_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -88,7 +88,7 @@ def check_shard(task: _Task) -> ShardCheck:
             "altered",
             f"manifest part has {len(rows)} rows, shards.json says {stats['samples']} samples",
         )
-    tar_path = Path(os.path.normpath(task.manifest_dir / stats["path"]))
+    tar_path = task.tar_path
     try:
         data = tar_path.read_bytes()
     except OSError as exc:
@@ -127,7 +127,7 @@ def verify(manifest_dir: Path, jobs: int = 1, quiet: bool = True) -> list[ShardC
     """Check every shard of the build in ``manifest_dir``; one result per shard, in shard order."""
     fingerprint, shards = read_index(manifest_dir)
     fmt = fingerprint["options"]["fmt"]
-    tasks = [_Task(manifest_dir, stats, fmt) for stats in shards]
+    tasks = [_Task(manifest_dir, stats, fmt, p) for stats, p in zip(shards, shard_paths(manifest_dir, shards))]
     return list(
         parallel_map(check_shard, tasks, jobs, f"verify {manifest_dir.name}", [s["samples"] for s in shards], quiet)
     )
@@ -143,23 +143,23 @@ def _reopen(fingerprint: dict[str, Any]) -> Source:
             f"cannot repair: the build's inputs ({src_path or fingerprint['src']}) are not there; "
             "rebuild with `occgen build ... --overwrite`"
         )
-    path = Path(src_path)
-    source = (
-        from_tree(path, fingerprint["src"])
-        if path.is_dir()
-        else from_list(path, Path(root) if root else None, fingerprint["src"])
-    )
+    source = open_path(Path(src_path), Path(root) if root else None, fingerprint["src"])
     return select_identities(source, fingerprint["identities"]) if fingerprint.get("identities") else source
 
 
-def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True) -> list[ShardCheck]:
+def repair(
+    manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool = True, out: Path | None = None
+) -> list[ShardCheck]:
     """Render the ``bad`` shards again, byte-identical to the originals; returns their checks afterwards.
 
-    Refuses when the inputs or occluders differ from those recorded in build.json: the shards would differ.
+    Refuses when the inputs or occluders differ from those recorded in build.json (the shards would differ), and
+    writes only shard-named tars into the dataset's own shard folder (``out`` where that lies elsewhere).
     """
     name = manifest_dir.name
     with exclusive(manifest_dir / LOCK, f"a build of {name} is running on {manifest_dir}; wait for it to end"):
         fingerprint, shards = read_index(manifest_dir)
+        paths = shard_paths(manifest_dir, shards)
+        out = writable_shard_folder(manifest_dir, paths, out)
         if fingerprint["options"].get("kind") == "partial" or (manifest_dir / "pairs.parquet").exists():
             raise UserError(
                 f"--repair rebuilds sets made by `occgen build` without --pairs; {name} is a pairs or "
@@ -185,19 +185,17 @@ def repair(manifest_dir: Path, bad: list[ShardCheck], jobs: int = 1, quiet: bool
                 f"cannot repair {name}: its {' and '.join(changed)} changed since it was built, so "
                 "rebuilt shards would differ; rebuild it with `occgen build ... --overwrite`"
             )
-        by_name = {s["shard"]: s for s in shards}
-        out = Path(os.path.normpath(manifest_dir / shards[0]["path"])).parent
-        tasks = [
-            t
-            for t in plan_shards(source, name, out, manifest_dir, opts, library, landmarks=landmarks)
-            if t.shard in {c.shard for c in bad}
-        ]
-        for task in tasks:
-            task.stats_path.unlink(missing_ok=True)
+        by_name = {s["shard"]: (s, p) for s, p in zip(shards, paths)}
+        plan = Plan(source, name, out, manifest_dir, opts, library, landmarks=landmarks)
+        wanted = {c.shard for c in bad}
+        plan = plan.only([i for i in plan.shards if plan.place(i).shard in wanted])
+        places = [plan.place(i) for i in plan.shards]
+        for place in places:
+            place.stats_path.unlink(missing_ok=True)
         with contextlib.closing(
-            parallel_map(render_shard, tasks, jobs, f"repair {name}", [len(t.samples) for t in tasks], quiet)
+            parallel_map(render_shard, plan, jobs, f"repair {name}", plan.sizes(), quiet)
         ) as rebuilt:
             for _ in rebuilt:
                 pass
         fmt = opts.fmt
-        return [check_shard(_Task(manifest_dir, by_name[t.shard], fmt)) for t in tasks]
+        return [check_shard(_Task(manifest_dir, by_name[p.shard][0], fmt, by_name[p.shard][1])) for p in places]

@@ -21,7 +21,8 @@ import pandas as pd
 from click.core import ParameterSource
 
 from occgen.occlude.occluders import DEFAULT_LIBRARY
-from occgen.report.stats import compute, read_labels, read_manifest, table
+from occgen.occlude.sources import KINDS
+from occgen.report.stats import compute, read_labels, table, tally
 from occgen.writer import atomic_write
 
 PACKAGES = ("occgen-fromnet", "numpy", "pillow", "simplejpeg", "pyarrow", "pandas", "webdataset", "joblib")
@@ -114,7 +115,7 @@ def render(manifest_dir: Path, command: str) -> str:
     manifest_dir = Path(manifest_dir)
     build = json.loads((manifest_dir / "build.json").read_text())
     shards = json.loads((manifest_dir / "shards.json").read_text())["shards"]
-    samples = read_manifest(manifest_dir)
+    samples = tally(manifest_dir)
     labels = read_labels(manifest_dir)
     stats = compute(samples, labels)
     options = build.get("options", {})
@@ -135,7 +136,7 @@ def render(manifest_dir: Path, command: str) -> str:
         command,
         "```",
         "",
-        f"- source: `{build.get('src')}`, {build.get('inputs', '?'):,} input images "
+        f"- source: {_source(build)}, {build.get('inputs', '?'):,} input images "
         f"(listing sha256 `{build.get('inputs_sha256', '?')}`)",
         f"- seed: {options['seed'] if 'seed' in options else 'none (no random choices)'}; every option: `build.json`",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
@@ -160,10 +161,10 @@ def render(manifest_dir: Path, command: str) -> str:
         "```",
         "",
     ]
-    if "visible_area_ratio" in samples:
-        kept = samples.loc[samples["part"] != "whole", "visible_area_ratio"]
+    if samples.visible is not None:
+        low, high = samples.visible
         lines += [
-            f"Partial faces: the kept rectangle covers {100 * kept.min():.1f}% to {100 * kept.max():.1f}% of "
+            f"Partial faces: the kept rectangle covers {100 * low:.1f}% to {100 * high:.1f}% of "
             "the image (grey 128 elsewhere); geometry in `occgen.sets.partial`.",
             "",
         ]
@@ -181,9 +182,8 @@ def render(manifest_dir: Path, command: str) -> str:
             folds = g.loc[g["fold"] >= 0, "fold"].nunique()  # all-pairs sets: -1 marks pairs across folds
             lines.append(f"| {protocol} | {len(g):,} | {int(g['same'].sum()):,} | {folds} |")
         lines.append("")
-    used = set(samples.loc[samples["occluded"].astype(bool), "occluder"].dropna())
-    if used:
-        lines += ["## Occluders", "", *_catalog(build, used), ""]
+    if samples.occluders:
+        lines += ["## Occluders", "", *_catalog(build, samples.occluders), ""]
     lines += ["## Shards", "", "| shard | samples | bytes | sha256 |", "|---|---|---|---|"]
     lines += [f"| `{s['path']}` | {s['samples']:,} | {s['bytes']:,} | `{s['sha256']}` |" for s in shards]
     lines += [
@@ -200,21 +200,52 @@ def render(manifest_dir: Path, command: str) -> str:
         *pandas_snippet(where, sorted(labels), has_pairs),
         "```",
         "",
+        "As a Hugging Face dataset (`pip install 'occgen-fromnet[hf]'`; `push_to_hub` publishes it):",
+        "",
+        "```python",
+        *hf_snippet(where, fmt),
+        "```",
+        "",
     ]
     return "\n".join(lines)
 
 
-def webdataset_snippet(where: str, fmt: str) -> list[str]:
+def _source(build: dict[str, Any]) -> str:
+    """What --src was, where it resolved to and in which format: a registered name alone says little."""
+    src, path, kind = build.get("src"), build.get("src_path"), build.get("src_kind")
+    text = f"`{src}`"
+    if path and path != src:
+        text += f" = `{path}`"
+    return text + (f" ({KINDS[kind]})" if kind in KINDS else "")
+
+
+def _shard_list(where: str) -> list[str]:
     return [
         "import json",
         "from pathlib import Path",
-        "import webdataset as wds",
         "",
         f"manifest = Path({where!r})",
         'shards = [str(manifest / s["path"]) for s in json.loads((manifest / "shards.json").read_text())["shards"]]',
+    ]
+
+
+def webdataset_snippet(where: str, fmt: str) -> list[str]:
+    return [
+        "import webdataset as wds",
+        *_shard_list(where),
         f'dataset = wds.WebDataset(shards, shardshuffle=False).decode("rgb8").to_tuple({fmt!r}, "cls", "json")',
         "image, identity, meta = next(iter(dataset))  # HxWx3 uint8, int, the sample's manifest row",
         'print(image.shape, identity, meta["key"], meta["src"])',
+    ]
+
+
+def hf_snippet(where: str, fmt: str) -> list[str]:
+    return [
+        "from datasets import load_dataset",
+        *_shard_list(where),
+        'faces = load_dataset("webdataset", data_files={"train": shards}, split="train")',
+        f"row = faces[0]  # {fmt!r}: PIL image, 'cls': identity, 'json': the sample's manifest row, '__key__'",
+        f'print(len(faces), row[{fmt!r}].size, row["cls"], row["json"]["key"])',
     ]
 
 

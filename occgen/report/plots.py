@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from occgen.occlude.calibrate import TARGETS  # noqa: E402
+from occgen.report.stats import Tally  # noqa: E402
 from occgen.writer import atomic_write  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def area_plot(samples: pd.DataFrame, stats: dict[str, Any], path: Path, title: str) -> Path:
+def area_plot(samples: Tally, stats: dict[str, Any], path: Path, title: str) -> Path:
     """Left: mean and median occluded area per scale (box and pixel). Right: the box-area distribution per scale."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     rows = stats["scales"]
@@ -52,19 +53,19 @@ def area_plot(samples: pd.DataFrame, stats: dict[str, Any], path: Path, title: s
     left.set(ylabel="occluded area (% of the face)", title="Occluded area per scale", ylim=(0, 100))
     left.grid(alpha=0.3, axis="y")
     left.legend(fontsize=8, loc="upper left")
-    occluded = samples[samples["occluded"].astype(bool)]
     bins = np.linspace(0, 100, 41)
-    groups = [(f"s={s:g}", g) for s, g in occluded.groupby("scale", sort=True)]
-    unscaled = occluded[occluded["scale"].isna()]  # placements sized by the face (masks, anchored, region groups)
+    groups = [(f"s={s:g}", g["box_area_ratio"]) for s, g in samples.by_scale()]
+    scale, areas = samples.areas()
+    unscaled = areas["box_area_ratio"][np.isnan(scale)]  # placements sized by the face (masks, anchored, groups)
     if len(unscaled):
-        groups.append((str(unscaled["placement"].iloc[0]) if "placement" in unscaled else "occluded", unscaled))
-    for label, g in groups:
+        groups.append((samples.unscaled, unscaled))
+    for label, box in groups:
         right.hist(
-            100 * g["box_area_ratio"].to_numpy(np.float64),
+            100 * box.astype(np.float64),
             bins=bins,
             histtype="step",
             linewidth=1.5,
-            label=f"{label} (mean {100 * g['box_area_ratio'].mean():.1f}%)",
+            label=f"{label} (mean {100 * pd.Series(box).mean():.1f}%)",  # pandas' float32 mean, as before
         )
     right.set(xlabel="occluded box area (% of the face)", ylabel="samples", title="Box area distribution")
     right.legend(fontsize=8)
@@ -106,7 +107,7 @@ def labels_plot(name: str, label_stats: dict[str, Any], path: Path, title: str) 
     return _save(fig, path)
 
 
-def write_plots(samples: pd.DataFrame, stats: dict[str, Any], out: Path, title: str) -> list[Path]:
+def write_plots(samples: Tally, stats: dict[str, Any], out: Path, title: str) -> list[Path]:
     """Every plot of a manifest into ``out``: area.png, counts.png, labels-<name>.png per labels file."""
     paths = [area_plot(samples, stats, out / "area.png", title), counts_plot(stats, out / "counts.png", title)]
     for name, lab in stats["labels"].items():

@@ -7,19 +7,22 @@ import io
 import json
 import math
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
 from occgen.errors import UserError
 from occgen.images import decode_array
 from occgen.label.labels import labels_path
 from occgen.label.patterns import block_edges, label_boxes, pattern_catalog
-from occgen.report.stats import read_manifest
-from occgen.writer import atomic_write, member_bytes
+from occgen.manifest import Parts, batches, in_key_order, open_parts, open_samples
+from occgen.writer import atomic_write, member_bytes, shard_paths
 
 LABEL_H = 12
 GAP = 4
@@ -32,26 +35,40 @@ class Overlay:
     K: int | None = None  # draw the K x K grid and shade the sample's pattern
 
 
-def _group(row: pd.Series) -> str:
-    """A sample's sheet: its scale, its placement when the face decided its size (masks, anchored), or clean."""
-    if not bool(row["occluded"]):
-        return "clean"
-    if pd.notna(row["scale"]):
-        return f"s={row['scale']:g}"
-    return str(row.get("placement") or "occluded")
+#: The columns that decide a sample's sheet.
+GROUP_COLUMNS = ("occluded", "scale", "placement")
 
 
-def pick(samples: pd.DataFrame, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
+def _groups(rows: pa.Table) -> np.ndarray:
+    """Each sample's sheet: its scale, its placement when the face decided its size (masks, anchored), or clean."""
+    frame = rows.to_pandas()
+    scaled = frame["scale"].map(lambda s: "" if pd.isna(s) else f"s={s:g}")
+    placed = frame["placement"].map(lambda p: str(p or "occluded")) if "placement" in frame else "occluded"
+    named = np.where(scaled != "", scaled, placed)
+    return np.where(frame["occluded"].astype(bool).to_numpy(), named, "clean")
+
+
+def pick(manifest_dir: Path, per_group: int, seed: int) -> dict[str, pd.DataFrame]:
     """``per_group`` random samples (seeded, independent of file order) of each scale (or placement), and of the
-    clean ones."""
-    groups = samples.apply(_group, axis=1)
+    clean ones: the group sizes from one pass over the parts, then the chosen ranks from a second, in key order."""
+    parts = open_samples(manifest_dir)
+    columns = [c for c in GROUP_COLUMNS if c in parts.schema.names]
+    sizes: Counter = Counter()
+    for batch in batches(parts, columns):
+        sizes.update(Counter(_groups(batch).tolist()))
     rng = np.random.default_rng(seed)
-    out = {}
-    for name in sorted(groups.unique(), key=lambda g: (g == "clean", not g.startswith("s="), _scale(g), g)):
-        rows = samples[(groups == name).to_numpy()].sort_values("key")
-        take = np.sort(rng.permutation(len(rows))[:per_group])
-        out[name] = rows.iloc[take]
-    return out
+    names = sorted(sizes, key=lambda g: (g == "clean", not g.startswith("s="), _scale(g), g))
+    take = {name: np.sort(rng.permutation(sizes[name])[:per_group]) for name in names}
+    seen: Counter = Counter()
+    chosen: dict[str, list[pa.Table]] = {name: [] for name in names}
+    for run in in_key_order(parts, parts.schema.names):
+        groups = _groups(run.select(columns))
+        for name in np.unique(groups).tolist():
+            rows = np.flatnonzero(groups == name)
+            ranks = seen[name] + np.arange(len(rows))
+            chosen[name].append(run.take(rows[np.isin(ranks, take[name])]))
+            seen[name] += len(rows)
+    return {name: pa.concat_tables(chosen[name]).to_pandas() for name in names}
 
 
 def _scale(group: str) -> float:
@@ -60,10 +77,8 @@ def _scale(group: str) -> float:
 
 def read_images(manifest_dir: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """Decode the chosen samples from their shards (paths from shards.json)."""
-    shards = {
-        s["shard"]: Path(manifest_dir) / s["path"]
-        for s in json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]
-    }
+    entries = json.loads((Path(manifest_dir) / "shards.json").read_text())["shards"]
+    shards = {s["shard"]: p for s, p in zip(entries, shard_paths(Path(manifest_dir), entries))}
     images: dict[str, np.ndarray] = {}
     for shard, group in rows.groupby("shard"):
         wanted = {f"{k}.{f}": k for k, f in zip(group["key"], group["format"])}
@@ -87,7 +102,9 @@ def patterns_for(manifest_dir: Path, rows: pd.DataFrame, K: int) -> np.ndarray:
     """The rows' pattern index for K: from labels-kK.parquet when it exists, else labelled now (same function)."""
     path = labels_path(manifest_dir, K)
     if path.is_file():
-        labels = pd.read_parquet(path, columns=["key", "pattern"]).set_index("key")["pattern"]
+        wanted = pa.array(rows["key"].tolist(), pa.string())
+        found = [b.filter(pc.is_in(b["key"], value_set=wanted)) for b in batches(open_parts(path), ["key", "pattern"])]
+        labels = pa.concat_tables(found).to_pandas().set_index("key")["pattern"]
         return labels.reindex(rows["key"]).fillna(0).to_numpy(np.int64)
     boxes = rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(np.float64)
     H, W = int(rows["height"].iloc[0]), int(rows["width"].iloc[0])
@@ -141,8 +158,7 @@ def contact_sheets(
     manifest_dir: Path, per_group: int, seed: int, overlay: Overlay, zoom: int = 1, cols: int = 8
 ) -> dict[str, Image.Image]:
     """One sheet per scale (and one of clean samples), by group name."""
-    samples = read_manifest(manifest_dir)
-    chosen = pick(samples, per_group, seed)
+    chosen = pick(manifest_dir, per_group, seed)
     images = read_images(manifest_dir, pd.concat(chosen.values()))
     out = {}
     for group, rows in chosen.items():
@@ -169,8 +185,8 @@ def write_preview(manifest_dir: Path, per_group: int = 24, seed: int = 0) -> Pat
     """``preview.png`` beside the manifest: a contact sheet of the occluded samples (8 a row; crops zoomed 2x),
     with a sheet of clean ones below when the set has them (the gallery side of pairs). Written with plain zlib:
     optimising a large sheet costs more than building the set."""
-    first = read_manifest(manifest_dir).iloc[0]
-    zoom = 2 if max(first["height"], first["width"]) <= 128 else 1
+    height, width = _first_size(open_samples(manifest_dir))
+    zoom = 2 if max(height, width) <= 128 else 1
     sheets = contact_sheets(manifest_dir, per_group, seed, Overlay(), zoom=zoom)
     parts = [sheets[g] for g in sorted(sheets, key=lambda g: g == "clean")]
     out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
@@ -181,3 +197,16 @@ def write_preview(manifest_dir: Path, per_group: int = 24, seed: int = 0) -> Pat
     path = Path(manifest_dir) / "preview.png"
     atomic_write(path, png_bytes(out, optimize=False))
     return path
+
+
+def _first_size(parts: Parts) -> tuple[int, int]:
+    """(height, width) of the sample with the least key."""
+    best: tuple[str, int, int] | None = None
+    for batch in batches(parts, ["key", "height", "width"]):
+        at = pc.index(batch["key"], pc.min(batch["key"])).as_py()
+        if at >= 0:
+            row = (batch["key"][at].as_py(), batch["height"][at].as_py(), batch["width"][at].as_py())
+            best = row if best is None or row[0] < best[0] else best
+    if best is None:
+        raise UserError(f"{parts.path} has no samples")
+    return best[1], best[2]

@@ -16,8 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from occgen.errors import UserError
+from occgen.formats.binset import folds
 from occgen.occlude.plan import sample_key
-from occgen.occlude.sources import Item, Source
+from occgen.occlude.sources import Item, Source, bin_rels, load_bin
 from occgen.writer import atomic_write, table_bytes
 
 #: Copy numbers of the two versions of an input a pairs set may hold.
@@ -95,10 +96,21 @@ def read_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
+def bin_pairs(source: Source) -> list[Pair]:
+    """The pairs of an insightface verification set (a ``.bin`` source), folds as insightface's verification.py
+    splits them (consecutive tenths)."""
+    if source.kind != "bin" or source.root is None:
+        raise UserError(f"--pairs-from-bin: --src {source.spec} is not an insightface verification set (.bin)")
+    binset = load_bin(source.root)
+    fold = folds(binset.pairs)
+    names = bin_rels(source.root, binset.issame)
+    return [Pair(k, int(fold[k]), same, names[2 * k], names[2 * k + 1]) for k, same in enumerate(binset.issame)]
+
+
 def resolve(pairs: list[Pair], source: Source) -> dict[str, Item]:
     """The source item of every image the pairs name (matched on the path without extension)."""
-    by_stem = {item.rel.rsplit(".", 1)[0]: item for item in source.items}
     wanted = dict.fromkeys(img for p in pairs for img in (p.first, p.second))
+    by_stem = {stem: item for item in source.items if (stem := item.rel.rsplit(".", 1)[0]) in wanted}
     missing = [img for img in wanted if img not in by_stem]
     if missing:
         raise UserError(

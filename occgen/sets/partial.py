@@ -33,7 +33,7 @@ from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array, encode
 from occgen.occlude.plan import sample_key
 from occgen.occlude.run import _complete, _prepare  # the build's resume rules, shared
-from occgen.occlude.sources import Item, Source, read_bytes
+from occgen.occlude.sources import Item, Source, read_input
 from occgen.runner import Summary, parallel_map
 from occgen.sets.pairs import Pair, resolve, row
 from occgen.writer import SAMPLES_SCHEMA, ShardPlace, atomic_write, json_bytes, sha256, write_shard
@@ -202,7 +202,7 @@ def _samples(task: PartialTask, rows: list[dict[str, Any]], errors: list[dict[st
         if item.rel != face_rel:
             face_rel, face = item.rel, None
             try:
-                face = decode_array(read_bytes(task.source_root, item.rel), item.rel)
+                face = decode_array(read_input(task.source_root, item), item.rel)
                 template = template_of((face.shape[1], face.shape[0]))
             except UserError as exc:
                 face = None

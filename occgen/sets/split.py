@@ -15,8 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from occgen.errors import UserError
-from occgen.occlude.sources import Item, Source
+from occgen.occlude.sources import Items, Source
 from occgen.sets.pairs import Pair
 from occgen.writer import atomic_write, json_bytes, sha256
 
@@ -147,9 +150,14 @@ def select_identities(source: Source, names) -> Source:
             "give the list `occgen split` wrote for this source"
         )
     kept = tuple(n for n in source.identities if n in wanted)  # source order (sorted) is kept
-    index = {n: i for i, n in enumerate(kept)}
-    items = tuple(
-        Item(it.rel, index[it.identity_name], it.identity_name) for it in source.items if it.identity_name in wanted
+    renumber = np.full(len(source.identities), -1, np.int32)  # old identity number -> new, -1: left out
+    for new, old in enumerate(i for i, n in enumerate(source.identities) if n in wanted):
+        renumber[old] = new
+    identity = renumber[source.items.identity]
+    keep = identity >= 0
+    offsets = source.items.offsets
+    items = Items(
+        source.items.rels.filter(pa.array(keep)), identity[keep], kept, None if offsets is None else offsets[keep]
     )
     # inputs that could not be listed stay recorded when they lie in a kept person's folder
     skipped = tuple((rel, why) for rel, why in source.skipped if rel.split("/", 1)[0] in wanted)
