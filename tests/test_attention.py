@@ -130,15 +130,15 @@ def test_full_size_parameters_and_flops():
     s = summarize("attention", 4, (112, 96))
     block = count_parameters(IRBlock(256, 256, 1))
     assert s.parts["attention_branch"] == 3 * block + 256 * 4 + 4  # copied blocks + 1x1 conv with bias
-    assert s.parts["parts"] == 4 * (256 * 256 + 256)  # K unshared FC layers
+    assert s.parts["parts"] == 4 * (256 * 256 + 256 + 2 * 256 + 2 * 256)  # K unshared BN-FC-BN heads
     with torch.device("meta"):
         cut = IResNet((64, 128, 256), (3, 4, 14))
     assert s.parts["backbone"] == count_parameters(cut)  # stage 4 is not built
-    assert s.params == 21_433_284
+    assert s.params == 21_437_380
     assert s.flops == pytest.approx(10.59e9, rel=0.01)
     result = CliRunner().invoke(main, ["summary", "--variant", "attention", "--K", "4"])
     assert result.exit_code == 0, result.output
-    assert "21.43M params" in result.output and "10.59 GFLOPs" in result.output
+    assert "21.44M params" in result.output and "10.59 GFLOPs" in result.output
     assert "feature map F 256x14x12" in result.output and "K=4 attention maps" in result.output
 
 
@@ -272,6 +272,23 @@ def test_training_steps_decrease_the_loss_on_real_faces(preset):
         opt.step()
         losses.append(parts.total.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_identity_loss_falls_well_below_chance_on_real_faces():
+    # Issue #17: with a bare FC per part the plain-softmax identity loss stayed at ln C, because the pooled parts
+    # start tiny. On these 24 real faces of 8 people (ln 8 = 2.08) a bare FC reaches 2.02 after 12 steps; the
+    # BN-FC-BN parts reach 0.57.
+    x, labels, _ = real_batch(people=8, per_person=3)
+    model = tiny(K=4)
+    head = MarginHead(24, 8, Margin.preset("softmax"))
+    crit = make_criterion("attention", head, lambda_wce=1.0, lambda_div=1.0)
+    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(12):
+        parts = crit(model(x), labels)
+        opt.zero_grad()
+        parts.total.backward()
+        opt.step()
+    assert parts.margin.item() < 0.5 * math.log(8), parts.margin.item()
 
 
 def test_channels_last_bf16_autocast_step():

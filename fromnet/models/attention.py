@@ -23,6 +23,15 @@ Attend is parameter-free: sigmoid(A_k), global average pooling, softmax over the
 Because A >= 0 (ReLU), sigmoid(A) lies in [0.5, 1), so the pooled values entering the softmax differ by less than
 0.5 and no s_k can exceed e^0.5 = 1.65 times another: importance re-weights the parts but cannot switch one off.
 Aggregate: each v_k has its own FC layer to a 256-d f_k; the embedding is the mean of the f_k.
+
+**Deviation from the paper: each part's FC is wrapped in batch norms (BN-FC-BN, the baseline's embedding head
+without dropout).** With a bare FC the variant did not learn in CPU-sized runs (issue #17): v_k is about
+GAP(F) / (2K) (s_k ~ 1/K, sigmoid(A) in [0.5, 1)), so the parts start ~50x smaller than the baseline's embedding
+(norm 0.3-0.4 against ~21 for a quarter-width r18) and the plain softmax on raw logits W f starts with logits near
+0 and gradients near 0 (loss flat at ln C); and the pooled stage-3 features of a trained trunk share a large
+component, which the unnormalised FC passes on (between-face share of the embedding's energy 0.80 at the start of
+stage 2 and 0.32 after 25 steps), so CosFace and cosine verification see every face at nearly the same angle.
+The BNs give each part unit per-dimension scale and remove the shared component, as the baseline's head does.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import torch
 from torch import nn
 
 from fromnet.models.iresnet import IRBlock, IResNet, stage_size
-from fromnet.models.net import FromOutput, init_weights
+from fromnet.models.net import EmbeddingHead, FromOutput, init_weights
 
 #: Stages of the LResNet-E-IR kept: the network is cut after its third stride-2 stage.
 CUT = 3
@@ -113,7 +122,7 @@ def attentional_pool(features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor
 
 
 class AttentionNet(nn.Module):
-    """Shared trunk -> (feature branch F, attention branch A) -> recalibrate -> pool -> per-part FC -> mean."""
+    """Shared trunk -> (feature branch F, attention branch A) -> recalibrate -> pool -> per-part BN-FC-BN -> mean."""
 
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
@@ -127,7 +136,8 @@ class AttentionNet(nn.Module):
             nn.Conv2d(width, c.K, kernel_size=1),
             nn.ReLU(),
         )
-        self.parts = nn.ModuleList(nn.Linear(width, c.embedding_dim) for _ in range(c.K))
+        # BN-FC-BN per part (see the module docstring: a deviation from the paper's bare FC)
+        self.parts = nn.ModuleList(EmbeddingHead(width, c.embedding_dim, dropout=0.0) for _ in range(c.K))
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> AttentionOutput:
