@@ -185,10 +185,11 @@ class Experiment:
         if done.is_file():
             return
         common = ["--workers", str(self.args.workers), "--log-every", "20", "--ckpt-every", "100"]
-        if (out / "config.toml").is_file():
+        if (out / "checkpoints" / "latest").is_file():
             self.timed(f"train {name} (resumed)", self.fromnet, "train", "--resume", "--out", str(out), *common)
-        else:
-            self.timed(f"train {name}", self.fromnet, "train", *options, *common, "--out", str(out))
+        else:  # never started, or stopped before its first checkpoint: (re)start it
+            again = ["--overwrite"] if (out / "config.toml").is_file() else []
+            self.timed(f"train {name}", self.fromnet, "train", *options, *common, *again, "--out", str(out))
         seconds = sum(v for k, v in self.times.items() if k.startswith(f"train {name}"))
         done.write_text(json.dumps({"seconds": seconds}) + "\n")
 
