@@ -219,7 +219,8 @@ def tar_at_far(c: np.ndarray, people: People, scores: np.ndarray, same: np.ndarr
             t = _weighted_threshold(cb, a_imp, b_imp, s_imp, k)
             pos = np.searchsorted(s_gen, t, side="right")  # genuine at or below t are rejected
             below = np.where(pos > 0, wg[np.arange(len(cb)), np.maximum(pos - 1, 0)], 0.0)
-            tar = (wg[:, -1] - below) / wg[:, -1]
+            with np.errstate(invalid="ignore", divide="ignore"):  # a resample without genuine pairs: NaN
+                tar = (wg[:, -1] - below) / wg[:, -1]
             out[lo : lo + step, f] = np.where(ok, tar, np.nan)
     return out
 
