@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 import webdataset as wds
+from webdataset.gopen import Pipe, set_options
 
 from occgen.errors import UserError
 from occgen.images import FORMATS, decode_array
@@ -42,6 +44,7 @@ class Shard:
     url: str  # absolute path of the tar, or (plain WebDataset shards) any URL open_url takes
     name: str  # e.g. occ-lfw-000003
     samples: int  # 0 where unknown (plain shards before a counting pass)
+    size: int = 0  # bytes of its samples' members; 0 where unknown (see sample_bytes)
 
 
 @dataclass(frozen=True)
@@ -176,23 +179,69 @@ def open_url(url: str) -> BinaryIO:
 
 
 def _streamed_members(url: str) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular member of a tar read as a stream (pipes and remote files)."""
+    """(name, bytes) of each regular member of a tar read as a stream (pipes and remote files). A stream its reader
+    leaves part way is closed without complaint (a pipe's command is then stopped by SIGPIPE); one read to its end
+    must have ended well, a command with exit status 0."""
+    stream = open_url(url)
+    finished = False
     try:
-        with open_url(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if member.isfile():
                     yield member.name, member_bytes(tar, member)
+        while stream.read(1 << 16):  # the end-of-archive padding, so that the command ends as it should
+            pass
+        finished = True
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"{url}: not a readable tar shard ({exc})") from None
+        raise UserError(stream_problem(url, stream, exc)) from None
+    finally:
+        _close_stream(stream, url, check=finished)
 
 
-def _census(shard: Shard, class_field: str | None = None) -> tuple[int, int]:
-    """(samples, largest class) of one shard, read without decoding an image."""
-    count, top = 0, -1
+def stream_problem(url: str, stream: Any, exc: BaseException) -> str:
+    """What went wrong reading a shard as a stream, and how to see why."""
+    status = _exit_status(stream)
+    if url.startswith("pipe:"):
+        command = url[len("pipe:") :]
+        what = f"the command exited with status {status}" if status else f"its output is not a whole tar ({exc})"
+        return (
+            f"{url}: {what}; run it in a shell (`({command}) | tar t >/dev/null`) to see why, "
+            "and make it print the shard's tar to stdout"
+        )
+    return (
+        f"{url}: not a readable tar shard ({exc}); the file is damaged or truncated, or the connection broke: "
+        "check that it downloads whole and that `tar tf` reads it"
+    )
+
+
+def _exit_status(stream: Any) -> int | None:
+    """A pipe's command's exit status, once it has ended (it has, or is about to, when its output failed)."""
+    if not isinstance(stream, Pipe):
+        return None
+    try:
+        return stream.proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _close_stream(stream: Any, url: str, check: bool) -> None:
+    if not check:
+        set_options(stream, ignore_errors=True)  # a pipe left part way ends by SIGPIPE: no error
+    try:
+        stream.close()
+    except OSError as exc:
+        if check:
+            raise UserError(stream_problem(url, stream, exc)) from None
+
+
+def _census(shard: Shard, class_field: str | None = None) -> tuple[int, int, int]:
+    """(samples, largest class, bytes) of one shard, read without decoding an image."""
+    count, top, size = 0, -1, 0
     for sample in tar_samples(shard.url):
         count += 1
         top = max(top, sample_class(sample, class_field))
-    return count, top
+        size += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+    return count, top, size
 
 
 def counted(manifest: Manifest, class_field: str | None = None, jobs: int = 1) -> Manifest:
@@ -205,8 +254,16 @@ def counted(manifest: Manifest, class_field: str | None = None, jobs: int = 1) -
     from occgen.runner import parallel_map
 
     census = list(parallel_map(partial(_census, class_field=class_field), manifest.shards, jobs, "count", quiet=True))
-    shards = tuple(replace(s, samples=n) for s, (n, _) in zip(manifest.shards, census))
-    return replace(manifest, shards=shards, num_identities=max((top for _, top in census), default=-1) + 1)
+    shards = tuple(replace(s, samples=n, size=size) for s, (n, _, size) in zip(manifest.shards, census))
+    return replace(manifest, shards=shards, num_identities=max((top for _, top, _ in census), default=-1) + 1)
+
+
+def sample_bytes(manifest: Manifest) -> float:
+    """The mean bytes of a sample's members: local tars by their file size, others as a counting pass found them
+    (0 where unknown)."""
+    paths = [local_path(s.url) for s in manifest.shards]
+    total = sum(p.stat().st_size if p is not None else s.size for s, p in zip(manifest.shards, paths))
+    return total / manifest.samples if manifest.samples else 0.0
 
 
 def open_shards(spec: str | Path) -> Manifest:

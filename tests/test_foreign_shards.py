@@ -105,7 +105,19 @@ def test_train_on_plain_shards(foreign, tmp_path):
     invoke(fromnet_main, "train", *occ, "--occlude-online", "2", "--out", tmp_path / "from")
     for bad, message in (
         (["--shards", spec, "--variant", "baseline"], "no .cls member"),
-        (["--shards", f"pipe:cat {foreign['other']}/faces-000.tar", "--variant", "baseline"], "random access"),
+        (
+            [
+                "--shards",
+                f"pipe:cat {foreign['other']}/faces-000.tar",
+                "--variant",
+                "baseline",
+                "--order",
+                "permutation",
+                "--class-field",
+                "label",
+            ],
+            "random access",
+        ),  # fmt: skip
     ):
         result = invoke(fromnet_main, "train", *bad, *tiny, "--out", tmp_path / "y", ok=False)
         assert message in result.output and "Traceback" not in result.output

@@ -12,7 +12,7 @@ import click
 from fromnet.cli import main
 from fromnet.losses import MARGIN_PRESETS
 from fromnet.models import BACKBONES, VARIANTS
-from fromnet.train.params import CLASSIFIERS, PRECISIONS
+from fromnet.train.params import CLASSIFIERS, ORDERS, PRECISIONS
 
 
 def _options(f):
@@ -22,8 +22,29 @@ def _options(f):
             "--shards",
             multiple=True,
             help="Manifest folder built by `occgen build`, or plain WebDataset shards made by any tool "
-            "('faces-{000000..000099}.tar', local files: samples are read by random access), optionally "
+            "('faces-{000000..000099}.tar', 'pipe:COMMAND', s3:// or https:// URLs with fsspec), optionally "
             "SPEC:WEIGHT (relative sampling rate); repeat to mix several.",
+        ),
+        click.option(
+            "--order",
+            type=click.Choice(ORDERS),
+            help="Data order. permutation: every epoch one seeded permutation of all samples, read by random access "
+            "(local tar files). stream: the shards read front to back, 'stream-shards' at once interleaved, through "
+            "a shuffle buffer (seeded, resumable). auto (default): permutation for local files, stream for pipe: "
+            "and URLs.",
+        ),
+        click.option(
+            "--stream-buffer",
+            type=click.IntRange(1),
+            help="Streamed order: shuffle buffer in samples. Default chosen from the data: 8 x batch size x the "
+            "mean samples per identity (so a batch meets about as many identities as a full permutation's), "
+            "at most 256 MiB of raw samples per loader worker and one epoch.",
+        ),
+        click.option(
+            "--stream-shards",
+            type=click.IntRange(1),
+            help="Streamed order: shards read at once, interleaved sample by sample (default 4; each a stream, "
+            "a pipe's process, per loader worker).",
         ),
         click.option(
             "--class-field",
@@ -222,8 +243,13 @@ def _intro(job, step: int) -> None:
         f"{job.world.size} process(es) on {job.world.device}",
         err=True,
     )
+    order = (
+        f"stream ({plan.stream_shards} shards at once, shuffle buffer {plan.stream_buffer:,})"
+        if plan.order == "stream"
+        else plan.order
+    )
     click.echo(
-        f"data: {data}; {plan.steps_per_epoch} steps/epoch of {plan.batch_size} "
+        f"data: {data}; order: {order}; {plan.steps_per_epoch} steps/epoch of {plan.batch_size} "
         f"({plan.replicas} micro-batch{'es' if plan.replicas > 1 else ''} of {plan.micro_batch}); "
         f"steps {step} -> {job.end}"
         + (f" (the schedule ends at {job.schedule_end})" if job.end < job.schedule_end else ""),

@@ -1,12 +1,14 @@
-"""Training streams: occgen shards -> seeded micro-batches of a per-epoch permutation, the same whatever the
-process or worker count."""
+"""Training streams: shards -> seeded micro-batches of a per-epoch permutation (local tars, random access) or of
+the streamed order (pipes and URLs, read front to back), the same whatever the process or worker count."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +17,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from fromnet.shards import Manifest, decode_face, image_size, sample_class, span_sample, tar_spans
-from fromnet.train.order import epoch_order, micro_batch
+from fromnet.shards import (
+    Manifest,
+    decode_face,
+    image_size,
+    local_path,
+    sample_bytes,
+    sample_class,
+    span_sample,
+    tar_samples,
+    tar_spans,
+)
+from fromnet.train.order import Unit, default_buffer, epoch_order, micro_batch, stream_order, stream_units
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes, regression_target
 from occgen.manifest import batches, open_parts, open_samples
@@ -43,6 +55,16 @@ if TYPE_CHECKING:  # imported where used: only runs with online occlusion need t
 # replicas each, accumulating gradients) nor of loader workers; every rank gets the same number of batches;
 # replicas train on disjoint samples within an epoch; and a resumed run starts at its step's place in the
 # permutation without reading what it skips.
+#
+# Shards that cannot be read by random access (pipe: commands, remote URLs; or any, with --order stream) take the
+# streamed order of fromnet.train.order, whose n-th sample is known only by reading the n - 1 before it. The same
+# contract holds there at a price: every loader worker reads the raw (undecoded) bytes of the whole global sequence,
+# through the same seeded interleaving and shuffle buffer, and decodes only its own micro-batches. Reading is a
+# small part of a sample's cost next to decoding and augmenting it, so n workers read n times but decode once, and
+# the batches stay those of (seed, epoch, step) whatever n and the process count are; a resumed run re-reads its
+# epoch up to its step without decoding what it skips. The price is read traffic (each worker of each process runs
+# the pipe commands itself) and memory (each holds its own shuffle buffer); a design that read once per process and
+# handed bytes to the workers would need its own process pool in place of torch's DataLoader.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -177,14 +199,20 @@ def sample_index(manifest: Manifest) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, INDEX_DTYPE)
 
 
-def index_cache_path(manifest: Manifest, folder: Path) -> Path:
-    """Where a run keeps a manifest's sample index: named by a hash of every shard's path, size and mtime, so a
-    resumed run reuses it and a changed shard gets a fresh one."""
+def shards_digest(manifest: Manifest) -> str:
+    """A hash of every shard's URL, and for local files their size and mtime: names a run's caches of a manifest,
+    so that a resumed run reuses them and a changed shard gets fresh ones."""
     digest = hashlib.blake2b(digest_size=8)
     for shard in manifest.shards:
-        stat = os.stat(shard.url)
-        digest.update(f"{shard.url}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return folder / f"{manifest.name}-{digest.hexdigest()}-index.npy"
+        path = local_path(shard.url)
+        stat = os.stat(path) if path is not None else None
+        digest.update(f"{shard.url}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def index_cache_path(manifest: Manifest, folder: Path) -> Path:
+    """Where a run keeps a manifest's sample index."""
+    return folder / f"{manifest.name}-{shards_digest(manifest)}-index.npy"
 
 
 def build_index_cache(manifest: Manifest, out: Path) -> Path:
@@ -221,6 +249,24 @@ class OnlineOcclusion:
     occluders: str | None = None
 
 
+#: The data orders: one permutation per epoch read by random access, or the streamed order (front-to-back reads).
+ORDERS = ("permutation", "stream")
+
+
+def resolve_order(requested: str, manifests: Iterable[Manifest]) -> str:
+    """``auto``: the permutation where every shard is a local file, else the streamed order; a permutation
+    asked for where some shard is not a local file is refused."""
+    remote = next((s.url for m in manifests for s in m.shards if local_path(s.url) is None), None)
+    if requested == "auto":
+        return "permutation" if remote is None else "stream"
+    if requested == "permutation" and remote is not None:
+        raise UserError(
+            f"{remote}: --order permutation reads samples by random access into local tar files; stream it with "
+            "--order stream (the default for pipe: and URLs), or copy the shards to this machine"
+        )
+    return requested
+
+
 @dataclass(frozen=True)
 class StreamPlan:
     """Everything that decides which samples make up each micro-batch of each step."""
@@ -235,6 +281,9 @@ class StreamPlan:
     flip: bool = True
     online: OnlineOcclusion | None = None
     class_field: str | None = None  # plain shards: the JSON field holding the class (None: the .cls member)
+    order: str = "permutation"  # one of ORDERS
+    stream_buffer: int = 1  # the streamed order: shuffle buffer (samples)
+    stream_shards: int = 1  # the streamed order: shards read at once, interleaved
 
     def __post_init__(self) -> None:
         if self.batch_size % self.replicas:
@@ -260,13 +309,26 @@ class StreamPlan:
         last = self.sources[-1]
         return last.identity_offset + last.manifest.num_identities
 
-    def order(self, epoch: int) -> np.ndarray:
+    def permutation(self, epoch: int) -> np.ndarray:
         """The epoch's permutation of sample ids (positions in the sources' concatenated indexes)."""
         sizes = [s.manifest.samples for s in self.sources]
         order = epoch_order(sizes, [s.weight for s in self.sources], self.seed, epoch)
         if len(order) < self.steps_per_epoch * self.batch_size:
             raise UserError("the training mix has fewer samples than one batch (are the weights too small?)")
         return order
+
+    def units(self, epoch: int) -> list[Unit]:
+        """The streamed order's shard reads of an epoch, in order."""
+        counts = [[shard.samples for shard in s.manifest.shards] for s in self.sources]
+        return stream_units(counts, [s.weight for s in self.sources], self.seed, epoch)
+
+
+def stream_buffer(plan: StreamPlan) -> int:
+    """The streamed order's default shuffle buffer for this data and batch (see order.default_buffer)."""
+    samples = sum(s.manifest.samples for s in plan.sources)
+    size = sum(sample_bytes(s.manifest) * s.manifest.samples for s in plan.sources) / max(samples, 1)
+    per_identity = plan.epoch_samples / max(plan.num_identities, 1)
+    return default_buffer(plan.batch_size, int(plan.epoch_samples), per_identity, size)
 
 
 class SpanReader:
@@ -298,11 +360,14 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Micro-batches for steps [start, end) of the replicas this process runs, in the order it consumes them.
 
     Consumption index c runs over (step, replica): worker w of n builds every c = w (mod n), whole, and
-    DataLoader's round-robin over workers returns them in order whatever n is.
+    DataLoader's round-robin over workers returns them in order whatever n is. A worker that meets bad data yields
+    ``{"error": message}`` and stops, so that the message reaches the user as it was written (see :func:`served`).
     """
 
     def __init__(self, plan: StreamPlan, replicas: list[int], start: int, end: int, log_keys: bool = False) -> None:
         super().__init__()
+        if replicas != sorted(replicas):
+            raise ValueError("replicas must be in increasing order: the streamed order is read front to back")
         self.plan, self.replicas, self.start, self.end = plan, list(replicas), start, end
         self.log_keys = log_keys
         self.offsets = np.cumsum([0] + [s.manifest.samples for s in plan.sources])
@@ -313,21 +378,88 @@ class TrainStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        plan, n = self.plan, len(self.replicas)
+        n = len(self.replicas)
+        wanted = (
+            (self.start + c // n, self.replicas[c % n]) for c in range(worker, (self.end - self.start) * n, workers)
+        )
+        read = self._permuted if self.plan.order == "permutation" else self._streamed
+        try:
+            for step, replica, epoch, samples in read(wanted):
+                batch = self._collate([self._labelled(sample) for sample in samples], epoch)
+                batch.update(step=step, replica=replica, epoch=epoch)
+                yield batch
+        except UserError as exc:
+            yield {"error": str(exc)}
+
+    def _permuted(self, wanted: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int, int, list[dict[str, Any]]]]:
+        """Micro-batches of the epoch's permutation, each sample read by random access."""
+        plan = self.plan
         reader = SpanReader()
         order, order_epoch = np.empty(0, np.int64), -1
         try:
-            for c in range(worker, (self.end - self.start) * n, workers):
-                step, replica = self.start + c // n, self.replicas[c % n]
+            for step, replica in wanted:
                 epoch, in_epoch = divmod(step, plan.steps_per_epoch)
                 if epoch != order_epoch:
-                    order, order_epoch = plan.order(epoch), epoch
+                    order, order_epoch = plan.permutation(epoch), epoch
                 ids = micro_batch(order, in_epoch, replica, plan.micro_batch, plan.replicas)
-                batch = self._collate([self._sample(int(i), reader) for i in ids], epoch)
-                batch.update(step=step, replica=replica, epoch=epoch)
-                yield batch
+                yield step, replica, epoch, [self._sample(int(i), reader) for i in ids]
         finally:
             reader.close()
+
+    def _streamed(self, wanted: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int, int, list[dict[str, Any]]]]:
+        """Micro-batches of the streamed order: the epoch's raw sequence read front to back, skipping (undecoded)
+        what is not wanted here; micro-batch (t, r) is samples [t B + r m, t B + (r + 1) m) of its epoch."""
+        plan = self.plan
+        sequence: Iterator[dict[str, Any]] = iter(())
+        epoch, position = -1, 0
+        try:
+            for step, replica in wanted:
+                step_epoch, in_epoch = divmod(step, plan.steps_per_epoch)
+                if step_epoch != epoch:
+                    _close(sequence)
+                    units = plan.units(step_epoch)
+                    sequence = stream_order(
+                        units, self._read_unit, plan.stream_shards, plan.stream_buffer, plan.seed, step_epoch
+                    )
+                    epoch, position = step_epoch, 0
+                begin = in_epoch * plan.batch_size + replica * plan.micro_batch
+                deque(islice(sequence, begin - position), maxlen=0)  # skipped: read, never decoded
+                samples = list(islice(sequence, plan.micro_batch))
+                position = begin + len(samples)
+                if len(samples) < plan.micro_batch:
+                    raise UserError(
+                        f"epoch {epoch} of the shards ended after {position:,} samples where the run counted "
+                        f"{plan.steps_per_epoch * plan.batch_size:,} or more: the shards changed since it started"
+                    )
+                yield step, replica, epoch, samples
+        finally:
+            _close(sequence)
+
+    def _read_unit(self, unit: Unit) -> Iterator[dict[str, Any]]:
+        """The raw samples of one shard read of the streamed order, tagged with their source and index; a shard
+        that holds another number of samples than the run counted is an error naming it."""
+        source = self.plan.sources[unit.source]
+        shards = source.manifest.shards
+        shard = shards[unit.shard]
+        first = sum(s.samples for s in shards[: unit.shard])
+        keep = None if unit.keep is None else frozenset(unit.keep)
+        count, samples = 0, tar_samples(shard.url)
+        try:
+            for position, sample in enumerate(samples):
+                count = position + 1
+                if count > shard.samples:
+                    break
+                if keep is None or position in keep:
+                    sample["__source__"], sample["__local__"] = unit.source, first + position
+                    yield sample
+        finally:
+            _close(samples)
+        if count != shard.samples:
+            held = f"more than {shard.samples:,}" if count > shard.samples else f"{count:,}"
+            raise UserError(
+                f"{shard.url} gave {held} samples where it held {shard.samples:,} when the run counted them: the "
+                "shard changed, or its reading stopped part way; check that it reads whole (`tar t`)"
+            )
 
     def _index(self, source: int) -> np.ndarray:
         if source not in self._indexes:
@@ -337,17 +469,22 @@ class TrainStream(torch.utils.data.IterableDataset):
         return self._indexes[source]
 
     def _sample(self, sample_id: int, reader: SpanReader) -> dict[str, Any]:
-        """One raw sample by random access, tagged with its source, and its labels row where one is used."""
+        """One raw sample by random access, tagged with its source and its index there."""
         index = int(np.searchsorted(self.offsets, sample_id, side="right")) - 1
         local = sample_id - int(self.offsets[index])
         source = self.plan.sources[index]
         place = self._index(index)[local]
         url = source.manifest.shards[int(place["shard"])].url
         sample = span_sample(url, reader.read(url, int(place["start"]), int(place["size"])))
-        sample["__source__"] = index
+        sample["__source__"], sample["__local__"] = index, local
+        return sample
+
+    def _labelled(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """The sample with its labels row, where the run trains on a labels file."""
+        source = self.plan.sources[sample["__source__"]]
         if self.plan.targets and source.labels is not None:
-            rows = self._labels.setdefault(index, LabelRows(source.labels))
-            sample["__labels__"] = rows.get(local, sample["__key__"], url)
+            rows = self._labels.setdefault(sample["__source__"], LabelRows(source.labels))
+            sample["__labels__"] = rows.get(sample["__local__"], sample["__key__"], sample["__url__"])
         return sample
 
     def _collate(self, samples: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
@@ -414,3 +551,17 @@ class TrainStream(torch.utils.data.IterableDataset):
             )
         library, options = self._occluding
         return occlude_sample(face, sample_seed(self.plan.seed, f"{key}@{epoch}/occlude"), options, library)
+
+
+def _close(stream: Iterator[Any]) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+def served(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A loader's micro-batches, with a worker's report of bad data raised here as the UserError it was."""
+    for batch in batches:
+        if "error" in batch:
+            raise UserError(batch["error"])
+        yield batch

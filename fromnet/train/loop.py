@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 
 from fromnet.checkpoint import ModelSpec
+from fromnet.checkpoint import checkpoints as checkpoint_files
 from fromnet.models import VARIANTS
-from fromnet.shards import Manifest, counted, image_size, local_path, open_shards
+from fromnet.shards import Manifest, counted, image_size, open_shards
 from fromnet.train import checkpoints, distributed, memory, runfolder
 from fromnet.train.data import (
     OnlineOcclusion,
@@ -30,10 +32,16 @@ from fromnet.train.data import (
     build_label_cache,
     index_cache_path,
     parse_source,
+    resolve_order,
+    served,
+    shards_digest,
+    stream_buffer,
 )
 from fromnet.train.distributed import World
+from fromnet.train.order import STREAM_SHARDS
 from fromnet.train.params import TrainConfig, merge_resumed, read_toml, write_toml
 from fromnet.train.progress import KeyLog, Meter, Progress
+from fromnet.train.runfolder import resume_command
 from fromnet.train.state import TrainState, build_state, load_init
 from fromnet.train.step import NonFiniteLoss, StepSettings, lr_factor, train_step
 from fromnet.train.stop import StopRequest
@@ -90,19 +98,22 @@ def needs_targets(variant: str) -> bool:
 
 
 def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...]:
-    """The manifests of the mix, with identity offsets, sample indexes and (when the variant predicts patterns)
-    label caches."""
-    sources, offset = [], 0
+    """The manifests of the mix, with identity offsets, sample indexes (the permutation order reads by random
+    access) and (when the variant predicts patterns) label caches."""
+    manifests, weights = [], []
     for text in cfg.shards:
         path, weight = parse_source(text)
         manifest = open_shards(path)
-        if manifest.path is None:
-            manifest = plain_shards(manifest, cfg, run / "cache")
+        manifests.append(plain_shards(manifest, cfg, run / "cache") if manifest.path is None else manifest)
+        weights.append(weight)
+    order = resolve_order(cfg.order, manifests)
+    sources, offset = [], 0
+    for manifest, weight in zip(manifests, weights):
         labels = None
         if needs_targets(cfg.variant) and not cfg.occlude_online:
             digest = hashlib.blake2b(str(manifest.folder.resolve()).encode(), digest_size=4).hexdigest()
             labels = str(run / "cache" / f"{manifest.name}-{digest}-k{cfg.K}.npy")
-        index = str(index_cache_path(manifest, run / "cache"))
+        index = str(index_cache_path(manifest, run / "cache")) if order == "permutation" else None
         sources.append(Source(manifest, weight, offset, labels, index))
         offset += manifest.num_identities
     if world.main:  # one process writes the caches, the others wait for them
@@ -116,27 +127,27 @@ def make_sources(cfg: TrainConfig, run: Path, world: World) -> tuple[Source, ...
 
 
 def plain_shards(manifest: Manifest, cfg: TrainConfig, cache: Path) -> Manifest:
-    """Plain WebDataset shards ready to train on: local files (read by random access), with their sample and
-    identity counts from one pass over them, kept in the run's cache so that a resumed run does not pass again."""
-    remote = [s.url for s in manifest.shards if local_path(s.url) is None]
-    if remote:
-        raise UserError(
-            f"{remote[0]}: training reads samples by random access into local tar files; copy the shards to this "
-            "machine first (`fromnet embed` streams pipe: and remote URLs)"
-        )
+    """Plain WebDataset shards ready to train on, with their sample and identity counts from one pass over them
+    (pipes and URLs streamed), kept in the run's cache so that a resumed run does not pass again."""
     if needs_targets(cfg.variant) and not cfg.occlude_online:
         raise UserError(
             f"{manifest.name}: plain WebDataset shards carry no occlusion-pattern labels, which --variant "
             f"{cfg.variant} trains on: give --occlude-online SCALES (e.g. 1:0.5:5) to occlude and label them in the "
             "loader, or train --variant baseline"
         )
-    counts = index_cache_path(manifest, cache).with_suffix(".counts.json")
+    counts = cache / f"{manifest.name}-{shards_digest(manifest)}.counts.json"
     if counts.is_file():
         saved = json.loads(counts.read_text())
-        shards = tuple(replace(s, samples=n) for s, n in zip(manifest.shards, saved["samples"]))
+        shards = tuple(
+            replace(s, samples=n, size=b) for s, n, b in zip(manifest.shards, saved["samples"], saved["bytes"])
+        )
         return replace(manifest, shards=shards, num_identities=saved["identities"])
     manifest = counted(manifest, cfg.class_field or None, max(cfg.workers, 1))
-    found = {"samples": [s.samples for s in manifest.shards], "identities": manifest.num_identities}
+    found = {
+        "samples": [s.samples for s in manifest.shards],
+        "bytes": [s.size for s in manifest.shards],
+        "identities": manifest.num_identities,
+    }
     atomic_write(counts, json_bytes(found))
     return manifest
 
@@ -148,7 +159,7 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
     online = None
     if cfg.occlude_online:
         online = OnlineOcclusion(parse_scales(cfg.occlude_online), cfg.clean_ratio, cfg.occluders or None)
-    return StreamPlan(
+    plan = StreamPlan(
         sources,
         cfg.batch_size,
         cfg.replicas,
@@ -159,6 +170,14 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
         cfg.flip,
         online,
         cfg.class_field or None,
+        order=resolve_order(cfg.order, (s.manifest for s in sources)),
+    )
+    if plan.order == "permutation":
+        return plan
+    return replace(
+        plan,
+        stream_buffer=cfg.stream_buffer or stream_buffer(plan),
+        stream_shards=cfg.stream_shards or STREAM_SHARDS,
     )
 
 
@@ -298,7 +317,7 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
     began = last_save = time.perf_counter()
     loader = make_loader(run, start, end)
     progress.status(f"step {start}/{end}: starting {loader.num_workers or 'no'} loader worker(s), first batch ...")
-    batches = iter(loader)
+    batches = served(iter(loader))
     state.model.train()
     saved = start
     try:
@@ -311,7 +330,7 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
                 if stopping:
                     break
                 tick = time.perf_counter()
-                micro = [next(batches) for _ in range(per_process)]
+                micro = next_micro_batches(run, state.step, batches, per_process)
                 waited = time.perf_counter() - tick
                 stats = _step(run, state, micro, settings)
                 keys.write(state.step - 1, micro)
@@ -338,6 +357,20 @@ def fit(run: Run, state: TrainState, stop: StopRequest) -> Result:
     return result
 
 
+def next_micro_batches(run: Run, step: int, batches: Iterator[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """This process's micro-batches of the next step; bad data stops the run with a message that says how to go
+    on once it is fixed."""
+    try:
+        return [next(batches) for _ in range(count)]
+    except UserError as exc:
+        then = (
+            f"continue from the last checkpoint with: {resume_command(run.folder, run.world)}"
+            if checkpoint_files(run.folder)
+            else "start it again with --overwrite"
+        )
+        raise UserError(f"{exc}. The run stopped at step {step}; once the data is fixed, {then}") from None
+
+
 def save(run: Run, state: TrainState) -> Path | None:
     contents = state.to_checkpoint(run.cfg, run.plan.steps_per_epoch, plan_position(run.plan))
     return checkpoints.save(state, contents, run.folder, run.cfg.keep, run.world)
@@ -358,7 +391,10 @@ def plan_position(plan: StreamPlan) -> dict[str, Any]:
     """What a checkpoint records of the data order, to check a resume reads the same stream."""
     return {
         "replicas": plan.replicas,
-        "order": "permutation",
+        "order": plan.order,
+        **(
+            {"stream_buffer": plan.stream_buffer, "stream_shards": plan.stream_shards} if plan.order == "stream" else {}
+        ),
         "seed": plan.seed,
         "steps_per_epoch": plan.steps_per_epoch,
     }

@@ -1,26 +1,37 @@
 """The order samples are trained in, and how well it mixes identities.
 
-Each epoch is one seeded permutation of every sample of the training mix (a manifest of weight 2.5 contributes
-each of its samples twice plus a seeded half of them once more), cut into global batches, each cut into the
-replicas' micro-batches. occgen, like insightface's RecordIO sets, stores samples in identity order; a permutation
-of the whole epoch is the only order that does not depend on that: a shuffle buffer or shard interleaving mixes
-only what it holds at once (with a 1,000-sample buffer, 46 identities per batch of 64 where a permutation gives 59).
+By default (local tars) each epoch is one seeded permutation of every sample of the training mix (a manifest of
+weight 2.5 contributes each of its samples twice plus a seeded half of them once more), cut into global batches,
+each cut into the replicas' micro-batches. occgen, like insightface's RecordIO sets, stores samples in identity
+order; a permutation of the whole epoch is the only order that does not depend on that: a shuffle buffer or shard
+interleaving mixes only what it holds at once (with a 1,000-sample buffer, 46 identities per batch of 64 where a
+permutation gives 59). It is a pure function of (sizes, weights, seed, epoch), so a micro-batch is found by position
+alone: any process or loader worker can read any micro-batch, and a resumed run starts at its step without reading
+what it skips.
 
-Everything here is a pure function of (sizes, weights, seed, epoch), so a micro-batch is found by position alone:
-any process or loader worker can read any micro-batch, and a resumed run starts at its step without reading what it
-skips.
+Shards that can only be read front to back (``pipe:`` commands, remote URLs) get the streamed order instead, as
+webdataset users know it but reproducible: the epoch's shard reads permuted, several shards read at once and
+interleaved sample by sample, then a shuffle buffer sized from the data. It too is a pure function of (shard sizes,
+weights, seed, epoch, buffer, shards at once), only not by position: the n-th sample is known once the n - 1 before
+it have been read (fromnet.train.data says how loader workers share that).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 
-def order_seed(seed: int, epoch: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{epoch}:order".encode(), digest_size=8).digest()
+
+def order_seed(seed: int, epoch: int, what: str = "order") -> int:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{what}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -47,6 +58,117 @@ def micro_batch(order: np.ndarray, step_in_epoch: int, replica: int, micro: int,
     """The ids of one replica's micro-batch: global batch ``step_in_epoch`` is order[t B : (t + 1) B]."""
     begin = (step_in_epoch * replicas + replica) * micro
     return order[begin : begin + micro]
+
+
+# -- the streamed order ---------------------------------------------------------------------------------------------
+
+#: Raw (undecoded) sample bytes a loader worker holds in its shuffle buffer at most, by default.
+BUFFER_BYTES = 256 << 20
+
+#: Shards the streamed order reads at once by default. The buffer does most of the mixing (identities per batch
+#: hardly change from 1 to 16 shards at once); several shards keep a batch from leaning on one shard, or one
+#: source of a mix, for stretches, at the cost of one open stream (a pipe's process) each.
+STREAM_SHARDS = 4
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One read of one shard in an epoch: source and shard by position, and (fractional weights) the positions in
+    the shard that are kept, else None for all."""
+
+    source: int
+    shard: int
+    keep: tuple[int, ...] | None = None
+
+
+def stream_units(counts: list[list[int]], weights: list[float], seed: int, epoch: int) -> list[Unit]:
+    """The epoch's shard reads, permuted: a source of weight w is read floor(w) times whole, plus once keeping a
+    seeded ceil(frac(w) x n) of each shard's n samples, so an epoch holds at least sum(w x size) samples, as in
+    :func:`epoch_order`. ``counts``: samples of each shard of each source."""
+    rng = np.random.Generator(np.random.PCG64(order_seed(seed, epoch, "units")))
+    units: list[Unit] = []
+    for source, (sizes, weight) in enumerate(zip(counts, weights)):
+        whole, part = divmod(weight, 1.0)
+        for shard, size in enumerate(sizes):
+            units += [Unit(source, shard)] * int(whole)
+            if extra := math.ceil(part * size):
+                units.append(Unit(source, shard, tuple(np.sort(rng.choice(size, extra, replace=False)).tolist())))
+    return [units[i] for i in rng.permutation(len(units))]
+
+
+class Draws:
+    """Uniform draws from one seeded generator, taken in blocks: one numpy call per sample would cost more than
+    the sample's own handling."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._block: list[float] = []
+        self._next = 0
+
+    def below(self, n: int) -> int:
+        """A uniform integer in [0, n)."""
+        if self._next == len(self._block):
+            self._block, self._next = self.rng.random(4096).tolist(), 0
+        u = self._block[self._next]
+        self._next += 1
+        return min(int(u * n), n - 1)
+
+
+def interleave(streams: Iterable[Iterable[T]], lanes: int, draws: Draws) -> Iterator[T]:
+    """Items of ``lanes`` streams at once, each next one from a random open stream; a finished stream's place goes
+    to the next of ``streams`` (opened only then). Closing this closes the open streams (pipes end at once)."""
+    pending = iter(streams)
+    open_: list[Iterator[T]] = [iter(s) for s in islice(pending, lanes)]
+    end = object()
+    try:
+        while open_:
+            k = draws.below(len(open_))
+            item = next(open_[k], end)
+            if item is end:
+                following = next(pending, None)
+                if following is None:
+                    del open_[k]
+                else:
+                    open_[k] = iter(following)
+                continue
+            yield item  # type: ignore[misc]
+    finally:
+        for stream in open_:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+def shuffled(items: Iterable[T], size: int, draws: Draws) -> Iterator[T]:
+    """A shuffle buffer of ``size``: filled first, then each arriving item takes the place of a random one, which
+    goes out; at the end the rest leave in a random order."""
+    buffer: list[T] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        k = draws.below(size)
+        out, buffer[k] = buffer[k], item
+        yield out
+    for k in draws.rng.permutation(len(buffer)):
+        yield buffer[k]
+
+
+def stream_order(
+    units: list[Unit], read: Callable[[Unit], Iterable[T]], lanes: int, buffer: int, seed: int, epoch: int
+) -> Iterator[T]:
+    """One epoch of the streamed order: the units read ``lanes`` at a time, interleaved, through the buffer."""
+    mixed = interleave(map(read, units), lanes, Draws(order_seed(seed, epoch, "interleave")))
+    return shuffled(mixed, buffer, Draws(order_seed(seed, epoch, "shuffle")))
+
+
+def default_buffer(batch: int, epoch_samples: int, samples_per_identity: float, sample_bytes: float) -> int:
+    """The shuffle buffer a streamed run gets unless told: room for the samples of 8 batches' worth of identities
+    (8 x batch x the mean samples per identity), so that a batch drawn from it rarely holds one identity twice more
+    often than a full permutation's would, within BUFFER_BYTES of raw samples and at most an epoch."""
+    want = 8 * batch * max(samples_per_identity, 1.0)
+    room = BUFFER_BYTES / max(sample_bytes, 1.0)
+    return max(1, int(min(want, room, epoch_samples)))
 
 
 # -- how well an order mixes identities (fromnet bench order) -------------------------------------------------------

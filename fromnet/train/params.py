@@ -23,6 +23,7 @@ else:  # pragma: no cover
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("fp32", "bf16", "fp16")
 CLASSIFIERS = ("full", "sharded")
+ORDERS = ("auto", "permutation", "stream")
 
 
 @dataclass
@@ -31,6 +32,9 @@ class TrainConfig:
 
     shards: list[str] = field(default_factory=list)  # manifest folders or plain shards, each optionally SPEC:WEIGHT
     class_field: str = ""  # plain WebDataset shards: the .json field that holds the class; "": their .cls member
+    order: str = "auto"  # permutation (random access into local tars) | stream (front-to-back reads) | auto
+    stream_buffer: int = 0  # the streamed order's shuffle buffer in samples; 0: chosen from the data
+    stream_shards: int = 0  # the streamed order's shards read at once; 0: the default (4)
     out: str = "runs/run"
     variant: str = "from"
     K: int = 5
@@ -79,6 +83,11 @@ class TrainConfig:
             (self.backbone in BACKBONES, f"--backbone {self.backbone}: choose one of {', '.join(BACKBONES)}"),
             (self.margin in MARGIN_PRESETS, f"--margin {self.margin}: choose one of {', '.join(MARGIN_PRESETS)}"),
             (self.precision in PRECISIONS, f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}"),
+            (self.order in ORDERS, f"--order {self.order}: choose one of {', '.join(ORDERS)}"),
+            (
+                self.stream_buffer >= 0 and self.stream_shards >= 0,
+                "--stream-buffer and --stream-shards must be positive (0: the default)",
+            ),
             (self.classifier in CLASSIFIERS, f"--classifier {self.classifier}: choose {' or '.join(CLASSIFIERS)}"),
             (0 < self.width_mult <= 4, f"--width-mult {self.width_mult}: must be in (0, 4]"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
