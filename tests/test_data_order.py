@@ -163,7 +163,14 @@ def test_bench_order_prints_the_mix_beside_a_full_permutation(lfw):
     rows = {line.split()[0]: line.split() for line in result.output.splitlines()[2:]}
     assert "384 samples of 48 identities" in result.output
     assert float(rows["as"][2]) < 6  # as stored: 32 consecutive samples hold 4-5 people
-    assert float(rows["fromnet"][2]) == pytest.approx(float(rows["full"][2]), rel=0.05)
+    assert float(rows["random"][2]) == pytest.approx(float(rows["full"][2]), rel=0.05)
+    assert "shuffle buffer 384 (from the data)" in result.output  # 8 x 32 x 8 wanted, one epoch at most
+    assert float(rows["streamed"][1]) == pytest.approx(float(rows["full"][2]), rel=0.05)
+    small = CliRunner().invoke(
+        fromnet_main, ["bench", "order", "--shards", str(lfw), "--batch-size", "32", "--stream-buffer", "64"]
+    )
+    rows = {line.split()[0]: line.split() for line in small.output.splitlines()[2:]}
+    assert 3 * float(rows["as"][2]) < float(rows["streamed"][1]) < float(rows["full"][2])
 
 
 def test_a_run_from_the_shuffle_buffer_order_is_refused_with_the_reason(tmp_path):

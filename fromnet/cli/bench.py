@@ -122,23 +122,35 @@ def bench_loader(manifest, workers, batch_size, batches, K):
 @click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True, help="Global batch size.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epoch", type=click.IntRange(0), default=0, show_default=True)
-def bench_order(shards, batch_size, seed, epoch):
+@click.option(
+    "--stream-buffer", type=click.IntRange(1), help="The streamed order's shuffle buffer (default: from the data)."
+)
+@click.option("--stream-shards", type=click.IntRange(1), help="The streamed order's shards at once (default 4).")
+def bench_order(shards, batch_size, seed, epoch, stream_buffer, stream_shards):
     """How well one epoch of training mixes identities: distinct identities per batch, and how many batches an
-    identity's samples spread over, for the samples as stored, fromnet train's order and a full permutation."""
+    identity's samples spread over, for the samples as stored, fromnet train's orders (the permutation read by
+    random access into local tars; the streamed order of pipes and URLs) and a full permutation."""
     import numpy as np
 
     from fromnet.shards import read_manifest
+    from fromnet.train import data
     from fromnet.train.bench import order_stats
-    from fromnet.train.data import parse_source
+    from fromnet.train.order import STREAM_SHARDS
 
-    sources = [(read_manifest(path), weight) for path, weight in map(parse_source, shards)]
-    rows = order_stats(sources, batch_size, seed, epoch)
+    sources = [(read_manifest(path), weight) for path, weight in map(data.parse_source, shards)]
+    offsets = np.cumsum([0] + [m.num_identities for m, _ in sources])
+    plan = data.StreamPlan(
+        tuple(data.Source(m, w, int(o)) for (m, w), o in zip(sources, offsets)), batch_size, 1, seed, (0, 0)
+    )
+    buffer, lanes = stream_buffer or data.stream_buffer(plan), stream_shards or STREAM_SHARDS
+    rows = order_stats(sources, batch_size, seed, epoch, buffer, lanes)
     samples = sum(m.samples for m, _ in sources)
     identities = sum(m.num_identities for m, _ in sources)
     steps = len(rows[0].per_batch)
     click.echo(
         f"{' + '.join(m.name for m, _ in sources)}: {samples:,} samples of {identities:,} identities; "
-        f"epoch {epoch}: {steps} batches of {batch_size}"
+        f"epoch {epoch}: {steps} batches of {batch_size}; streamed: {lanes} shards at once, shuffle buffer "
+        f"{buffer:,}" + ("" if stream_buffer else " (from the data)")
     )
     click.echo(f"  {'order':<18} {'identities/batch':>17} {'(min-max)':>11}   {'batches an identity is in':>26}")
     for row in rows:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,15 @@ from fromnet.losses import FromLoss, Margin, MarginHead
 from fromnet.models import build_model, num_patterns
 from fromnet.shards import Manifest, image_size
 from fromnet.train.data import Source, StreamPlan, TrainStream, build_index_cache, build_label_cache, shard_order
-from fromnet.train.order import epoch_order, identities_per_batch, order_seed, steps_per_identity
+from fromnet.train.order import (
+    Unit,
+    epoch_order,
+    identities_per_batch,
+    order_seed,
+    steps_per_identity,
+    stream_order,
+    stream_units,
+)
 from fromnet.train.params import TrainConfig
 from occgen.writer import member_bytes
 
@@ -158,22 +168,59 @@ class OrderStats:
     spread: np.ndarray  # for each identity, the batches its samples fall in
 
 
-def order_stats(sources: list[tuple[Manifest, float]], batch: int, seed: int, epoch: int) -> list[OrderStats]:
-    """How one epoch mixes identities: the samples as stored, fromnet train's order, and a full permutation of the
+def order_stats(
+    sources: list[tuple[Manifest, float]], batch: int, seed: int, epoch: int, buffer: int, lanes: int
+) -> list[OrderStats]:
+    """How one epoch mixes identities: the samples as stored, fromnet train's two orders (the permutation read by
+    random access; the streamed order with ``buffer`` and ``lanes`` shards at once), and a full permutation of the
     same samples (the reference a shuffle should reach)."""
     parts, offset = [], 0
     for manifest, _ in sources:
         parts.append(shard_order(manifest, ["identity"])["identity"].to_numpy() + offset)
         offset += manifest.num_identities
     identities = np.concatenate(parts).astype(np.int64)
-    order = epoch_order([m.samples for m, _ in sources], [w for _, w in sources], seed, epoch)
+    weights = [w for _, w in sources]
+    order = epoch_order([m.samples for m, _ in sources], weights, seed, epoch)
     trained = identities[order]
+    counts = [[s.samples for s in m.shards] for m, _ in sources]
+    streamed = np.fromiter(
+        islice(streamed_identities(np.split(identities, np.cumsum([m.samples for m, _ in sources])[:-1]), counts,
+                                   weights, seed, epoch, buffer, lanes), len(trained)),
+        np.int64,
+        len(trained),
+    )  # fmt: skip
     shuffled = np.random.default_rng(order_seed(seed + 1, epoch)).permutation(trained)
     stored = np.resize(identities, len(trained))  # build order; weights repeat the whole set
     return [
         OrderStats(name, identities_per_batch(ids, batch), steps_per_identity(ids, batch))
-        for name, ids in (("as stored", stored), ("fromnet train", trained), ("full permutation", shuffled))
+        for name, ids in (
+            ("as stored", stored),
+            ("random access", trained),
+            ("streamed", streamed),
+            ("full permutation", shuffled),
+        )
     ]
+
+
+def streamed_identities(
+    identities: list[np.ndarray],
+    counts: list[list[int]],
+    weights: list[float],
+    seed: int,
+    epoch: int,
+    buffer: int,
+    lanes: int,
+) -> Iterator[int]:
+    """The identities of the streamed order's epoch as training reads it, from the identities of each source's
+    samples in shard order (no shard is read)."""
+    starts = [np.cumsum([0, *c]) for c in counts]
+
+    def read(unit: Unit) -> list[int]:
+        first = starts[unit.source][unit.shard]
+        ids = identities[unit.source][first : first + counts[unit.source][unit.shard]]
+        return (ids if unit.keep is None else ids[list(unit.keep)]).tolist()
+
+    return stream_order(stream_units(counts, weights, seed, epoch), read, lanes, buffer, seed, epoch)
 
 
 def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:
