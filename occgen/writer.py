@@ -323,7 +323,8 @@ def ustar_member(header: bytes | memoryview, where: str) -> tuple[str, int] | No
     if header[156:157] not in (b"0", b"\0"):
         raise NeedsTarfile(f"{where}: member type {bytes(header[156:157])!r}")
     name = bytes(header[:100]).rstrip(b"\0").decode()
-    prefix = bytes(header[345:500]).rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+    posix = header[257:263] == b"ustar\0"  # GNU tars ("ustar  ") keep other fields where POSIX keeps the prefix
+    prefix = bytes(header[345:500]).rstrip(b"\0").decode() if posix else ""
     size = int(bytes(header[124:136]).strip(b"\0 ") or b"0", 8)
     return (f"{prefix}/{name}" if prefix else name), size
 

@@ -258,10 +258,28 @@ def test_bench_prints_step_and_loader_figures_beside_the_simple_way(mix):
     assert [ln.split()[0] for ln in lines] == ["fp32", "fp32", "bf16", "bf16"] and "x1.00 vs simple" in lines[0]
     result = runner.invoke(
         fromnet_main,
-        ["bench", "loader", "--shards", str(mix), "--batches", "2", "--batch-size", "16", "-j", "0", "-j", "1"],
+        [
+            "bench",
+            "loader",
+            "--shards",
+            str(mix),
+            "--batches",
+            "2",
+            "--batch-size",
+            "16",
+            "-j",
+            "0",
+            "-j",
+            "1",
+            "--order",
+            "permutation",
+            "--order",
+            "stream",
+        ],  # fmt: skip
     )
     assert result.exit_code == 0, result.output
-    assert "plain PIL loop" in result.output and result.output.count("vs plain") == 2
+    assert "plain PIL loop" in result.output and result.output.count("vs plain") == 4
+    assert result.output.count("stream     , ") == 2
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -24,8 +24,6 @@ from fromnet.train.order import (
     expected_identities_per_batch,
     identities_per_batch,
     interleave,
-    stream_order,
-    stream_units,
 )
 from occgen.errors import UserError
 
@@ -117,47 +115,39 @@ def test_weights_and_occgen_labels_in_the_streamed_order(tmp_path):
 def test_streamed_order_mixes_identity_ordered_shards(ordered):
     """Shards in identity order (as occgen writes them): with the buffer chosen from the data a streamed batch
     meets about as many identities as a full permutation's; a small buffer still several times those as stored."""
+    from fromnet.train.bench import streamed_identities
     from fromnet.train.data import stream_buffer
 
     manifest = counted(open_shards(piped(ordered)))
     identities = np.repeat(np.arange(IDENTITIES), PER)
-    offsets = np.cumsum([0] + [s.samples for s in manifest.shards])
+    counts = [[s.samples for s in manifest.shards]]
     batch = 32
     plan = StreamPlan((Source(manifest),), batch, 1, 0, (32, 32), order="stream")
     assert stream_buffer(plan) == 480  # 8 x 32 x 8 = 2,048 wanted; one epoch at most
 
     def mean_identities(buffer: int, seed: int) -> float:
-        units = stream_units([[s.samples for s in manifest.shards]], [1.0], seed, 0)
-        seq = stream_order(units, lambda u: identities[offsets[u.shard] : offsets[u.shard + 1]], 3, buffer, seed, 0)
-        return float(identities_per_batch(np.fromiter(seq, np.int64), batch).mean())
+        streamed = streamed_identities([identities], counts, [1.0], seed, 0, buffer, 3)
+        assert sorted(streamed) == list(identities)  # every sample once
+        return float(identities_per_batch(streamed, batch).mean())
 
-    stored = identities_per_batch(identities, batch).mean()  # 4 to 5
-    full = expected_identities_per_batch(identities, batch)  # 24.7
+    stored = identities_per_batch(identities, batch).mean()  # 4
+    full = expected_identities_per_batch(identities, batch)  # 25.6
     assert np.mean([mean_identities(480, seed) for seed in range(4)]) == pytest.approx(full, rel=0.05)
-    assert np.mean([mean_identities(64, seed) for seed in range(4)]) > 3 * stored
-    # and the loader serves that order: the labels of the real batches
-    served_ids = [
-        len(set(b["label"].tolist())) for b in served_batches(stream_plan(piped(ordered), batch, 1, 64), [0], 0, 15, 2)
-    ]
-    assert np.mean(served_ids) > 3 * stored
+    assert np.mean([mean_identities(64, seed) for seed in range(4)]) > 3 * stored  # 16.5
+    # the loader serves that very order: the labels of its batches, with 2 worker processes
+    loaded = served_batches(stream_plan(piped(ordered), batch, 1, 64, 3), [0], 0, 15, 2)
+    assert (
+        np.concatenate([b["label"].numpy() for b in loaded]).tolist()
+        == streamed_identities([identities], counts, [1.0], 5, 0, 64, 3)[: 15 * batch].tolist()
+    )
 
 
-def test_interleave_draws_from_several_streams_and_closes_them():
-    closed = []
-
-    def stream(name: str, n: int):
-        try:
-            yield from (f"{name}{i}" for i in range(n))
-        finally:
-            closed.append(name)
-
-    mixed = interleave((stream(c, 5) for c in "abcd"), 2, Draws(1))
-    first = [next(mixed) for _ in range(6)]
-    assert {x[0] for x in first} == {"a", "b"}  # two open at once, in the order given
-    mixed.close()
-    assert sorted(closed) == ["a", "b"]  # the open ones closed; c and d never opened
-    everything = list(interleave((stream(c, 5) for c in "abcd"), 2, Draws(1)))
-    assert sorted(everything) == sorted(f"{c}{i}" for c in "abcd" for i in range(5))
+def test_interleave_takes_from_several_streams_at_once():
+    streams = [[f"{c}{i}" for i in range(5)] for c in "abcd"]
+    mixed = list(interleave(streams, 2, Draws(1)))
+    assert {x[0] for x in mixed[:6]} == {"a", "b"}  # two at once, in the order given
+    assert sorted(mixed) == sorted(x for s in streams for x in s)
+    assert mixed != sorted(mixed) and mixed == list(interleave(streams, 2, Draws(1)))
 
 
 def invoke(*args, ok: bool = True):
@@ -216,3 +206,17 @@ def test_a_shard_that_fails_mid_epoch_names_itself_and_how_to_go_on(ordered, tmp
         from fromnet.train.data import resolve_order
 
         resolve_order("permutation", [open_shards(spec)])
+
+
+def test_two_gloo_ranks_stream_the_batches_one_process_trains_on(ordered, tmp_path):
+    """Under torchrun each rank streams the same sequence and trains on its own replica's slice: together the very
+    samples, step by step, that one process splitting its batches into the same two micro-batches trains on."""
+    from test_train import torchrun
+
+    data = ["--shards", f"{piped(ordered)}:0.25", *TINY, "--stream-buffer", "50", "--steps", "3", "-j", "1"]
+    torchrun(*data, "--out", str(tmp_path / "ddp"))
+    invoke("train", *data, "--micro-batch", "8", "--out", tmp_path / "one")
+    ranks = [(tmp_path / "ddp" / "keys" / f"rank-{r}.txt").read_text().splitlines() for r in (0, 1)]
+    assert {line.split()[1] for line in ranks[1]} == {"1"}  # rank 1 ran replica 1
+    assert sorted(ranks[0] + ranks[1]) == sorted(keys_and_losses(tmp_path / "one")[0])
+    assert keys_and_losses(tmp_path / "ddp")[1] == pytest.approx(keys_and_losses(tmp_path / "one")[1], rel=1e-4)

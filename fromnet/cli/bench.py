@@ -91,7 +91,14 @@ def bench_train(variant, backbone, width_mult, batch_size, precisions, compile_,
     show_default=True,
     help="Join pattern labels for this K (0 skips labels).",
 )
-def bench_loader(manifest, workers, batch_size, batches, K):
+@click.option(
+    "--order",
+    "orders",
+    multiple=True,
+    type=click.Choice(["permutation", "stream"]),
+    help="Data orders to time, as `fromnet train --order` reads them (repeatable; default permutation).",
+)
+def bench_loader(manifest, workers, batch_size, batches, K, orders):
     """fromnet's loader (decode, flip, labels, batching) against a plain PIL decode loop, in images/s."""
     from fromnet.shards import read_manifest
     from fromnet.train.bench import loader_throughput, plain_pil_loop
@@ -100,15 +107,16 @@ def bench_loader(manifest, workers, batch_size, batches, K):
     images = batch_size * batches
     simple = plain_pil_loop(m, images, batch_size)
     click.echo(f"{m.name}: {m.samples:,} samples; {batches} batches of {batch_size} after the first")
-    click.echo(f"  plain PIL loop, 1 process          {simple:9,.0f} img/s")
+    click.echo(f"  plain PIL loop, 1 process                       {simple:9,.0f} img/s")
     with tempfile.TemporaryDirectory() as tmp:
-        for w in workers or (1, 2):
-            rate, first = loader_throughput(m, w, batches, batch_size, K or None, Path(tmp) / "labels.npy")
-            per = rate / max(w, 1)
-            click.echo(
-                f"  fromnet loader, {w} worker(s)        {rate:9,.0f} img/s ({per:,.0f} per worker, "
-                f"x{rate / simple:.2f} vs plain; first batch after {first:.1f} s)"
-            )
+        for order in orders or ("permutation",):
+            for w in workers or (1, 2):
+                rate, first = loader_throughput(m, w, batches, batch_size, K or None, Path(tmp) / "labels.npy", order)
+                per = rate / max(w, 1)
+                click.echo(
+                    f"  fromnet loader, {order:<11}, {w} worker(s) {rate:9,.0f} img/s ({per:,.0f} per worker, "
+                    f"x{rate / simple:.2f} vs plain; first batch after {first:.1f} s)"
+                )
 
 
 @bench.command("order")

@@ -29,22 +29,21 @@ def _options(f):
             "--order",
             type=click.Choice(ORDERS),
             help="Data order. permutation: every epoch one seeded permutation of all samples, read by random access "
-            "(local tar files). stream: the shards read front to back, 'stream-shards' at once interleaved, through "
-            "a shuffle buffer (seeded, resumable). auto (default): permutation for local files, stream for pipe: "
-            "and URLs.",
+            "(local tar files). stream: the shards read front to back, --stream-shards of them interleaved, "
+            "through a shuffle buffer (seeded, resumable). auto (default): permutation for local files, stream for "
+            "pipe: and URLs.",
         ),
         click.option(
             "--stream-buffer",
             type=click.IntRange(1),
             help="Streamed order: shuffle buffer in samples. Default chosen from the data: 8 x batch size x the "
             "mean samples per identity (so a batch meets about as many identities as a full permutation's), "
-            "at most 256 MiB of raw samples per loader worker and one epoch.",
+            "at most 1 GiB of raw samples per training process (its loader workers share it) and one epoch.",
         ),
         click.option(
             "--stream-shards",
             type=click.IntRange(1),
-            help="Streamed order: shards read at once, interleaved sample by sample (default 4; each a stream, "
-            "a pipe's process, per loader worker).",
+            help="Streamed order: shards interleaved sample by sample (default 4).",
         ),
         click.option(
             "--class-field",

@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +20,24 @@ from PIL import Image
 from fromnet.losses import FromLoss, Margin, MarginHead
 from fromnet.models import build_model, num_patterns
 from fromnet.shards import Manifest, image_size
-from fromnet.train.data import Source, StreamPlan, TrainStream, build_index_cache, build_label_cache, shard_order
+from fromnet.train.data import (
+    Source,
+    StreamPlan,
+    TrainStream,
+    build_index_cache,
+    build_label_cache,
+    served,
+    shard_order,
+    stream_buffer,
+)
 from fromnet.train.order import (
-    Unit,
+    PLACE_BITS,
+    STREAM_SHARDS,
     epoch_order,
     identities_per_batch,
     order_seed,
     steps_per_identity,
-    stream_order,
+    stream_places,
     stream_units,
 )
 from fromnet.train.params import TrainConfig
@@ -135,22 +143,26 @@ def plain_pil_loop(manifest: Manifest, images: int, batch: int) -> float:
 
 
 def loader_throughput(
-    manifest: Manifest, workers: int, batches: int, batch: int, K: int | None, cache: Path
+    manifest: Manifest, workers: int, batches: int, batch: int, K: int | None, cache: Path, order: str = "permutation"
 ) -> tuple[float, float]:
-    """fromnet's loader (random access in the epoch's permutation, decode, flip, labels, uint8 batches) with
-    `workers` processes, after its first batch (worker start-up) is in; the sample index is built before the
-    clock starts, as a run builds it once. Returns (images/s, seconds to the first batch)."""
+    """fromnet's loader (the epoch's order read by random access or streamed, decode, flip, labels, uint8 batches)
+    with `workers` processes, after its first batch (worker start-up, and a streamed order's buffer filled) is in;
+    the sample index is built before the clock starts, as a run builds it once. Returns (images/s, seconds to the
+    first batch)."""
     labels = str(build_label_cache(manifest, K, cache)) if K else None
-    index = str(build_index_cache(manifest, cache.with_name(f"{cache.stem}-index.npy")))
-    plan = StreamPlan(
-        (Source(manifest, labels=labels, index=index),), batch, 1, 0, image_size(manifest), K or 5, K is not None
+    index = (
+        str(build_index_cache(manifest, cache.with_name(f"{cache.stem}-index.npy"))) if order == "permutation" else None
     )
+    source = Source(manifest, labels=labels, index=index)
+    plan = StreamPlan((source,), batch, 1, 0, image_size(manifest), K or 5, K is not None, order=order)
+    if order == "stream":
+        plan = replace(plan, stream_buffer=stream_buffer(plan), stream_shards=STREAM_SHARDS)
     stream = TrainStream(plan, [0], 0, batches + 1)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
     )
     began = time.perf_counter()
-    it = iter(loader)
+    it = served(iter(loader))
     next(it)
     first = time.perf_counter() - began
     start = time.perf_counter()
@@ -183,12 +195,8 @@ def order_stats(
     order = epoch_order([m.samples for m, _ in sources], weights, seed, epoch)
     trained = identities[order]
     counts = [[s.samples for s in m.shards] for m, _ in sources]
-    streamed = np.fromiter(
-        islice(streamed_identities(np.split(identities, np.cumsum([m.samples for m, _ in sources])[:-1]), counts,
-                                   weights, seed, epoch, buffer, lanes), len(trained)),
-        np.int64,
-        len(trained),
-    )  # fmt: skip
+    split = np.split(identities, np.cumsum([m.samples for m, _ in sources])[:-1])
+    streamed = streamed_identities(split, counts, weights, seed, epoch, buffer, lanes)[: len(trained)]
     shuffled = np.random.default_rng(order_seed(seed + 1, epoch)).permutation(trained)
     stored = np.resize(identities, len(trained))  # build order; weights repeat the whole set
     return [
@@ -210,17 +218,18 @@ def streamed_identities(
     epoch: int,
     buffer: int,
     lanes: int,
-) -> Iterator[int]:
+) -> np.ndarray:
     """The identities of the streamed order's epoch as training reads it, from the identities of each source's
     samples in shard order (no shard is read)."""
+    units = stream_units(counts, weights, seed, epoch)
+    places = np.fromiter(stream_places(units, counts, lanes, buffer, seed, epoch), np.int64)
     starts = [np.cumsum([0, *c]) for c in counts]
-
-    def read(unit: Unit) -> list[int]:
-        first = starts[unit.source][unit.shard]
-        ids = identities[unit.source][first : first + counts[unit.source][unit.shard]]
-        return (ids if unit.keep is None else ids[list(unit.keep)]).tolist()
-
-    return stream_order(stream_units(counts, weights, seed, epoch), read, lanes, buffer, seed, epoch)
+    unit_first = np.array([starts[u.source][u.shard] for u in units], np.int64)
+    unit_source = np.array([u.source for u in units], np.int64)
+    k, position = places >> PLACE_BITS, places & ((1 << PLACE_BITS) - 1)
+    flat = np.concatenate(identities)
+    source_first = np.cumsum([0] + [len(ids) for ids in identities])[:-1]
+    return flat[source_first[unit_source[k]] + unit_first[k] + position]
 
 
 def permutation_loop(cfg: TrainConfig) -> tuple[list[float], list[int]]:

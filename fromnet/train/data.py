@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,16 @@ from fromnet.shards import (
     tar_samples,
     tar_spans,
 )
-from fromnet.train.order import Unit, default_buffer, epoch_order, micro_batch, stream_order, stream_units
+from fromnet.train.order import (
+    PLACE_BITS,
+    Unit,
+    default_buffer,
+    epoch_order,
+    micro_batch,
+    stream_places,
+    stream_units,
+    take_slices,
+)
 from occgen.errors import UserError
 from occgen.label.patterns import label_boxes, regression_target
 from occgen.manifest import batches, open_parts, open_samples
@@ -57,14 +65,16 @@ if TYPE_CHECKING:  # imported where used: only runs with online occlusion need t
 # permutation without reading what it skips.
 #
 # Shards that cannot be read by random access (pipe: commands, remote URLs; or any, with --order stream) take the
-# streamed order of fromnet.train.order, whose n-th sample is known only by reading the n - 1 before it. The same
-# contract holds there at a price: every loader worker reads the raw (undecoded) bytes of the whole global sequence,
-# through the same seeded interleaving and shuffle buffer, and decodes only its own micro-batches. Reading is a
-# small part of a sample's cost next to decoding and augmenting it, so n workers read n times but decode once, and
-# the batches stay those of (seed, epoch, step) whatever n and the process count are; a resumed run re-reads its
-# epoch up to its step without decoding what it skips. The price is read traffic (each worker of each process runs
-# the pipe commands itself) and memory (each holds its own shuffle buffer); a design that read once per process and
-# handed bytes to the workers would need its own process pool in place of torch's DataLoader.
+# streamed order of fromnet.train.order, and the same contract holds. That order (permuted shard reads,
+# interleaved, through a shuffle buffer) is computed from the shard sizes alone, as sample *places*, so a loader
+# worker knows before reading anything which places make up its micro-batches. It then reads a shard, whole, when
+# the first sample it needs from it is due, and keeps only the bytes of the samples it will decode. Why: a worker
+# that read and buffered the raw stream itself would hold the whole buffer (n workers, n buffers) and keep
+# several pipes open; this way the workers of a process hold one buffer between them, each opens one stream at a
+# time, and a resumed run reads only the shards that still have samples to give, decoding nothing it skips. The
+# price that remains: every worker reads (parses the tar of) nearly every shard, since its micro-batches draw from
+# all of them, so reading is paid n times and decoding once; tools/bench_stream_read.py measures both. Reading
+# once per process would need a process pool of its own in place of torch's DataLoader.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -317,10 +327,18 @@ class StreamPlan:
             raise UserError("the training mix has fewer samples than one batch (are the weights too small?)")
         return order
 
+    @property
+    def counts(self) -> list[list[int]]:
+        """Samples of each shard of each source."""
+        return [[shard.samples for shard in s.manifest.shards] for s in self.sources]
+
     def units(self, epoch: int) -> list[Unit]:
         """The streamed order's shard reads of an epoch, in order."""
-        counts = [[shard.samples for shard in s.manifest.shards] for s in self.sources]
-        return stream_units(counts, [s.weight for s in self.sources], self.seed, epoch)
+        return stream_units(self.counts, [s.weight for s in self.sources], self.seed, epoch)
+
+    def places(self, epoch: int, units: list[Unit]) -> Iterator[int]:
+        """The epoch's streamed order, as sample places (order.PLACE_BITS)."""
+        return stream_places(units, self.counts, self.stream_shards, self.stream_buffer, self.seed, epoch)
 
 
 def stream_buffer(plan: StreamPlan) -> int:
@@ -407,51 +425,51 @@ class TrainStream(torch.utils.data.IterableDataset):
             reader.close()
 
     def _streamed(self, wanted: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int, int, list[dict[str, Any]]]]:
-        """Micro-batches of the streamed order: the epoch's raw sequence read front to back, skipping (undecoded)
-        what is not wanted here; micro-batch (t, r) is samples [t B + r m, t B + (r + 1) m) of its epoch."""
-        plan = self.plan
-        sequence: Iterator[dict[str, Any]] = iter(())
-        epoch, position = -1, 0
-        try:
-            for step, replica in wanted:
-                step_epoch, in_epoch = divmod(step, plan.steps_per_epoch)
-                if step_epoch != epoch:
-                    _close(sequence)
-                    units = plan.units(step_epoch)
-                    sequence = stream_order(
-                        units, self._read_unit, plan.stream_shards, plan.stream_buffer, plan.seed, step_epoch
-                    )
-                    epoch, position = step_epoch, 0
-                begin = in_epoch * plan.batch_size + replica * plan.micro_batch
-                deque(islice(sequence, begin - position), maxlen=0)  # skipped: read, never decoded
-                samples = list(islice(sequence, plan.micro_batch))
-                position = begin + len(samples)
-                if len(samples) < plan.micro_batch:
-                    raise UserError(
-                        f"epoch {epoch} of the shards ended after {position:,} samples where the run counted "
-                        f"{plan.steps_per_epoch * plan.batch_size:,} or more: the shards changed since it started"
-                    )
-                yield step, replica, epoch, samples
-        finally:
-            _close(sequence)
+        """Micro-batches of the streamed order, epoch by epoch."""
+        steps = self.plan.steps_per_epoch
+        for epoch, group in groupby(wanted, key=lambda step_replica: step_replica[0] // steps):
+            yield from self._streamed_epoch(epoch, list(group))
 
-    def _read_unit(self, unit: Unit) -> Iterator[dict[str, Any]]:
-        """The raw samples of one shard read of the streamed order, tagged with their source and index; a shard
-        that holds another number of samples than the run counted is an error naming it."""
+    def _streamed_epoch(
+        self, epoch: int, wanted: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, int, int, list[dict[str, Any]]]]:
+        """Micro-batch (t, r) is places [t B + r m, t B + (r + 1) m) of the epoch's streamed order. The places this
+        worker needs come from the shard sizes first; then a shard is read, whole, when the first sample it holds
+        for this worker is due, and only those samples' bytes are kept until they are."""
+        plan, m = self.plan, self.plan.micro_batch
+        units = plan.units(epoch)
+        begins = np.array([(step % plan.steps_per_epoch) * plan.batch_size + replica * m for step, replica in wanted])
+        places = take_slices(plan.places(epoch, units), begins, m)
+        by_place = np.sort(places)
+        kept: dict[int, dict[str, Any]] = {}
+        for j, (step, replica) in enumerate(wanted):
+            samples = []
+            for place in places[j * m : (j + 1) * m].tolist():
+                if place not in kept:
+                    k = place >> PLACE_BITS
+                    lo, hi = np.searchsorted(by_place, [k << PLACE_BITS, (k + 1) << PLACE_BITS])
+                    needed = set((by_place[lo:hi] & ((1 << PLACE_BITS) - 1)).tolist())
+                    kept.update(((k << PLACE_BITS) | i, sample) for i, sample in self.read_unit(units[k], needed))
+                samples.append(kept.pop(place))
+            yield step, replica, epoch, samples
+
+    def read_unit(self, unit: Unit, needed: set[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(position, raw sample) of the samples at ``needed`` positions of a unit's shard, tagged with their source
+        and index there. The shard is read to its end: one that holds another number of samples than the run
+        counted is an error naming it."""
         source = self.plan.sources[unit.source]
         shards = source.manifest.shards
         shard = shards[unit.shard]
         first = sum(s.samples for s in shards[: unit.shard])
-        keep = None if unit.keep is None else frozenset(unit.keep)
         count, samples = 0, tar_samples(shard.url)
         try:
             for position, sample in enumerate(samples):
                 count = position + 1
                 if count > shard.samples:
                     break
-                if keep is None or position in keep:
+                if position in needed:
                     sample["__source__"], sample["__local__"] = unit.source, first + position
-                    yield sample
+                    yield position, sample
         finally:
             _close(samples)
         if count != shard.samples:

@@ -10,17 +10,18 @@ alone: any process or loader worker can read any micro-batch, and a resumed run 
 what it skips.
 
 Shards that can only be read front to back (``pipe:`` commands, remote URLs) get the streamed order instead, as
-webdataset users know it but reproducible: the epoch's shard reads permuted, several shards read at once and
-interleaved sample by sample, then a shuffle buffer sized from the data. It too is a pure function of (shard sizes,
-weights, seed, epoch, buffer, shards at once), only not by position: the n-th sample is known once the n - 1 before
-it have been read (fromnet.train.data says how loader workers share that).
+webdataset users know it but reproducible: the epoch's shard reads permuted, several shards interleaved sample by
+sample, then a shuffle buffer sized from the data. It too is a pure function of (shard sizes, weights, seed, epoch,
+buffer, shards at once), computed without reading a byte: the place each sample of the epoch takes (which shard
+read, which position there), from which fromnet.train.data reads the samples a loader worker needs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
@@ -62,13 +63,18 @@ def micro_batch(order: np.ndarray, step_in_epoch: int, replica: int, micro: int,
 
 # -- the streamed order ---------------------------------------------------------------------------------------------
 
-#: Raw (undecoded) sample bytes a loader worker holds in its shuffle buffer at most, by default.
-BUFFER_BYTES = 256 << 20
+#: Raw (undecoded) sample bytes the shuffle buffer holds at most, by default, per training process (its loader
+#: workers share them: each keeps the bytes of the samples it decodes).
+BUFFER_BYTES = 1 << 30
 
-#: Shards the streamed order reads at once by default. The buffer does most of the mixing (identities per batch
-#: hardly change from 1 to 16 shards at once); several shards keep a batch from leaning on one shard, or one
-#: source of a mix, for stretches, at the cost of one open stream (a pipe's process) each.
+#: Shards the streamed order interleaves at once by default. The buffer does most of the mixing (identities per
+#: batch hardly change from 1 to 16 shards at once); several shards keep a batch from leaning on one shard, or one
+#: source of a mix, for stretches.
 STREAM_SHARDS = 4
+
+#: A sample's place in an epoch of the streamed order: (index of its unit in the epoch's units) << PLACE_BITS | its
+#: position in that unit's shard.
+PLACE_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -116,27 +122,19 @@ class Draws:
 
 def interleave(streams: Iterable[Iterable[T]], lanes: int, draws: Draws) -> Iterator[T]:
     """Items of ``lanes`` streams at once, each next one from a random open stream; a finished stream's place goes
-    to the next of ``streams`` (opened only then). Closing this closes the open streams (pipes end at once)."""
+    to the next of ``streams``."""
     pending = iter(streams)
     open_: list[Iterator[T]] = [iter(s) for s in islice(pending, lanes)]
     end = object()
-    try:
-        while open_:
-            k = draws.below(len(open_))
-            item = next(open_[k], end)
-            if item is end:
-                following = next(pending, None)
-                if following is None:
-                    del open_[k]
-                else:
-                    open_[k] = iter(following)
-                continue
+    while open_:
+        k = draws.below(len(open_))
+        item = next(open_[k], end)
+        if item is not end:
             yield item  # type: ignore[misc]
-    finally:
-        for stream in open_:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+        elif (following := next(pending, None)) is not None:
+            open_[k] = iter(following)
+        else:
+            del open_[k]
 
 
 def shuffled(items: Iterable[T], size: int, draws: Draws) -> Iterator[T]:
@@ -154,18 +152,40 @@ def shuffled(items: Iterable[T], size: int, draws: Draws) -> Iterator[T]:
         yield buffer[k]
 
 
-def stream_order(
-    units: list[Unit], read: Callable[[Unit], Iterable[T]], lanes: int, buffer: int, seed: int, epoch: int
-) -> Iterator[T]:
-    """One epoch of the streamed order: the units read ``lanes`` at a time, interleaved, through the buffer."""
-    mixed = interleave(map(read, units), lanes, Draws(order_seed(seed, epoch, "interleave")))
+def stream_places(
+    units: list[Unit], counts: list[list[int]], lanes: int, buffer: int, seed: int, epoch: int
+) -> Iterator[int]:
+    """One epoch of the streamed order as sample places (see PLACE_BITS): the units read ``lanes`` at a time,
+    interleaved, through a shuffle buffer of ``buffer``. Computed from the shard sizes alone, so a reader knows
+    which bytes it will need before it reads them."""
+
+    def places(k: int, unit: Unit) -> Iterator[int]:
+        positions = range(counts[unit.source][unit.shard]) if unit.keep is None else unit.keep
+        return ((k << PLACE_BITS) | i for i in positions)
+
+    mixed = interleave(itertools.starmap(places, enumerate(units)), lanes, Draws(order_seed(seed, epoch, "interleave")))
     return shuffled(mixed, buffer, Draws(order_seed(seed, epoch, "shuffle")))
+
+
+def take_slices(sequence: Iterable[int], begins: np.ndarray, size: int, chunk: int = 1 << 20) -> np.ndarray:
+    """Items [b, b + size) of ``sequence`` for each of the increasing ``begins``, concatenated; the sequence is read
+    in chunks, so memory follows what is taken, not the sequence's length."""
+    wanted = (np.asarray(begins, np.int64)[:, None] + np.arange(size)).ravel()
+    end = int(wanted[-1]) + 1 if len(wanted) else 0
+    items, taken, start = iter(sequence), [], 0
+    while start < end:
+        n = min(chunk, end - start)
+        block = np.fromiter(islice(items, n), np.int64, n)
+        lo, hi = np.searchsorted(wanted, [start, start + n])
+        taken.append(block[wanted[lo:hi] - start])
+        start += n
+    return np.concatenate(taken) if taken else np.zeros(0, np.int64)
 
 
 def default_buffer(batch: int, epoch_samples: int, samples_per_identity: float, sample_bytes: float) -> int:
     """The shuffle buffer a streamed run gets unless told: room for the samples of 8 batches' worth of identities
-    (8 x batch x the mean samples per identity), so that a batch drawn from it rarely holds one identity twice more
-    often than a full permutation's would, within BUFFER_BYTES of raw samples and at most an epoch."""
+    (8 x batch x the mean samples per identity), so that a batch drawn from it meets about as many identities as
+    a full permutation's, within BUFFER_BYTES of raw samples and at most an epoch."""
     want = 8 * batch * max(samples_per_identity, 1.0)
     room = BUFFER_BYTES / max(sample_bytes, 1.0)
     return max(1, int(min(want, room, epoch_samples)))
