@@ -89,6 +89,35 @@ def test_streamed_batches_do_not_depend_on_workers_or_processes_and_resume_mid_e
     assert summary(served_batches(local, [0, 1], 0, 6, workers=2)) == full[:12]
 
 
+def test_a_resume_reads_only_the_shards_that_still_hold_samples_for_it(ordered):
+    """The order is known from the shard sizes: resumed late in an epoch, a worker does not open a shard whose
+    samples all came before (here its command would fail), while a run from the start does."""
+    import dataclasses
+
+    plan = stream_plan(piped(ordered), buffer=10, shards=1)  # a small buffer: shards leave it soon after being read
+    first = plan.units(0)[0].shard
+    manifest = plan.sources[0].manifest
+    broken = [dataclasses.replace(s, url="pipe:exit 3") if i == first else s for i, s in enumerate(manifest.shards)]
+    late = dataclasses.replace(plan, sources=(Source(dataclasses.replace(manifest, shards=tuple(broken))),))
+    epoch = plan.steps_per_epoch
+    assert (
+        summary(served_batches(late, [0, 1], 10, epoch, 2)) == summary(served_batches(plan, [0, 1], 0, epoch, 2))[20:]
+    )
+    with pytest.raises(UserError, match="pipe:exit 3: the command exited with status 3"):
+        served_batches(late, [0, 1], 0, epoch, 2)
+
+
+def test_fsspec_urls_stream_as_pipes_do(ordered):
+    fsspec = pytest.importorskip("fsspec", reason="fsspec (optional) is not installed")
+    for k in range(SHARDS):
+        with fsspec.open(f"memory://train/faces-{k:06d}.tar", "wb") as f:
+            f.write((ordered / f"faces-{k:06d}.tar").read_bytes())
+    remote = stream_plan(f"memory://train/faces-{{000000..{SHARDS - 1:06d}}}.tar")
+    assert summary(served_batches(remote, [0, 1], 0, 5, 0)) == summary(
+        served_batches(stream_plan(piped(ordered)), [0, 1], 0, 5, 0)
+    )
+
+
 def test_weights_and_occgen_labels_in_the_streamed_order(tmp_path):
     """A manifest of weight 1.5 in the streamed order: every sample once plus a seeded half once more per epoch; and
     occgen's pattern labels reach the samples as in the permutation order (the labels file joined by position)."""
