@@ -3,13 +3,18 @@
 An embedder takes a batch of aligned faces as (N, H, W, 3) uint8 RGB and returns (N, D) float32. Flip fusion sums
 the embeddings of each face and its mirror image. The output is one Parquet row per sample, in build order:
 ``key``, ``src``, ``embedding`` (list<float32>), plus the sample's ``occluded`` flag and ``box_area_ratio`` so
-that reports can plot accuracy against occluded area without the manifest.
+that reports can plot accuracy against occluded area without the manifest, and ``image_digest`` (BLAKE2b-128 of
+the stored image bytes). Sets built from the same faces share their clean images (N-N, N-O at every s, every
+region): with earlier files of the same model as ``reuse``, a face whose bytes were embedded already takes that
+vector and is neither decoded nor run again. Keys cannot serve for this: occluded copies of one face in two sets
+share a key but not their pixels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -18,11 +23,21 @@ from typing import Protocol
 import click
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from fromnet.checkpoint import load_model
 from fromnet.eval.pairs import embeddings_table
-from fromnet.shards import Manifest, Shard, decode_face, iter_ordered, open_shards, sample_meta, to_input
+from fromnet.shards import (
+    Manifest,
+    Shard,
+    decode_face,
+    image_field,
+    iter_ordered,
+    open_shards,
+    sample_meta,
+    to_input,
+)
 from occgen.errors import UserError
 from occgen.images import crop_center, decode_array
 from occgen.runner import parallel_map
@@ -196,56 +211,105 @@ def _check_size(face: np.ndarray, size: tuple[int, int], what: str) -> None:
         )
 
 
-def _face_row(sample: dict, size: tuple[int, int], where: str) -> tuple[dict, np.ndarray]:
-    face = decode_face(sample)
-    _check_size(face, size, f"{where}: sample {sample['__key__']}")
+def image_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _face_row(
+    sample: dict, size: tuple[int, int], where: str, known: frozenset[str] = frozenset()
+) -> tuple[dict, np.ndarray | None]:
+    """A sample's metadata row and its decoded face, or None for the face when its digest is in ``known``."""
+    digest = image_digest(image_field(sample))
     meta = sample_meta(sample)
-    return dict(
+    row = dict(
         key=sample["__key__"],
         src=meta.get("src", sample["__key__"]),
         occluded=bool(meta.get("occluded", False)),
         box_area_ratio=meta.get("box_area_ratio"),
-    ), face
+        image_digest=digest,
+    )
+    if digest in known:
+        return row, None
+    face = decode_face(sample)
+    _check_size(face, size, f"{where}: sample {sample['__key__']}")
+    return row, face
 
 
-def decode_shard(shard: Shard, manifest: Manifest, size: tuple[int, int]) -> tuple[list[dict], np.ndarray]:
-    """Every face of one shard, in tar order (a worker process's task)."""
-    rows, faces = [], []
-    for sample in iter_ordered(replace(manifest, shards=(shard,))):
-        row, face = _face_row(sample, size, str(manifest.path or shard.url))
-        rows.append(row)
-        faces.append(face)
-    return rows, np.stack(faces) if faces else np.zeros((0, *size, 3), np.uint8)
+def _stack(faces: list[np.ndarray | None], size: tuple[int, int]) -> np.ndarray:
+    kept = [f for f in faces if f is not None]
+    return np.stack(kept) if kept else np.zeros((0, *size, 3), np.uint8)
+
+
+def decode_shard(
+    shard: Shard, manifest: Manifest, size: tuple[int, int], known: frozenset[str] = frozenset()
+) -> tuple[list[dict], np.ndarray]:
+    """Every sample's row of one shard, in tar order, and the faces not in ``known`` (a worker process's task)."""
+    pairs = [
+        _face_row(s, size, str(manifest.path or shard.url), known)
+        for s in iter_ordered(replace(manifest, shards=(shard,)))
+    ]
+    return [row for row, _ in pairs], _stack([face for _, face in pairs], size)
 
 
 def batches(
-    manifest: Manifest, batch_size: int, size: tuple[int, int], workers: int = 0
+    manifest: Manifest, batch_size: int, size: tuple[int, int], workers: int = 0, known: frozenset[str] = frozenset()
 ) -> Iterator[tuple[list[dict], np.ndarray]]:
-    """(metadata rows, (N, H, W, 3) uint8 faces) in build order; faces of another size are an error.
+    """(metadata rows, (M, H, W, 3) uint8 faces) in build order, M <= rows: the faces of the rows whose digest is
+    not in ``known``, in row order; faces of another size are an error.
 
     With ``workers`` > 1, whole shards are decoded in that many processes (results still in shard order), so a
     GPU is not left waiting on one process's JPEG decoding; otherwise faces stream from this process.
     """
     where = str(manifest.path or manifest.name)
+    chunks: Iterator[tuple[list[dict], np.ndarray]]
     if workers > 1:
-        chunks = parallel_map(
-            partial(decode_shard, manifest=manifest, size=size), list(manifest.shards), workers, "decode", quiet=True
+        chunks = iter(
+            parallel_map(
+                partial(decode_shard, manifest=manifest, size=size, known=known),
+                list(manifest.shards),
+                workers,
+                "decode",
+                quiet=True,
+            )
         )
     else:
-        chunks = (([row], face[None]) for row, face in (_face_row(s, size, where) for s in iter_ordered(manifest)))
+        chunks = (
+            ([row], _stack([face], size))
+            for row, face in (_face_row(s, size, where, known) for s in iter_ordered(manifest))
+        )
     rows: list[dict] = []
     faces: list[np.ndarray] = []
-    held = 0
     for chunk_rows, chunk_faces in chunks:
         rows.extend(chunk_rows)
         faces.append(chunk_faces)
-        held += len(chunk_rows)
-        while held >= batch_size:
+        while len(rows) >= batch_size:
             block = np.concatenate(faces)
-            yield rows[:batch_size], block[:batch_size]
-            rows, faces, held = rows[batch_size:], [block[batch_size:]], held - batch_size
-    if held:
+            take = sum(r["image_digest"] not in known for r in rows[:batch_size])
+            yield rows[:batch_size], block[:take]
+            rows, faces = rows[batch_size:], [block[take:]]
+    if rows:
         yield rows, np.concatenate(faces)
+
+
+def read_known(paths: Sequence[str | Path], signature: str) -> dict[str, np.ndarray]:
+    """image digest -> vector of earlier embeddings files, which must come from the same model and settings."""
+    from fromnet.eval.pairs import read_embeddings
+
+    known: dict[str, np.ndarray] = {}
+    for path in paths:
+        emb = read_embeddings(path)
+        digests = emb.column("image_digest")
+        if digests is None:
+            raise UserError(f"--reuse {path}: has no image_digest column (embed it again with this fromnet)")
+        made_by = pq.read_schema(path).metadata or {}
+        theirs = made_by.get(b"fromnet.embedder", b"").decode()
+        if theirs != signature:
+            raise UserError(
+                f"--reuse {path}: made by {theirs or 'an unrecorded model'}, not {signature}; reuse only "
+                "embeddings of the same model and settings"
+            )
+        known.update(zip(digests, emb.vectors))
+    return known
 
 
 def embed_manifest(
@@ -255,10 +319,13 @@ def embed_manifest(
     flip: bool = False,
     quiet: bool = False,
     workers: int = 0,
+    reuse: Mapping[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """Embed every sample of a manifest (or of plain WebDataset shards: fromnet.shards.open_shards), in build
-    order, as an embeddings table."""
+    order, as an embeddings table; faces whose image digest is in ``reuse`` take that vector instead."""
     manifest = open_shards(manifest_path)
+    reuse = reuse or {}
+    known = frozenset(reuse)
     total = manifest.samples  # 0 for plain shards: no counting pass just for a progress bar
     rows: list[dict] = []
     vectors: list[np.ndarray] = []
@@ -268,8 +335,11 @@ def embed_manifest(
         if show
         else None
     )
-    for meta, faces in batches(manifest, batch_size, embedder.input_size, workers):
-        vectors.append(embed_faces(embedder, faces, flip))
+    for meta, faces in batches(manifest, batch_size, embedder.input_size, workers, known):
+        fresh = iter(embed_faces(embedder, faces, flip)) if len(faces) else iter(())
+        vectors.append(
+            np.stack([reuse[r["image_digest"]] if r["image_digest"] in known else next(fresh) for r in meta])
+        )
         rows.extend(meta)
         if bar is not None:
             bar.update(len(meta))
@@ -282,12 +352,23 @@ def embed_manifest(
     if not rows:
         raise UserError(f"{manifest_path}: no samples to embed")
     area = np.array([np.nan if r["box_area_ratio"] is None else r["box_area_ratio"] for r in rows], np.float32)
-    return embeddings_table(
+    table = embeddings_table(
         [r["key"] for r in rows],
         [r["src"] for r in rows],
         matrix,
-        {"occluded": np.array([r["occluded"] for r in rows], bool), "box_area_ratio": area},
+        {
+            "occluded": np.array([r["occluded"] for r in rows], bool),
+            "box_area_ratio": area,
+            "image_digest": np.array([r["image_digest"] for r in rows], object),
+        },
     )
+    return table.replace_schema_metadata({"fromnet.embedder": embedder_signature(embedder, flip)})
+
+
+def embedder_signature(embedder: Embedder, flip: bool) -> str:
+    """What made an embeddings file, for --reuse to check: the model and the settings that change a vector."""
+    bf16 = getattr(embedder, "bf16", False)
+    return f"{embedder.name}" + (" +flip" if flip else "") + (" bf16" if bf16 else "")
 
 
 def embed_encoded(

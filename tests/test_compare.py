@@ -249,3 +249,54 @@ def test_compare_identification_rank1_with_paired_intervals(mini, tmp_path):
     diffs = {d["model"]: d for d in report["differences"]}
     assert diffs["Again"]["verdict"] == "within noise" and diffs["Again"]["low"] == diffs["Again"]["high"] == 0
     assert diffs["Poor"]["value"] < 0 and "all, rank-1: Poor - Good:" in result.output
+
+
+def test_embed_reuse_takes_the_clean_faces_from_an_earlier_file(mini, tmp_path):
+    # An N-N set and the N-O set of the same faces share their clean images (same bytes, same keys); the occluded
+    # copies are new. --reuse must give exactly the vectors a full embedding gives, running only the new faces.
+    faces = shared("lfw-mini") / "aligned-112x96"
+    common = ["--src", faces, "--pairs", "all", "--max-per-identity", 3, "-j", 1, "-q"]
+    common += ["--out", tmp_path / "shards", "--manifests", tmp_path / "m"]
+    run(occgen_main, "build", *common, "--clean-ratio", 1, "--name", "mini-nn")
+    model = make_run(tmp_path / "run", "baseline")
+    emb = ["--model", model, "--device", "cpu", "-q"]
+    run(main, "embed", *emb, "--shards", tmp_path / "m" / "mini-nn", "--out", tmp_path / "nn.parquet")
+    full = run(main, "embed", *emb, "--shards", mini["manifest"], "--out", tmp_path / "full.parquet")
+    reused = run(
+        main,
+        "embed",
+        *emb,
+        "--shards",
+        mini["manifest"],
+        "--reuse",
+        tmp_path / "nn.parquet",
+        "--out",
+        tmp_path / "r.pq",
+    )
+    samples = pd.read_parquet(mini["manifest"] / "samples.parquet")
+    clean = int((~samples["occluded"].astype(bool)).sum())
+    assert "taken from --reuse" not in full.output and f"{clean:,} taken from --reuse" in reused.output
+    a, b = pd.read_parquet(tmp_path / "full.parquet"), pd.read_parquet(tmp_path / "r.pq")
+    assert a["key"].tolist() == b["key"].tolist() and a["image_digest"].tolist() == b["image_digest"].tolist()
+    np.testing.assert_allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), atol=1e-5)
+    # occluded copies share keys across sets but not bytes: reuse goes by the bytes
+    assert not set(b.loc[b["occluded"], "image_digest"]) & set(pd.read_parquet(tmp_path / "nn.parquet")["image_digest"])
+    # a file of another model is refused, with what to do
+    other = make_run(tmp_path / "other", "baseline", seed=1)
+    bad = run(
+        main,
+        "embed",
+        "--model",
+        other,
+        "--device",
+        "cpu",
+        "--shards",
+        mini["manifest"],
+        "--reuse",
+        tmp_path / "nn.parquet",
+        "--out",
+        tmp_path / "x.pq",
+        ok=False,
+    )
+    assert bad.exit_code != 0 and "reuse only embeddings of the same model" in bad.output
+    assert "Traceback" not in bad.output

@@ -105,15 +105,24 @@ def test_mask_pairs_set_on_aligned_lfw(tmp_path: Path):
         "gas",
     }
     assert masked["occluder_category"].nunique() >= 4 and masked["mask_color"].nunique(dropna=False) == 3
-    # the mask's box holds the nose tip and both mouth corners and stays below the eyes; it covers a real share
+    labels = pd.read_parquet(manifest / "labels-k4.parquet")
+    assert (labels.set_index("key").loc[masked["key"], "pattern"] > 0).all()
+    assert_masks_sit_on_aligned_faces(manifest, src)
+    text = (manifest / "README.md").read_text()
+    assert "MaskTheFace layout" in text and "occgen mask --src" in text
+
+
+def assert_masks_sit_on_aligned_faces(manifest: Path, src: Path) -> None:
+    """Each masked sample of a set of aligned 112x96 faces: its mask's box holds the nose tip and both mouth
+    corners and stays below the eyes, it covers a real share of the face, and the rendered image (read back from
+    the shards) keeps both eye centres as they were in the input; every sample's image is in the shards."""
+    samples = pd.read_parquet(manifest / "samples.parquet")
+    masked = samples[samples["occluded"]]
     points = TEMPLATES["112x96"].points
     for _, r in masked.iterrows():
         assert r.box_x0 <= points[3, 0] and r.box_x1 > points[4, 0] and r.box_y0 <= points[2, 1] < r.box_y1
         assert r.box_y0 > points[:2, 1].max()
-    assert masked["pixel_area_ratio"].between(0.12, 0.5).all()
-    labels = pd.read_parquet(manifest / "labels-k4.parquet")
-    assert (labels.set_index("key").loc[masked["key"], "pattern"] > 0).all()
-    # the rendered faces: each masked image keeps its eyes (compared with the input), and the shard reads back
+    assert len(masked) and masked["pixel_area_ratio"].between(0.12, 0.5).all()
     shards = json.loads((manifest / "shards.json").read_text())["shards"]
     images = {}
     for shard in shards:
@@ -127,8 +136,46 @@ def test_mask_pairs_set_on_aligned_lfw(tmp_path: Path):
             patch = (slice(y - 2, y + 3), slice(x - 2, x + 3))
             assert np.abs(images[r.key][patch].astype(np.int16) - original[patch]).mean() < 12
     assert (manifest / "preview.png").is_file()
-    text = (manifest / "README.md").read_text()
-    assert "MaskTheFace layout" in text and "occgen mask --src" in text
+
+
+def test_mask_all_pairs_of_some_lfw_people_takes_the_faces_and_pairs_build_takes(tmp_path: Path):
+    """`occgen mask --pairs all --identities` on real LFW: the same faces and the same pairs (byte for byte) as
+    `occgen build --pairs all` and its four O_LFW-style groups with that seed, so a masked set and Algorithm 1 sets
+    of the same test people pair up face for face; the masks sit right; any -j gives the same bytes; a killed
+    run resumes to them."""
+    src = shared("lfw-112x96")
+    people = ["AJ_Cook", "Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore"]  # 1, 4, 19, 12, 8 images
+    (tmp_path / "ids.txt").write_text("\n".join(people) + "\n")
+    common = ["--src", src, "--identities", tmp_path / "ids.txt", "--pairs", "all", "--max-per-identity", 3]
+    common += ["--seed", 100, "--shard-size", 8, "-q"]
+    where = lambda d: ["--out", tmp_path / d / "out", "--manifests", tmp_path / d / "m"]  # noqa: E731
+    masked = run("mask", *common, "--masks", shared(MASKS), "--name", "sm", *where("a"), "-j", 2)
+    assert "N-O: 78 pairs (12 genuine, 66 impostor) among 13 images" in masked.output
+    run("build", *common, "--scales", 2, "--name", "no", *where("a"), "-j", 1)
+    run("build", *common, "--region-group", "all", "--name", "olfw", *where("a"), "-j", 1)
+    m = tmp_path / "a" / "m"
+    sm = pd.read_parquet(m / "sm" / "samples.parquet").set_index("key")
+    for other in ("no", "olfw-upper", "olfw-lower", "olfw-random", "olfw-large"):
+        assert (m / other / "pairs.parquet").read_bytes() == (m / "sm" / "pairs.parquet").read_bytes(), other
+        samples = pd.read_parquet(m / other / "samples.parquet").set_index("key")
+        assert samples.index.equals(sm.index) and (samples["src"] == sm["src"]).all()
+        clean = ~samples["occluded"]
+        assert (samples.loc[clean, "sha256"] == sm.loc[clean, "sha256"]).all()  # the same unoccluded first images
+    pairs = pd.read_parquet(m / "sm" / "pairs.parquet")
+    assert set(pairs["src1"].str.split("/").str[0]) | set(pairs["src2"].str.split("/").str[0]) == set(people)
+    assert not sm.loc[pairs["key1"], "occluded"].any() and sm.loc[pairs["key2"], "occluded"].all()
+    assert_masks_sit_on_aligned_faces(m / "sm", src)
+    # -j 1 gives the same bytes as -j 2; a run killed mid-way resumes to them
+    run("mask", *common, "--masks", shared(MASKS), "--name", "sm", *where("b"), "-j", 1)
+    before = files(tmp_path / "b")
+    (tmp_path / "b" / "m" / "sm" / "shards" / "sm-000001.json").unlink()
+    (tmp_path / "b" / "out" / "sm-000002.tar").write_bytes(b"truncated")
+    again = run("mask", *common, "--masks", shared(MASKS), "--name", "sm", *where("b"), "-j", 1)
+    assert "already done" in again.output and files(tmp_path / "b") == before
+    card = "m/sm/README.md"
+    assert {k: v for k, v in before.items() if k != card} == {
+        k: v for k, v in files(tmp_path / "a").items() if k.startswith(("m/sm/", "out/sm-")) and k != card
+    }
 
 
 def test_mask_resumes_byte_for_byte(tmp_path: Path):
@@ -221,6 +268,8 @@ def test_landmarks_from_an_align_record(tmp_path: Path):
         (["--types", "snorkel"], "--types: snorkel not in"),
         (["--colors", "blue,notacolour"], "'notacolour' is not a colour"),
         (["--both"], "--both masks both images"),
+        (["--impostors", "5"], "--impostors and --max-per-identity shape all-pairs sets: they go with --pairs all"),
+        (["--identities", "nowhere.txt"], "nowhere.txt"),
     ],
 )
 def test_mask_user_errors_are_one_line(tmp_path: Path, extra: list[str], message: str):

@@ -323,6 +323,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="Stage-2 runs at a time (they share the stage-1 start).")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--report-only", action="store_true", help="Only score the seeds whose runs are all done.")
+    ap.add_argument("--train-only", action="store_true", help="Only train (score later, e.g. with --report-only).")
     ap.add_argument("--docs", action="store_true", help="Copy the plots to docs/ for the README.")
     args = ap.parse_args()
     args.models = [m for m in args.models.split(",") if m]
@@ -338,6 +339,8 @@ def main() -> None:
         exp.check_budget()
         for seed in seeds:
             exp.seed(seed, clean, mix)
+        if args.train_only:
+            return
     done = finished(exp, seeds, args.models)
     if not done:
         sys.exit("no seed has all its runs done yet")

@@ -87,19 +87,32 @@ def model_options(fn):
 
 
 class ModelRunner:
-    """Opens the model once and embeds manifests with the chosen settings."""
+    """Opens the model once and embeds manifests with the chosen settings; an image met again (the clean faces
+    every set of one test side shares) takes the vector it got the first time."""
 
-    def __init__(self, model: str, settings: dict) -> None:
-        from fromnet.embed import OnnxOptions, open_embedder
+    def __init__(self, model: str, settings: dict, reuse: tuple[Path, ...] = ()) -> None:
+        from fromnet.embed import OnnxOptions, embedder_signature, open_embedder, read_known
 
         self.settings = settings
         self.embedder = open_embedder(model, settings["device"], settings["precision"], OnnxOptions(**settings["onnx"]))
+        self.seen = read_known(reuse, embedder_signature(self.embedder, settings["flip"]))
+        self.reused = 0  # faces of the last embed() that took a vector from earlier
 
     def embed(self, manifest: str | Path):
+        import numpy as np
+
         from fromnet.embed import embed_manifest
 
         s = self.settings
-        return embed_manifest(manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"], s["workers"])
+        before = frozenset(self.seen)
+        table = embed_manifest(
+            manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"], s["workers"], reuse=self.seen
+        )
+        digests = table["image_digest"].to_numpy(zero_copy_only=False)
+        self.reused = sum(d in before for d in digests)
+        vectors = np.asarray(table["embedding"].combine_chunks().values).reshape(len(table), -1)
+        self.seen.update(zip(digests, vectors))
+        return table
 
     def embed_encoded(self, images, names, crop=None):
         from fromnet.embed import embed_encoded
@@ -118,8 +131,15 @@ class ModelRunner:
     "('faces-{000000..000099}.tar', several joined by '::', pipe:COMMAND, s3:// and other URLs with fsspec).",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Embeddings .parquet file.")
+@click.option(
+    "--reuse",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Embeddings file(s) this model made before (e.g. of the clean set): faces with the same image bytes take "
+    "their vectors instead of being embedded again. Repeatable.",
+)
 @model_options
-def embed_cmd(model: str, manifest: str, out: Path, model_settings: dict) -> None:
+def embed_cmd(model: str, manifest: str, out: Path, reuse: tuple[Path, ...], model_settings: dict) -> None:
     """Write one row per sample: key, src, embedding (list of float32), occluded, box_area_ratio.
 
     \b
@@ -127,7 +147,7 @@ def embed_cmd(model: str, manifest: str, out: Path, model_settings: dict) -> Non
     """
     from fromnet.embed import write_embeddings
 
-    runner = ModelRunner(model, model_settings)
+    runner = ModelRunner(model, model_settings, reuse)
     start = time.perf_counter()
     table = runner.embed(manifest)
     seconds = time.perf_counter() - start
@@ -135,5 +155,6 @@ def embed_cmd(model: str, manifest: str, out: Path, model_settings: dict) -> Non
     dim = len(table["embedding"][0]) if len(table) else 0
     click.echo(
         f"embed: {len(table):,} faces, {dim}-d, {seconds:.1f} s ({len(table) / max(seconds, 1e-9):,.0f} faces/s)"
-        f"{', flip fusion' if model_settings['flip'] else ''} -> {out}"
+        f"{', flip fusion' if model_settings['flip'] else ''}"
+        f"{f', {runner.reused:,} taken from --reuse' if runner.reused else ''} -> {out}"
     )

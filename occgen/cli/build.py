@@ -74,6 +74,70 @@ def set_options(f):
     return f
 
 
+#: --max-per-identity's default: the one value that may be given without --pairs all.
+MAX_PER_IDENTITY = 10
+
+
+def pair_options(clean: str, occluded: str, note: str = ""):
+    """The options that choose a set's people and pairs (--pairs, --identities, --max-per-identity, --impostors):
+    `occgen build` and `occgen mask` share them, so with one seed both choose the same faces and the same pairs
+    (an Algorithm 1 set and a masked set of the same test people pair up face for face)."""
+    options = [
+        click.option(
+            "--pairs",
+            "pairs_file",
+            help=f"LFW-style pairs list: build a verification set of the images it names, first image {clean} and "
+            f"second {occluded} (N-O{note}), and write pairs.parquet beside the manifest. 'all': every genuine and "
+            "impostor pair among the source's faces (use --identities to take a split's test people).",
+        ),
+        click.option(
+            "--identities",
+            "identities_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Only these people of --src: a file of identity names, one a line (train.txt or test.txt of "
+            "`occgen split`). Samples keep the keys and images they have in a build of the whole source.",
+        ),
+        click.option(
+            "--max-per-identity",
+            default=MAX_PER_IDENTITY,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="With --pairs all: at most this many images of a person (a seeded choice).",
+        ),
+        click.option(
+            "--impostors",
+            type=click.IntRange(min=1),
+            help="With --pairs all: a seeded sample of this many impostor pairs (default: all of them).",
+        ),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def choose_pairs(
+    source: Source,
+    pairs_file: str | None,
+    identities_file: Path | None,
+    max_per_identity: int,
+    impostors: int | None,
+    seed: int,
+) -> tuple[Source, list[Pair] | AllPairsOptions | None]:
+    """What `pair_options` ask for: the source narrowed to --identities, and the pairs (a list read from the file,
+    the all-pairs options, or None for no pairs set)."""
+    if identities_file is not None:
+        source = select_identities(source, read_identity_list(identities_file))
+    if pairs_file == "all":
+        return source, AllPairsOptions(max_per_identity, impostors, seed)
+    if impostors is not None or max_per_identity != MAX_PER_IDENTITY:
+        raise UserError("--impostors and --max-per-identity shape all-pairs sets: they go with --pairs all")
+    return source, read_pairs(Path(pairs_file)) if pairs_file else None
+
+
 def _names(text: str | None) -> tuple[str, ...] | None:
     return tuple(sorted(n.strip() for n in text.split(",") if n.strip())) if text else None
 
@@ -124,14 +188,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     help="Build the nine named-region sets of the paper's Fig. 1 / Table 6 "
     "(NAME-left_eye, NAME-eyes, ...): the occluder is fitted to the region's box.",
 )
-@click.option(
-    "--pairs",
-    "pairs_file",
-    help="LFW-style pairs list: "
-    "build a verification set of the images it names, first image clean and second occluded (N-O), and "
-    "write pairs.parquet beside the manifest. 'all': every genuine and impostor pair among the source's faces "
-    "(use --identities to take a split's test people).",
-)
+@pair_options("clean", "occluded")
 @click.option(
     "--pairs-from-bin",
     is_flag=True,
@@ -139,25 +196,6 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     "in file order with insightface's ten folds (consecutive tenths).",
 )
 @click.option("--both", is_flag=True, help="With --pairs or --pairs-from-bin: occlude both images of every pair (O-O).")
-@click.option(
-    "--identities",
-    "identities_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Only these people of --src: a file of identity names, one a line (train.txt or test.txt of "
-    "`occgen split`). Samples keep the keys and images they have in a build of the whole source.",
-)
-@click.option(
-    "--max-per-identity",
-    default=10,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="With --pairs all: at most this many images of a person (a seeded choice).",
-)
-@click.option(
-    "--impostors",
-    type=click.IntRange(min=1),
-    help="With --pairs all: a seeded sample of this many impostor pairs (default: all of them).",
-)
 @click.option(
     "--placement",
     type=click.Choice(["random", "anchored"]),
@@ -271,20 +309,17 @@ def build_cmd(
     workers = Backend(backend, scheduler or address)
     if occluders is not None and not occluders.is_dir():
         raise UserError(f"--occluders {occluders}: no such folder")
-    source = open_source(src, root)
-    if identities_file is not None:
-        source = select_identities(source, read_identity_list(identities_file))
-    all_pairs = pairs_file == "all"
-    if not all_pairs and (impostors is not None or max_per_identity != 10):
-        raise UserError("--impostors and --max-per-identity shape all-pairs sets: they go with --pairs all")
+    if pairs_file and pairs_from_bin:
+        raise UserError("--pairs and --pairs-from-bin both give the pairs; choose one")
+    source, wanted = choose_pairs(
+        open_source(src, root), pairs_file, identities_file, max_per_identity, impostors, seed
+    )
     given = Path(src.rstrip("/"))
     name = name or f"occ-{given.stem if given.suffix in ('.bin', '.rec') else given.name if src != 'demo' else 'demo'}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as occ-lfw (no '/')")
     if group and categories:
         raise UserError("--group and --categories both choose occluder categories; give one of them")
-    if pairs_file and pairs_from_bin:
-        raise UserError("--pairs and --pairs-from-bin both give the pairs; choose one")
     if both and not (pairs_file or pairs_from_bin):
         raise UserError("--both occludes both images of each pair: it needs --pairs pairs.txt or --pairs-from-bin")
     if regions and (per_scale or scales):
@@ -315,9 +350,8 @@ def build_cmd(
         if groups
         else [(name, scale_set, None, placement)]
     )
-    pairs = (
-        bin_pairs(source) if pairs_from_bin else read_pairs(Path(pairs_file)) if pairs_file and not all_pairs else None
-    )
+    if pairs_from_bin:
+        wanted = bin_pairs(source)
     failed: list[str] = []
     for run_name, run_scales, region, run_placement in runs:
         opts = BuildOptions(
@@ -340,7 +374,6 @@ def build_cmd(
             placement=run_placement,
             landmarks=str(landmarks.absolute()) if landmarks else None,
         )
-        wanted = AllPairsOptions(max_per_identity, impostors, seed) if all_pairs else pairs
         args = (source, run_name, opts, wanted, both, out, manifests, jobs, overwrite, quiet, workers, ks, limit)
         if failure := make_set(*args):
             failed.append(failure)

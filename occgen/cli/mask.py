@@ -7,14 +7,13 @@ from pathlib import Path
 import click
 
 from occgen.cli import main
-from occgen.cli.build import exit_on_failures, make_set, set_options
+from occgen.cli.build import choose_pairs, exit_on_failures, make_set, pair_options, set_options
 from occgen.clicommon import shard_output_options
 from occgen.errors import UserError
 from occgen.occlude.masks import WHERE, parse_colors
 from occgen.occlude.run import BuildOptions
 from occgen.occlude.sources import open_source
 from occgen.runner import Backend, ErrorLimit
-from occgen.sets.pairs import read_pairs
 
 
 @main.command("mask", epilog=WHERE)
@@ -39,13 +38,7 @@ from occgen.sets.pairs import read_pairs
 @click.option(
     "--clean-ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Fraction left unmasked."
 )
-@click.option(
-    "--pairs",
-    "pairs_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="LFW-style pairs list: a verification set, first image unmasked and second masked (N-O, as LFW-SM), "
-    "with pairs.parquet beside the manifest.",
-)
+@pair_options("unmasked", "masked", ", as LFW-SM")
 @click.option("--both", is_flag=True, help="With --pairs: mask both images of every pair (O-O).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; a sample's choices follow (seed, key).")
 @shard_output_options
@@ -61,6 +54,9 @@ def mask(
     copies,
     clean_ratio,
     pairs_file,
+    identities_file,
+    max_per_identity,
+    impostors,
     both,
     seed,
     jobs,
@@ -82,17 +78,18 @@ def mask(
 
     \b
     Example: occgen mask --src lfw-112x96 --masks MaskTheFace/masks --pairs pairs.txt --name lfw-sm
+    All pairs of a split's test people, on the faces `occgen build --pairs all` takes with the same seed:
+    occgen mask --src lfw-112x96 --masks MaskTheFace/masks --pairs all --identities split/test.txt --name sm-test
     """
     limit = ErrorLimit.parse(max_errors)
     if both and not pairs_file:
         raise UserError("--both masks both images of each pair: it needs --pairs pairs.txt")
     if pairs_file and copies != 1:
         raise UserError("--pairs renders one unmasked and one masked copy of each image it needs; drop --copies")
-    source = open_source(src, root)
+    source, pairs = choose_pairs(open_source(src, root), pairs_file, identities_file, max_per_identity, impostors, seed)
     name = name or f"mask-{Path(src.rstrip('/')).name}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: give a plain name such as mask-lfw (no '/')")
-    pairs = read_pairs(pairs_file) if pairs_file else None
     opts = BuildOptions(
         scales=(1.0,),
         copies=copies,
@@ -103,7 +100,7 @@ def mask(
         shard_size=shard_size,
         occluders=str(masks_dir),
         categories=tuple(sorted(t.strip() for t in types.split(",") if t.strip())) if types else None,
-        clean_copies=1 if pairs else 0,
+        clean_copies=1 if pairs_file else 0,
         placement="mask",
         landmarks=str(landmarks.absolute()) if landmarks else None,
         colors=parse_colors(colors),
