@@ -279,7 +279,7 @@ def test_bench_prints_step_and_loader_figures_beside_the_simple_way(mix):
     )
     assert result.exit_code == 0, result.output
     assert "plain PIL loop" in result.output and result.output.count("vs plain") == 4
-    assert result.output.count("stream     , ") == 2
+    assert result.output.count("loader, stream ") == 2
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -203,6 +203,8 @@ def test_fromnet_train_streams_pipes_and_resumes_exactly(ordered, tmp_path):
     data = [f"{piped(ordered)}:0.25", *TINY, "--stream-buffer", "50"]
     whole = invoke("train", "--shards", *data, "--steps", "10", "-j", "2", "--out", tmp_path / "whole").output
     assert "order: stream (4 shards at once, shuffle buffer 50)" in whole and "7 steps/epoch" in whole
+    settled = (tmp_path / "whole" / "config.toml").read_text()
+    assert 'order = "stream"' in settled and "stream_buffer = 50" in settled and "stream_shards = 4" in settled
     invoke("train", "--shards", *data, "--steps", "4", "-j", "0", "--out", tmp_path / "part")
     invoke("train", "--out", tmp_path / "part", "--resume", "--steps", "10", "-j", "2")
     keys, losses = keys_and_losses(tmp_path / "whole")

@@ -114,7 +114,7 @@ def bench_loader(manifest, workers, batch_size, batches, K, orders):
                 rate, first = loader_throughput(m, w, batches, batch_size, K or None, Path(tmp) / "labels.npy", order)
                 per = rate / max(w, 1)
                 click.echo(
-                    f"  fromnet loader, {order:<11}, {w} worker(s) {rate:9,.0f} img/s ({per:,.0f} per worker, "
+                    f"  fromnet loader, {order:<11} {w} worker(s) {rate:9,.0f} img/s ({per:,.0f} per worker, "
                     f"x{rate / simple:.2f} vs plain; first batch after {first:.1f} s)"
                 )
 

@@ -181,6 +181,14 @@ def make_plan(cfg: TrainConfig, sources: tuple[Source, ...]) -> StreamPlan:
     )
 
 
+def settle_order(cfg: TrainConfig, plan: StreamPlan) -> None:
+    """Record the order a new run took, defaults resolved, in its settings: a resumed run reads the same order even
+    if a later version chose other defaults."""
+    cfg.order = plan.order
+    if plan.order == "stream":
+        cfg.stream_buffer, cfg.stream_shards = plan.stream_buffer, plan.stream_shards
+
+
 def prepare(
     overrides: dict[str, Any], config: TrainConfig, resume: bool, overwrite: bool, world: World
 ) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
@@ -237,6 +245,7 @@ def open_run(
     run = Run(cfg, world, sources, make_plan(cfg, sources), notes)
     if resumed is None:
         check_memory(run)
+        settle_order(cfg, run.plan)
     if world.main:
         atomic_write(run.folder / "config.toml", write_toml(cfg).encode())
     state = build_state(cfg, world, run.spec, run.plan.num_identities)
