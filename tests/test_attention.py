@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from torch import nn
 
 from fromnet.cli import main
 from fromnet.losses import (
@@ -23,9 +24,9 @@ from fromnet.losses import (
     weighted_ce,
 )
 from fromnet.models import AttentionOutput, FromOutput, build_model
-from fromnet.models.attention import attentional_pool, recalibrate
+from fromnet.models.attention import attentional_pool, part_weights, recalibrate
 from fromnet.models.iresnet import IRBlock, IResNet
-from fromnet.models.summary import count_parameters, summarize
+from fromnet.models.summary import count_flops, count_parameters, summarize
 from fromnet.shards import to_input
 from fromnet.viz import attention_overlay
 from occgen.images import load_rgb
@@ -36,9 +37,9 @@ TINY = dict(widths=(16, 16, 32, 32), depths=(1, 1, 2, 1), stem_width=16, embeddi
 SIZES = {(112, 96): (14, 12), (112, 112): (14, 14)}
 
 
-def tiny(K: int = 4, input_size=(112, 96), **kw):
+def tiny(K: int = 4, input_size=(112, 96), variant: str = "attention", **kw):
     torch.manual_seed(0)
-    return build_model("attention", K, input_size, **TINY, **kw)
+    return build_model(variant, K, input_size, **TINY, **kw)
 
 
 # -- Attend: recalibration and pooling ------------------------------------------------------------------------------
@@ -74,13 +75,19 @@ def test_attentional_pooling_by_hand():
     assert v[0].flatten().tolist() == pytest.approx([0.25, 2.5, 2.5, 25.0, 0.75, 7.5])
 
 
-def test_model_wires_extract_attend_aggregate():
-    # With the 1x1 attention conv zeroed and its bias 2, A = 2 everywhere: s = 1/K, every recalibrated map is
-    # sigmoid(2)/K, so v_k = sigmoid(2)/K * GAP(F) and f_k = FC_k(v_k); the embedding is their mean.
-    model = tiny(K=3).eval()
+def flat_maps(model, value: float = 2.0) -> None:
+    """1x1 attention conv zeroed with bias ``value``: A = value everywhere, so s = 1/K and every map is flat."""
     conv = model.attention_branch[-2]
     torch.nn.init.zeros_(conv.weight)
-    torch.nn.init.constant_(conv.bias, 2.0)
+    torch.nn.init.constant_(conv.bias, value)
+
+
+def test_pooled_parts_wire_extract_attend_aggregate():
+    # With A = 2 everywhere: s = 1/K, every recalibrated map is sigmoid(2)/K, so v_k = sigmoid(2)/K * GAP(F) and
+    # f_k = FC_k(v_k); the embedding is their mean.
+    model = tiny(K=3, variant="attention-pooled").eval()
+    assert model.head is None and len(model.backbone.stages) == 3  # stage 4 is not built
+    flat_maps(model)
     x = torch.randn(2, 3, 112, 96)
     out = model(x)
     assert torch.allclose(out.attention, torch.full_like(out.attention, 2.0))
@@ -94,13 +101,47 @@ def test_model_wires_extract_attend_aggregate():
     assert torch.allclose(out.embedding, out.parts.mean(1))
 
 
+def test_part_weights_by_hand():
+    # Flat maps with equal importance leave F unchanged; otherwise a map is divided by its own pixel mean and
+    # scaled by K * s_k.
+    assert torch.allclose(part_weights(torch.full((1, 4, 3, 2), 0.7), torch.full((1, 4), 0.25)), torch.ones(1, 4, 3, 2))
+    a = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]])  # (1, K=2, 1, 2)
+    s = torch.tensor([[0.4, 0.6]])
+    sig = torch.sigmoid(a)
+    want = 2 * s[:, :, None, None] * sig / sig.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(part_weights(a, s), want)
+    assert torch.allclose(part_weights(a, s).mean(dim=(2, 3)), 2 * s)
+
+
+def test_top_parts_start_as_the_plain_network_a_baseline_checkpoint_fills():
+    # The default head: F weighted by each map goes through stage 4 and the shared embedding head. Freshly built,
+    # the maps are flat, so every part, and the embedding, is the baseline network's embedding; every tensor
+    # but the attention branch has a baseline's name and shape, so stage 2 starts from the stage-1 Baseline.
+    model = tiny(K=3).eval()
+    baseline = build_model("baseline", 5, (112, 96), **TINY).eval()
+    ours, theirs = model.state_dict(), baseline.state_dict()
+    assert sorted({k.split(".")[0] for k in ours if k not in theirs}) == ["attention_branch"]
+    assert all(ours[k].shape == v.shape for k, v in theirs.items())
+    model.load_state_dict(theirs, strict=False)
+    x = torch.randn(2, 3, 112, 96)
+    out, plain = model(x), baseline(x).embedding
+    for k in range(3):
+        assert torch.allclose(out.parts[:, k], plain, atol=1e-4)
+    # with maps that differ, the parts differ and the embedding is still their mean
+    torch.nn.init.normal_(model.attention_branch[-2].weight, std=0.5)
+    out = model(x)
+    assert not torch.allclose(out.parts[:, 0], out.parts[:, 1], atol=1e-3)
+    assert torch.allclose(out.embedding, out.parts.mean(1), atol=1e-6)
+
+
 # -- shapes, configuration, size --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", ["attention", "attention-pooled"])
 @pytest.mark.parametrize("size", list(SIZES))
-def test_output_shapes(size):
+def test_output_shapes(size, variant):
     for K in (1, 3, 4):
-        out = tiny(K, size)(torch.randn(3, 3, *size))
+        out = tiny(K, size, variant)(torch.randn(3, 3, *size))
         assert isinstance(out, AttentionOutput) and isinstance(out, FromOutput)
         assert out.embedding.shape == (3, 24) and out.parts.shape == (3, K, 24)
         assert out.attention.shape == (3, K, *SIZES[size]) and out.importance.shape == (3, K)
@@ -124,10 +165,12 @@ def test_bad_configurations_are_rejected():
         tiny(branch_blocks=2)  # stage 3 of TINY has 2 blocks: at most 1 can follow the split
     with pytest.raises(ValueError, match=r"takes \(112, 96\)"):
         tiny()(torch.zeros(1, 3, 112, 112))
+    with pytest.raises(ValueError, match="part_head"):
+        tiny(part_head="gap")
 
 
 def test_full_size_parameters_and_flops():
-    s = summarize("attention", 4, (112, 96))
+    s = summarize("attention-pooled", 4, (112, 96))
     block = count_parameters(IRBlock(256, 256, 1))
     assert s.parts["attention_branch"] == 3 * block + 256 * 4 + 4  # copied blocks + 1x1 conv with bias
     assert s.parts["parts"] == 4 * (256 * 256 + 256 + 2 * 256 + 2 * 256)  # K unshared BN-FC-BN heads
@@ -136,10 +179,22 @@ def test_full_size_parameters_and_flops():
     assert s.parts["backbone"] == count_parameters(cut)  # stage 4 is not built
     assert s.params == 21_437_380
     assert s.flops == pytest.approx(10.59e9, rel=0.01)
-    result = CliRunner().invoke(main, ["summary", "--variant", "attention", "--K", "4"])
+    result = CliRunner().invoke(main, ["summary", "--variant", "attention-pooled", "--K", "4"])
     assert result.exit_code == 0, result.output
     assert "21.44M params" in result.output and "10.59 GFLOPs" in result.output
     assert "feature map F 256x14x12" in result.output and "K=4 attention maps" in result.output
+
+
+def test_full_size_top_head_is_the_baseline_plus_the_attention_branch():
+    top, base = summarize("attention", 4, (112, 96)), summarize("baseline", 5, (112, 96))
+    block = count_parameters(IRBlock(256, 256, 1))
+    assert top.parts["attention_branch"] == 3 * block + 256 * 4 + 4
+    assert top.params == base.params + top.parts["attention_branch"]
+    with torch.device("meta"):
+        net = build_model("baseline", 5, (112, 96))
+        stage4_and_head = count_flops(nn.Sequential(net.backbone.stages[3], net.head), (1, 256, 14, 12))
+    branch = top.flops - base.flops - 3 * stage4_and_head  # stage 4 and the head run K = 4 times
+    assert 0 < branch < 1.5e9 and top.flops == pytest.approx(16.27e9, rel=0.01)  # baseline r50: 10.82e9
 
 
 # -- losses ---------------------------------------------------------------------------------------------------------
@@ -279,7 +334,7 @@ def test_identity_loss_falls_well_below_chance_on_real_faces():
     # start tiny. On these 24 real faces of 8 people (ln 8 = 2.08) a bare FC reaches 2.02 after 12 steps; the
     # BN-FC-BN parts reach 0.57.
     x, labels, _ = real_batch(people=8, per_person=3)
-    model = tiny(K=4)
+    model = tiny(K=4, variant="attention-pooled")
     head = MarginHead(24, 8, Margin.preset("softmax"))
     crit = make_criterion("attention", head, lambda_wce=1.0, lambda_div=1.0)
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9, weight_decay=5e-4)

@@ -176,28 +176,33 @@ def test_init_checks_every_tensor(mix, tmp_path):
     )
     assert result.exit_code == 2
     assert "does not fit this model" in result.output and "backbone.stem.0.weight" in result.output
-    # The attention variant starts from the same stage 1, leaving the parts it drops (stage 4, the flat head) unused.
-    out = train(
-        "--shards",
-        str(mix),
-        *TINY,
-        "-j",
-        "0",
-        "--steps",
-        "2",
-        "--variant",
-        "attention",
-        "--K",
-        "4",
-        "--margin",
-        "softmax",
-        "--init",
-        str(stage1),
-        "--out",
-        str(tmp_path / "attention"),
-    )
-    assert "left unused" in out and "classifier starts fresh" in out
-    assert [r["loss_pattern"] for r in metrics(tmp_path / "attention")] == [None, None]
+    # The attention variants start from the same stage 1: the default one takes every tensor (classifier too) and
+    # adds its attention branch; the pooled one leaves the parts it drops (stage 4, the flat head) unused.
+    for variant, said in (
+        ("attention", ["new parts: attention_branch", "classifier loaded"]),
+        ("attention-pooled", ["left unused", "classifier starts fresh"]),
+    ):
+        out = train(
+            "--shards",
+            str(mix),
+            *TINY,
+            "-j",
+            "0",
+            "--steps",
+            "2",
+            "--variant",
+            variant,
+            "--K",
+            "4",
+            "--margin",
+            "softmax",
+            "--init",
+            str(stage1),
+            "--out",
+            str(tmp_path / variant),
+        )
+        assert all(s in out for s in said), out
+        assert [r["loss_pattern"] for r in metrics(tmp_path / variant)] == [None, None]
 
 
 def test_two_gloo_ranks_read_disjoint_samples_stay_in_sync_and_resume_on_one(mix, tmp_path):

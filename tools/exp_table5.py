@@ -8,17 +8,19 @@ The paper's two stages on LFW people, scored on other LFW people:
 - stage 2, from that checkpoint, on Mix data of the same people (a third clean, the rest occluded at s drawn from
   1:0.5:5, pattern labels at K = 5), with the same budget each: Baseline-Aug, Baseline-MD and FROM (configs
   stage2-*), and the attention variant (config attention).
-- scored on all-pairs sets of the test people (at most 5 images a person): clean N-N, N-O at s = 1, 2, 3, O-O at
-  s = 2, N-O with the occluder on each of the nine named regions, accuracy and TAR at FAR 1e-3 and 1e-4, with
-  95 % intervals that resample people; `fromnet compare` gives every model's difference from Baseline-Aug with its
-  paired interval, over all finished seeds; PartialLFW-style sets of 50 + 50 pairs of test people for
-  Baseline-Aug, FROM and the attention variant.
+- scored on all-pairs sets of the test people (the same at most 5 images a person in every set): clean N-N, N-O
+  at s = 1, 2, 3, O-O at s = 2, N-O with the occluder on each of the nine named regions, and the paper's Table 9
+  at CPU scale (tools/exp_table9_sets.py: N-O with MaskTheFace masks, LFW-SM style, and the four O_LFW-style
+  groups); accuracy and TAR at FAR 1e-3 and 1e-4, with 95 % intervals that resample people; `fromnet compare`
+  gives every model's difference from Baseline-Aug with its paired interval, over all finished seeds;
+  PartialLFW-style sets of 50 + 50 pairs of test people for Baseline-Aug, FROM and the attention variant.
 
 Every model is r18 at quarter width (CPU-sized; the paper trains r50 on CASIA-WebFace for 40 + 40 epochs at
 batch 512), batch 64, stage 1 at lr 0.1 and stage 2 at lr 0.01, each lr divided by 10 at the milestones. The
-default budget (stage 1: 8 epochs, stage 2: 4 epochs each) is sized for 3 seeds in about 2 hours on a quiet
-2-core CPU (estimated from ~90 training images/s for r18 x0.25: 136k training samples and 208k embedded faces a
-seed); a work folder keeps the budget it started with (budget.json).
+default budget (stage 1: 4 epochs, lr / 10 at 3; stage 2: 2 epochs each, lr / 10 at 1) is sized for 3 seeds in
+under 2 hours on a quiet 2-core CPU: 79k training samples a seed at ~80 images/s (r18 x0.25), and ~27k faces a
+model and seed to embed at ~220 faces/s once the shared clean faces are reused. A work folder keeps the budget it
+started with (budget.json).
 
     python tools/exp_table5.py --work /tmp/exp-table5 --seeds 0,1,2
     python tools/exp_table5.py --work /tmp/exp-table5 --seeds 0 --report-only   # table of what has finished
@@ -40,6 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from exp_table9_sets import GROUPS, table9_sets_all
 from expcommon import LFW, REPO, run
 
 SETS = ["nn", "no-1", "no-2", "no-3", "oo-2"]
@@ -55,6 +58,11 @@ REGIONS = [
     "right_face",
 ]
 SET_NAMES = {"nn": "clean (N-N)", "no-1": "N-O s=1", "no-2": "N-O s=2", "no-3": "N-O s=3", "oo-2": "O-O s=2"}
+#: The paper's Table 9 at CPU scale (tools/exp_table9_sets.py): masked faces and the four O_LFW-style groups, N-O.
+TABLE9 = ["t9-lfw-sm", *(f"t9-olfw-{g}" for g in GROUPS)]
+TABLE9_NAMES = {"t9-lfw-sm": "LFW-SM masked", **{f"t9-olfw-{g}": f"O_LFW {g}" for g in GROUPS}}
+#: Every set is drawn with this seed: the same at most --per-person faces of each test person in all of them.
+TEST_SEED = "100"
 #: label: (shipped config, run folder name); "Baseline" is the stage-1 run itself.
 STAGE2 = {
     "Baseline-Aug": ("stage2-baseline-aug", "aug"),
@@ -84,7 +92,9 @@ class Experiment:
         """Run a command and record its wall time under `name` (kept across parts of the experiment)."""
         began = time.perf_counter()
         run(*cmd)
-        with self.lock:
+        with self.lock:  # re-read first: another part of the experiment may run at the same time
+            if self.times_file.is_file():
+                self.times.update({k: v for k, v in json.loads(self.times_file.read_text()).items() if k != name})
             self.times[name] = round(time.perf_counter() - began, 1)
             self.work.mkdir(parents=True, exist_ok=True)
             self.times_file.write_text(json.dumps(self.times, indent=1, sort_keys=True) + "\n")
@@ -116,9 +126,13 @@ class Experiment:
             train.write_text("\n".join(kept) + "\n")
         return train, folder / "test.txt"
 
+    def built(self, name: str) -> bool:
+        """A set is finished when its dataset card is there: occgen writes it last."""
+        return (self.manifests / name / "README.md").is_file()
+
     def build(self, name: str, *options: str, command: str = "build") -> Path:
         """`occgen build` (or `occgen partial`) of LFW faces into manifests/NAME, unless it is there."""
-        if not (self.manifests / name / "shards.json").is_file():
+        if not self.built(name):
             self.timed(
                 f"build {name}",
                 self.occgen,
@@ -162,14 +176,22 @@ class Experiment:
         ids = ["--identities", str(train)]
         clean = self.build("train-clean", *ids, "--clean-ratio", "1")
         mix = self.build("train-mix", *ids, "--clean-ratio", "0.3333", "--scales", "1:0.5:5", "--K", "5", "--seed", "1")
-        pairs = ["--identities", str(test), "--pairs", "all", "--max-per-identity", str(self.args.per_person)]
+        per = str(self.args.per_person)
+        pairs = ["--identities", str(test), "--pairs", "all", "--max-per-identity", per, "--seed", TEST_SEED]
         sets = [self.build("t-nn", *pairs, "--clean-ratio", "1")]
         for s in (1, 2, 3):
-            sets.append(self.build(f"t-no-{s}", *pairs, "--scales", str(s), "--seed", "100"))
-        sets.append(self.build("t-oo-2", *pairs, "--scales", "2", "--both", "--seed", "100"))
-        if not all((self.manifests / f"t-region-{r}" / "shards.json").is_file() for r in REGIONS):
-            self.build("t-region", *pairs, "--regions", "--seed", "100")
+            sets.append(self.build(f"t-no-{s}", *pairs, "--scales", str(s)))
+        sets.append(self.build("t-oo-2", *pairs, "--scales", "2", "--both"))
+        if not all(self.built(f"t-region-{r}") for r in REGIONS):
+            self.build("t-region", *pairs, "--regions")
         sets += [self.manifests / f"t-region-{r}" for r in REGIONS]
+        began = time.perf_counter()
+        table9 = table9_sets_all(
+            test, self.work, self.args.per_person, int(TEST_SEED), manifests=self.manifests, shards=self.shards
+        )
+        if "build t9" not in self.times:
+            self.times["build t9"] = round(time.perf_counter() - began, 1)
+        sets += [table9[name] for name in TABLE9]
         small = self.partial_pairs(test)
         partial = [
             self.build(name, "--pairs", str(small), *extra, command="partial")
@@ -259,11 +281,13 @@ class Experiment:
     # -- scoring ----------------------------------------------------------------------------------------------
 
     def embed(self, label: str, seed: int, sets: list[Path]) -> Path:
-        """Embeddings of every face of `sets` by one model (one file per set, skipped when there)."""
+        """Embeddings of every face of `sets` by one model (one file per set, skipped when there); a face that an
+        earlier file of the model holds (the clean faces all sets share) is taken from it (`--reuse`)."""
         folder = self.work / "embeddings" / label / f"s{seed}"
         for manifest in sets:
             out = folder / f"{manifest.name}.parquet"
             if not out.is_file():
+                reuse = [x for f in sorted(folder.glob("*.parquet")) for x in ("--reuse", str(f))]
                 self.timed(
                     f"embed s{seed} {label} {manifest.name}",
                     self.fromnet,
@@ -274,6 +298,7 @@ class Experiment:
                     str(manifest),
                     "--out",
                     str(out),
+                    *reuse,
                     "-q",
                 )
         return folder
@@ -315,10 +340,10 @@ def main() -> None:
     ap.add_argument("--per-person", type=int, default=5, help="At most this many test images a person.")
     ap.add_argument("--width-mult", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--stage1-epochs", type=int, default=8)
-    ap.add_argument("--stage1-milestones", default="5,7")
-    ap.add_argument("--stage2-epochs", type=int, default=4)
-    ap.add_argument("--stage2-milestones", default="3")
+    ap.add_argument("--stage1-epochs", type=int, default=4)
+    ap.add_argument("--stage1-milestones", default="3")
+    ap.add_argument("--stage2-epochs", type=int, default=2)
+    ap.add_argument("--stage2-milestones", default="1")
     ap.add_argument("--workers", type=int, default=2, help="Loader processes per training run.")
     ap.add_argument("--parallel", type=int, default=1, help="Stage-2 runs at a time (they share the stage-1 start).")
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -354,6 +379,8 @@ def set_label(name: str) -> str:
     """'t-no-2 N-O' (compare's set and protocol group) -> 'N-O s=2', 't-region-eyes N-O' -> 'eyes (N-O)',
     't-partial partial-cross ...' -> 'partial partial-cross ...'."""
     base, _, group = name.partition(" ")
+    if base in TABLE9_NAMES:
+        return f"{TABLE9_NAMES[base]} (N-O)"
     base = base.removeprefix("t-")
     if base.startswith("region-"):
         return f"{base.removeprefix('region-')} (N-O)"
@@ -395,7 +422,8 @@ def plot_regions(figs: list[dict], models: list[str], path: Path) -> None:
 
     plt = pyplot()
     by = {(f["set"].split(" ")[0], f["model"]): f for f in figs if f["metric"] == "accuracy"}
-    sets = [s for s in [f"t-{s}" for s in SETS] + [f"t-region-{r}" for r in REGIONS] if any(k[0] == s for k in by)]
+    every = [f"t-{s}" for s in SETS] + [f"t-region-{r}" for r in REGIONS] + TABLE9
+    sets = [s for s in every if any(k[0] == s for k in by)]
     fig, ax = plt.subplots(figsize=(11, 3.8), dpi=120)
     width = 0.8 / len(models)
     for m, model in enumerate(models):

@@ -36,6 +36,7 @@ def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K:
     import numpy as np
 
     from fromnet.checkpoint import load_model
+    from fromnet.models import VARIANTS
     from fromnet.occlusion import describe, describe_attention, draw, draw_attention, read_attention, read_occlusion
     from occgen.images import load_rgb
 
@@ -52,7 +53,7 @@ def occlusion_cmd(images: tuple[Path, ...], model: str, draw_to: Path | None, K:
         faces.append(face)
     batch = np.stack(faces)
     names = [str(p) for p in images]
-    if loaded.spec.variant == "attention":
+    if VARIANTS[loaded.spec.variant].family == "attention":
         maps = read_attention(loaded.model, batch, names)
         for m in maps:
             click.echo(describe_attention(m))

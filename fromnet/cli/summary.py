@@ -31,9 +31,9 @@ def summary(variant: str, K: int, size: str) -> None:
     click.echo(f"{variant}: {VARIANTS[variant].description}")
     if isinstance(config, AttentionConfig):
         click.echo(
-            f"input {input_size[0]}x{input_size[1]}, feature map F {config.channels}x{gh}x{gw} (cut after "
-            f"stage 3, split {config.branch_depth} blocks before its end), K={K} attention maps, "
-            f"{config.embedding_dim}-d parts"
+            f"input {input_size[0]}x{input_size[1]}, feature map F {config.channels}x{gh}x{gw} (stage 3, split "
+            f"{config.branch_depth} blocks before its end), K={K} attention maps, {config.embedding_dim}-d parts "
+            + ("pooled, one head each" if config.part_head == "pooled" else "through stage 4 and a shared head")
         )
     else:
         click.echo(

@@ -20,6 +20,7 @@ class Variant:
     predictor: PredictorKind | None
     description: str
     family: str = "from"  # "from": FromNet (K = pattern-grid blocks); "attention": AttentionNet (K = maps)
+    part_head: str = "top"  # attention family: how a map becomes a part embedding (AttentionConfig.part_head)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -31,7 +32,17 @@ VARIANTS: dict[str, Variant] = {
     "fc": Variant("fc", "classify", "mask on the 512-d embedding instead of the conv map ('FC' ablation)"),
     "reg": Variant("3d", "regress", "3D mask, predictor regresses the occluded box corners ('REG' ablation)"),
     "attention": Variant(
-        None, None, "K attention maps pool the stage-3 map into K parts (Hoermann et al. 2021)", family="attention"
+        None,
+        None,
+        "K attention maps weight the stage-3 map into K parts through stage 4 and the head (after Hoermann et al.)",
+        family="attention",
+    ),
+    "attention-pooled": Variant(
+        None,
+        None,
+        "K attention maps pool the stage-3 map into K parts, each with its own head (Hoermann et al. 2021)",
+        family="attention",
+        part_head="pooled",
     ),
 }
 
@@ -96,7 +107,8 @@ def build_model(
     if spec.family == "attention":
         known = {f.name for f in fields(AttentionConfig)}  # the preset's pyramid/decoder widths do not apply
         sized = {k: v for k, v in sized.items() if k in known}
-        model = AttentionNet(AttentionConfig(K=K, input_size=input_size, **{**sized, **overrides}))
+        kwargs = {"part_head": spec.part_head, **({"embedding_dim": 256} if spec.part_head == "pooled" else {})}
+        model = AttentionNet(AttentionConfig(K=K, input_size=input_size, **{**kwargs, **sized, **overrides}))
     else:
         model = FromNet(
             NetConfig(mask=spec.mask, predictor=spec.predictor, K=K, input_size=input_size, **{**sized, **overrides})

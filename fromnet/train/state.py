@@ -138,8 +138,8 @@ def build_state(cfg: TrainConfig, world: World, spec: ModelSpec, num_identities:
     )
 
 
-#: Parts of a FROM-family checkpoint that the attention variant has no use for: it stops after stage 3 and pools
-#: with attention instead of the flattening embedding head.
+#: Parts of a FROM-family checkpoint that the pooled attention variant has no use for: it stops after stage 3 and
+#: pools with attention instead of the flattening embedding head.
 ATTENTION_UNUSED = ("backbone.stages.3.", "head.")
 
 
