@@ -259,10 +259,6 @@ class OnlineOcclusion:
     occluders: str | None = None
 
 
-#: The data orders: one permutation per epoch read by random access, or the streamed order (front-to-back reads).
-ORDERS = ("permutation", "stream")
-
-
 def resolve_order(requested: str, manifests: Iterable[Manifest]) -> str:
     """``auto``: the permutation where every shard is a local file, else the streamed order; a permutation
     asked for where some shard is not a local file is refused."""
@@ -291,7 +287,7 @@ class StreamPlan:
     flip: bool = True
     online: OnlineOcclusion | None = None
     class_field: str | None = None  # plain shards: the JSON field holding the class (None: the .cls member)
-    order: str = "permutation"  # one of ORDERS
+    order: str = "permutation"  # or "stream" (fromnet.train.order says what each is)
     stream_buffer: int = 1  # the streamed order: shuffle buffer (samples)
     stream_shards: int = 1  # the streamed order: shards read at once, interleaved
 
