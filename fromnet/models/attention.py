@@ -165,10 +165,9 @@ class AttentionNet(nn.Module):
         self.backbone = IResNet(widths, depths, c.stem_width, c.in_channels)
         self.split = depths[CUT - 1] - c.branch_depth  # index in stage 3 of the first block after the split
         width = c.channels
+        maps = nn.Conv2d(width, c.K, kernel_size=1)
         self.attention_branch = nn.Sequential(
-            *[IRBlock(width, width, stride=1) for _ in range(c.branch_depth)],
-            nn.Conv2d(width, c.K, kernel_size=1),
-            nn.ReLU(),
+            *[IRBlock(width, width, stride=1) for _ in range(c.branch_depth)], maps, nn.ReLU()
         )
         self.parts: nn.ModuleList | None = None
         self.head: EmbeddingHead | None = None
@@ -181,9 +180,9 @@ class AttentionNet(nn.Module):
         if c.part_head == "top":
             # A starts flat (weights 0, bias 0.01 > 0 so the ReLU passes gradients): the parts start as the plain
             # network, which a stage-1 Baseline's weights then make the Baseline itself
-            conv = self.attention_branch[-2]
-            nn.init.zeros_(conv.weight)
-            nn.init.constant_(conv.bias, 0.01)
+            assert maps.bias is not None  # built with a bias above
+            nn.init.zeros_(maps.weight)
+            nn.init.constant_(maps.bias, 0.01)
 
     def forward(self, x: torch.Tensor) -> AttentionOutput:
         if tuple(x.shape[-2:]) != self.config.input_size:
