@@ -104,7 +104,7 @@ def compare_cmd(
     from fromnet.eval.identification import IdentificationResult, identify
     from fromnet.eval.pairs import read_pairs_manifest
     from fromnet.eval.report import bootstrap_line
-    from fromnet.eval.verification import DEFAULT_FARS, PairSet, VerificationResult, evaluate_set
+    from fromnet.eval.verification import DEFAULT_FARS, PairSet, PreparedPairs, VerificationResult, evaluate_set
     from occgen.writer import atomic_write, json_bytes
 
     runs, saved = _models(model_specs, "--model"), _models(embedding_specs, "--embeddings")
@@ -121,7 +121,7 @@ def compare_cmd(
     if bool(gallery) != bool(probes):
         raise UserError("--gallery and --probes go together")
     fars = tuple(fars) or DEFAULT_FARS
-    tables = {p: read_pairs_manifest(Path(p)) for p in pairs_list}
+    tables = {p: PreparedPairs.of(read_pairs_manifest(Path(p))) for p in pairs_list}  # once for all models
 
     def score(source) -> list[VerificationResult | IdentificationResult]:
         results: list[VerificationResult | IdentificationResult] = []

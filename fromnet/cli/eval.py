@@ -234,7 +234,7 @@ def eval_cmd(
     from fromnet.eval.identification import identify
     from fromnet.eval.pairs import read_pairs
     from fromnet.eval.report import partiallfw_summary, write_report
-    from fromnet.eval.verification import DEFAULT_FARS, PairSet, evaluate_set, select_folds
+    from fromnet.eval.verification import DEFAULT_FARS, PairSet, PreparedPairs, evaluate_set, select_folds
 
     factory = (lambda: ModelRunner(model, model_settings)) if model else None
     src = Sources(factory, out)
@@ -274,8 +274,9 @@ def eval_cmd(
             raise UserError(
                 "nothing to evaluate the pairs on: give --embeddings, --set, or --model with a pairs manifest"
             )
+        ready = PreparedPairs.of(table)  # once for every set scored on these pairs
         for ps in pair_sets:
-            verification.extend(evaluate_set(table, ps, metric, fars, boot))
+            verification.extend(evaluate_set(ready, ps, metric, fars, boot))
     if crop and not bins:
         raise UserError("--crop applies to the faces of --bin sets; give --bin lfw.bin")
     for text in bins:

@@ -101,10 +101,10 @@ def read_pairs_txt(path: Path) -> pd.DataFrame:
     return table
 
 
-def pair_origin(pairs: pd.DataFrame, index: int) -> str:
-    """Where pair `index` comes from: 'pairs.txt:12' for a text list, else ''."""
-    lines = pairs.attrs.get("lines")
-    return f"{pairs.attrs['source']}:{lines[index]}" if lines and index < len(lines) else ""
+def pair_origin(attrs: dict, index: int) -> str:
+    """Where pair `index` comes from, by the pairs table's ``attrs``: 'pairs.txt:12' for a text list, else ''."""
+    lines = attrs.get("lines")
+    return f"{attrs['source']}:{lines[index]}" if lines and index < len(lines) else ""
 
 
 def read_pairs_manifest(path: Path) -> pd.DataFrame:

@@ -188,8 +188,62 @@ def unit_rows(v: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
+@dataclass
+class Side:
+    """One side of the pairs (first or second images) as codes into its distinct images: looking up an embeddings
+    file is then one lookup per image, not per pair (an all-pairs set has ~400 pairs an image)."""
+
+    keys: np.ndarray  # distinct images' keys (None where a pairs list has none)
+    srcs: np.ndarray  # and their srcs
+    codes: np.ndarray  # (pairs,) int: each pair's image, an index into keys / srcs
+
+    @classmethod
+    def of(cls, pairs: pd.DataFrame, side: int) -> Side:
+        keys, srcs = pairs[f"key{side}"].to_numpy(), pairs[f"src{side}"].to_numpy()
+        codes, distinct = pd.factorize(keys if not pd.isna(keys).any() else srcs)
+        first = np.empty(len(distinct), dtype=np.int64)
+        first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # each image's first pair
+        return cls(keys[first], srcs[first], codes)
+
+
+@dataclass
+class PreparedPairs:
+    """What scoring needs of a pairs table and depends on nothing else, made once: a command that scores several
+    models (and seeds) on one set reuses it, so each model costs its scores and metrics only."""
+
+    attrs: dict  # the table's: where a pairs list's lines come from, for error messages
+    first: Side
+    second: Side
+    same: np.ndarray
+    folds: np.ndarray
+    balanced: np.ndarray | None
+    people: bs.People
+    groups: list[tuple[dict[str, Any], np.ndarray]]  # protocol group -> its pairs
+
+    @classmethod
+    def of(cls, pairs: pd.DataFrame) -> PreparedPairs:
+        cols = group_columns(pairs)
+        groups: list[tuple[dict[str, Any], np.ndarray]] = []
+        if not cols:
+            groups.append(({}, np.arange(len(pairs))))
+        for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items() if cols else ():
+            values = values if isinstance(values, tuple) else (values,)
+            group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
+            groups.append((group, idx))
+        return cls(
+            dict(pairs.attrs),
+            Side.of(pairs, 1),
+            Side.of(pairs, 2),
+            pairs["same"].to_numpy(dtype=bool),
+            pairs["fold"].to_numpy(),
+            balanced_mask(pairs),
+            bs.People.of_pairs(pairs["src1"].to_numpy(), pairs["src2"].to_numpy()),
+            groups,
+        )
+
+
 def evaluate_set(
-    pairs: pd.DataFrame,
+    pairs: pd.DataFrame | PreparedPairs,
     pair_set: PairSet,
     metric: str = "cosine",
     fars=DEFAULT_FARS,
@@ -198,8 +252,9 @@ def evaluate_set(
     """Score every pair of a set and evaluate each protocol group separately (intervals per ``boot``)."""
     if metric not in metrics.METRICS:
         raise UserError(f"metric must be one of {', '.join(metrics.METRICS)}; got {metric!r}")
-    rows1 = _rows(pair_set.first, pairs, 1)
-    rows2 = _rows(pair_set.second, pairs, 2)
+    ready = pairs if isinstance(pairs, PreparedPairs) else PreparedPairs.of(pairs)
+    rows1 = _rows(pair_set.first, ready, 1)
+    rows2 = _rows(pair_set.second, ready, 2)
     d1, d2 = pair_set.first.vectors.shape[1], pair_set.second.vectors.shape[1]
     if d1 != d2:
         raise UserError(
@@ -207,44 +262,32 @@ def evaluate_set(
             f"{pair_set.second.name} {d2}-d; both sides must come from the same model"
         )
     scores = pair_scores(pair_set.first, rows1, pair_set.second, rows2, metric)
-    same = pairs["same"].to_numpy(dtype=bool)
-    folds = pairs["fold"].to_numpy()
     areas = pair_areas(pair_set.first, rows1, pair_set.second, rows2)
-    balanced = balanced_mask(pairs)
-    people = bs.People.of_pairs(pairs["src1"].to_numpy(), pairs["src2"].to_numpy()) if boot.resamples else None
-
-    def one(group: dict[str, Any], idx) -> VerificationResult:
-        return verify(
+    return [
+        verify(
             pair_set.label,
             group,
             scores[idx],
-            same[idx],
-            folds[idx],
+            ready.same[idx],
+            ready.folds[idx],
             fars,
             None if areas is None else areas[idx],
-            None if people is None else people.subset(idx).compact(),
+            ready.people.subset(idx).compact() if boot.resamples else None,
             boot,
-            None if balanced is None else balanced[idx],
+            None if ready.balanced is None else ready.balanced[idx],
         )
-
-    cols = group_columns(pairs)
-    if not cols:
-        return [one({}, np.arange(len(pairs)))]
-    results = []
-    for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items():
-        values = values if isinstance(values, tuple) else (values,)
-        group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
-        results.append(one(group, idx))
-    return results
+        for group, idx in ready.groups
+    ]
 
 
-def _rows(emb: Embeddings, pairs: pd.DataFrame, side: int) -> np.ndarray:
+def _rows(emb: Embeddings, ready: PreparedPairs, side: int) -> np.ndarray:
     """Where each pair's first (side 1) or second image is in `emb`; a missing one is named with its pair's line."""
     which = "first" if side == 1 else "second"
+    images = ready.first if side == 1 else ready.second
     try:
-        return emb.find(pairs[f"key{side}"].to_numpy(), pairs[f"src{side}"].to_numpy(), f"{which} images of the pairs")
+        return emb.find(images.keys, images.srcs, f"{which} images of the pairs")[images.codes]
     except MissingImages as exc:
-        origin = pair_origin(pairs, exc.first)
+        origin = pair_origin(ready.attrs, int(np.flatnonzero(images.codes == exc.first)[0]))
         raise UserError(f"{origin}: {exc}" if origin else str(exc)) from None
 
 
@@ -297,7 +340,8 @@ def evaluate_files(
             cache[key] = read_embeddings(path)
         return cache[key]
 
+    ready = PreparedPairs.of(pairs)
     results = []
     for label, (first, second) in sets.items():
-        results.extend(evaluate_set(pairs, PairSet(label, load(first), load(second)), metric, fars, boot))
+        results.extend(evaluate_set(ready, PairSet(label, load(first), load(second)), metric, fars, boot))
     return results
