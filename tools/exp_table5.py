@@ -13,7 +13,8 @@ The paper's two stages on LFW people, scored on other LFW people:
   at CPU scale (tools/exp_table9_sets.py: N-O with MaskTheFace masks, LFW-SM style, and the four O_LFW-style
   groups); accuracy and TAR at FAR 1e-3 and 1e-4, with 95 % intervals that resample people; `fromnet compare`
   gives every model's difference from Baseline-Aug with its paired interval, over all finished seeds;
-  PartialLFW-style sets of 50 + 50 pairs of test people for Baseline-Aug, FROM and the attention variant.
+  PartialLFW-style sets of 50 + 50 pairs of test people for Baseline-Aug, FROM and the attention variant (the
+  first finished seed: each set crops every face nine ways).
 
 Every model is r18 at quarter width (CPU-sized; the paper trains r50 on CASIA-WebFace for 40 + 40 epochs at
 batch 512), batch 64, stage 1 at lr 0.1 and stage 2 at lr 0.01, each lr divided by 10 at the milestones. The
@@ -357,6 +358,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--report-only", action="store_true", help="Only score the seeds whose runs are all done.")
     ap.add_argument("--train-only", action="store_true", help="Only train (score later, e.g. with --report-only).")
+    ap.add_argument("--embed-only", action="store_true", help="With --report-only: embed the test sets, no compare.")
     ap.add_argument("--docs", action="store_true", help="Copy the plots to docs/ for the README.")
     args = ap.parse_args()
     args.models = [m for m in args.models.split(",") if m]
@@ -379,9 +381,15 @@ def main() -> None:
     done = finished(exp, seeds, args.models)
     if not done:
         sys.exit("no seed has all its runs done yet")
+    if args.embed_only:  # parts of the experiment can embed seeds side by side; compare them all later
+        for label in args.models:
+            for seed in done:
+                exp.embed(label, seed, sets)
+        return
     main_cmp = exp.compare("compare", args.models, done, sets)
     part_models = [m for m in PARTIAL_MODELS if m in args.models]
-    part_cmp = exp.compare("compare-partial", part_models, done, partial) if len(part_models) > 1 else None
+    # the PartialLFW-style sets crop every face nine ways (6,919 faces a set): the first seed only
+    part_cmp = exp.compare("compare-partial", part_models, done[:1], partial) if len(part_models) > 1 else None
     report(exp, done, main_cmp, part_cmp)
 
 
