@@ -139,21 +139,27 @@ def test_user_errors_are_one_line(mix, tmp_path):
 def test_init_checks_every_tensor(mix, tmp_path):
     stage1 = tmp_path / "stage1"
     train("--shards", str(mix), *TINY, "-j", "0", "--steps", "1", "--variant", "baseline", "--out", str(stage1))
-    out = train(
-        "--shards",
-        str(mix),
-        *TINY,
-        "-j",
-        "0",
-        "--steps",
-        "1",
-        "--variant",
-        "from",
-        "--init",
-        str(stage1),
-        "--out",
-        str(tmp_path / "stage2"),
-    )
+
+    def from_stage1(variant: str, steps: int, *extra: str) -> str:
+        out = tmp_path / variant
+        return train(
+            "--shards",
+            str(mix),
+            *TINY,
+            "-j",
+            "0",
+            "--steps",
+            str(steps),
+            "--variant",
+            variant,
+            *extra,
+            "--init",
+            str(stage1),
+            "--out",
+            str(out),
+        )
+
+    out = from_stage1("from", 1)
     assert "initialised from" in out and "pyramid" in out and "classifier loaded" in out
     result = CliRunner().invoke(
         fromnet_main,
@@ -182,25 +188,7 @@ def test_init_checks_every_tensor(mix, tmp_path):
         ("attention", ["new parts: attention_branch", "classifier loaded"]),
         ("attention-pooled", ["left unused", "classifier starts fresh"]),
     ):
-        out = train(
-            "--shards",
-            str(mix),
-            *TINY,
-            "-j",
-            "0",
-            "--steps",
-            "2",
-            "--variant",
-            variant,
-            "--K",
-            "4",
-            "--margin",
-            "softmax",
-            "--init",
-            str(stage1),
-            "--out",
-            str(tmp_path / variant),
-        )
+        out = from_stage1(variant, 2, "--K", "4", "--margin", "softmax")
         assert all(s in out for s in said), out
         assert [r["loss_pattern"] for r in metrics(tmp_path / variant)] == [None, None]
 
