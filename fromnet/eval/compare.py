@@ -208,7 +208,7 @@ def plot_differences(diffs: Sequence[Difference], path: Path) -> bool:
     sets = list(dict.fromkeys(d.set for d in drawn))
     models = list(dict.fromkeys(d.model for d in drawn))
     fig, axes = plt.subplots(
-        len(metrics), 1, figsize=(max(6, 0.6 * len(sets) + 3), 3 * len(metrics)), dpi=120, squeeze=False
+        len(metrics), 1, figsize=(max(6, 0.6 * len(sets) + 3), 3 * len(metrics)), dpi=120, squeeze=False, sharex=True
     )
     for ax, metric in zip(axes[:, 0], metrics):
         for m, model in enumerate(models):
@@ -218,10 +218,10 @@ def plot_differences(diffs: Sequence[Difference], path: Path) -> bool:
             err = np.array([_bar(d.value or 0.0, d.low, d.high) for d in rows]).T.reshape(2, -1)
             ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=f"{model} - {rows[0].reference}" if rows else model)
         ax.axhline(0, color="grey", linewidth=1)
-        ax.set_xticks(range(len(sets)), sets, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"{metric}\ndifference (points)", fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7)
+    axes[-1, 0].set_xticks(range(len(sets)), sets, rotation=30, ha="right", fontsize=7)  # shared: under the last
     axes[0, 0].set_title("Paired differences against the reference (bars: 95 % interval over people)", fontsize=9)
     save(fig, path)
     return True
