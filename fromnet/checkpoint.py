@@ -18,7 +18,7 @@ import io
 import os
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     """The trained network of a checkpoint or run folder, in eval mode, for embedding and export."""
     state = load(path)
     spec = ModelSpec.from_dict(state["model_spec"])
+    if spec.variant == "attention" and any(k.startswith("parts.") for k in state["model"]):
+        spec = replace(spec, variant="attention-pooled")  # saved before `attention` took the top part head
     model = build_model(**spec.build_kwargs())
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # torch lists every missing and unexpected tensor
+        first = str(exc).splitlines()[1].strip()[:200] if "\n" in str(exc) else str(exc)[:200]
+        raise UserError(
+            f"{state['path']}: its weights do not fit a {spec.variant} {spec.backbone} x{spec.width_mult:g} network "
+            f"({first} ...); was it saved by another version of fromnet?"
+        ) from None
     return LoadedModel(model.to(device).eval(), spec, Path(state["path"]), int(state.get("step", 0)))

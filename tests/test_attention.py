@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from fromnet.checkpoint import ModelSpec, load_model, save
 from fromnet.cli import main
 from fromnet.losses import (
     AttentionLoss,
@@ -29,6 +30,7 @@ from fromnet.models.iresnet import IRBlock, IResNet
 from fromnet.models.summary import count_flops, count_parameters, summarize
 from fromnet.shards import to_input
 from fromnet.viz import attention_overlay
+from occgen.errors import UserError
 from occgen.images import load_rgb
 from tests.conftest import shared
 
@@ -382,3 +384,18 @@ def test_attention_overlay_on_a_real_face():
         attention_overlay(face, maps, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="uint8 RGB"):
         attention_overlay(face.astype(np.float32), maps, torch.ones(3) / 3)
+
+
+def test_checkpoints_of_pooled_parts_saved_as_attention_load_as_attention_pooled(tmp_path):
+    # Before the top part head, `attention` saved pooled parts (parts.*): such a checkpoint is that network.
+    pooled = tiny(K=3, variant="attention-pooled").eval()
+    spec = ModelSpec("attention", 3, (112, 96), "r50", 1.0, dict(TINY))
+    save(tmp_path / "old", 5, {"model_spec": spec.to_dict(), "model": pooled.state_dict(), "step": 5})
+    loaded = load_model(tmp_path / "old")
+    assert loaded.spec.variant == "attention-pooled"
+    x = torch.randn(2, 3, 112, 96)
+    assert torch.allclose(loaded.model(x).embedding, pooled(x).embedding, atol=1e-6)
+    # weights that fit neither are one clear error, not torch's list of every tensor
+    save(tmp_path / "odd", 5, {"model_spec": ModelSpec("from", 5).to_dict(), "model": pooled.state_dict(), "step": 5})
+    with pytest.raises(UserError, match="its weights do not fit a from r50 x1 network"):
+        load_model(tmp_path / "odd")
