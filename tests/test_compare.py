@@ -12,6 +12,7 @@ from conftest import shared
 from test_eval import make_run
 
 from fromnet.cli import main
+from fromnet.cli.embed import ModelRunner
 from fromnet.embed import write_embeddings
 from fromnet.eval.compare import Figure, differences, figures
 from fromnet.eval.pairs import embeddings_table
@@ -279,6 +280,13 @@ def test_embed_reuse_takes_the_clean_faces_from_an_earlier_file(mini, tmp_path):
     a, b = pd.read_parquet(tmp_path / "full.parquet"), pd.read_parquet(tmp_path / "r.pq")
     assert a["key"].tolist() == b["key"].tolist() and a["image_digest"].tolist() == b["image_digest"].tolist()
     np.testing.assert_allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), atol=1e-5)
+    # one runner over several sets (eval, compare --model) reuses across them the same way
+    settings = dict(device="cpu", precision="fp32", batch_size=256, flip=False, quiet=True, workers=0, onnx={})
+    runner = ModelRunner(str(model), settings)
+    runner.embed(tmp_path / "m" / "mini-nn")
+    again = runner.embed(mini["manifest"])
+    assert runner.reused == clean
+    np.testing.assert_allclose(np.stack(again.to_pandas()["embedding"]), np.stack(a["embedding"]), atol=1e-5)
     # occluded copies share keys across sets but not bytes: reuse goes by the bytes
     assert not set(b.loc[b["occluded"], "image_digest"]) & set(pd.read_parquet(tmp_path / "nn.parquet")["image_digest"])
     # a file of another model is refused, with what to do

@@ -104,12 +104,11 @@ class ModelRunner:
         from fromnet.embed import embed_manifest
 
         s = self.settings
-        before = frozenset(self.seen)
         table = embed_manifest(
             manifest, self.embedder, s["batch_size"], s["flip"], s["quiet"], s["workers"], reuse=self.seen
         )
         digests = table["image_digest"].to_numpy(zero_copy_only=False)
-        self.reused = sum(d in before for d in digests)
+        self.reused = sum(d in self.seen for d in digests)
         vectors = np.asarray(table["embedding"].combine_chunks().values).reshape(len(table), -1)
         self.seen.update(zip(digests, vectors))
         return table

@@ -222,14 +222,6 @@ class PreparedPairs:
 
     @classmethod
     def of(cls, pairs: pd.DataFrame) -> PreparedPairs:
-        cols = group_columns(pairs)
-        groups: list[tuple[dict[str, Any], np.ndarray]] = []
-        if not cols:
-            groups.append(({}, np.arange(len(pairs))))
-        for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items() if cols else ():
-            values = values if isinstance(values, tuple) else (values,)
-            group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
-            groups.append((group, idx))
         return cls(
             dict(pairs.attrs),
             Side.of(pairs, 1),
@@ -238,8 +230,22 @@ class PreparedPairs:
             pairs["fold"].to_numpy(),
             balanced_mask(pairs),
             bs.People.of_pairs(pairs["src1"].to_numpy(), pairs["src2"].to_numpy()),
-            groups,
+            protocol_groups(pairs),
         )
+
+
+def protocol_groups(pairs: pd.DataFrame) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """(group values, its pairs) per protocol group (protocol, part1/part2/factor/centered); one group of every
+    pair when the table has none of those columns."""
+    cols = group_columns(pairs)
+    if not cols:
+        return [({}, np.arange(len(pairs)))]
+    groups = []
+    for values, idx in pairs.groupby(cols, sort=False, dropna=False).indices.items():
+        values = values if isinstance(values, tuple) else (values,)
+        group = {c: _plain(v, pairs[c].dtype) for c, v in zip(cols, values) if v is not None and not pd.isna(v)}
+        groups.append((group, idx))
+    return groups
 
 
 def evaluate_set(
